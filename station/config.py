@@ -1,0 +1,210 @@
+"""Station configuration: TOML read once at start-up into frozen, typed objects.
+
+Every section is a frozen dataclass; its fields name the keys, their types and
+(through ``field(metadata=...)``) their bounds. Unknown keys, wrong types and
+out-of-range values stop start-up with one line naming the key, e.g.::
+
+    config error: [restore] max_parallel_restores = 0: must be 1..32
+
+Relative paths are resolved against the directory of the config file, so a
+config and the state it names travel together.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+CHECKOUT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "station.toml"
+SYSTEM_CONFIG = Path("/etc/station/station.toml")
+
+
+class ConfigError(Exception):
+    """A config problem, already worded as the one line the operator reads."""
+
+    def __str__(self) -> str:
+        return f"config error: {self.args[0]}"
+
+
+def bounded(low: float, high: float) -> dict[str, Any]:
+    return {"bounds": (low, high)}
+
+
+@dataclass(frozen=True)
+class StationSection:
+    id: str = "station-1"
+    location: str = ""
+    operator: str = ""
+    state_dir: Path = Path("/var/lib/station")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class HardwareSection:
+    backend: Literal["pi", "sim"] = "pi"
+
+
+@dataclass(frozen=True)
+class DisplaySection:
+    driver: Literal["ssd1306", "sh1106"] = "ssd1306"
+    i2c_port: int = field(default=1, metadata=bounded(0, 31))
+    i2c_address: int = field(default=0x3C, metadata=bounded(0x03, 0x77))
+    rotate: int = field(default=0, metadata=bounded(0, 3))
+    min_redraw_s: float = field(default=0.2, metadata=bounded(0.02, 5.0))
+    frames_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class ButtonsSection:
+    select_pin: int = field(default=17, metadata=bounded(0, 27))
+    ok_pin: int = field(default=27, metadata=bounded(0, 27))
+    back_pin: int = field(default=22, metadata=bounded(0, 27))
+    bounce_s: float = field(default=0.03, metadata=bounded(0.0, 1.0))
+    hold_s: float = field(default=1.5, metadata=bounded(0.3, 10.0))
+
+
+@dataclass(frozen=True)
+class LedsSection:
+    # One BCM pin per slot, in slot order; an empty list means no LEDs.
+    pins: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class HubSection:
+    slots: int = field(default=7, metadata=bounded(1, 64))
+    # USB port path (as sysfs names it, e.g. "1-1.3") -> station slot number.
+    ports: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RestoreSection:
+    mode: Literal["counter", "line"] = "counter"
+    unknown_lock: Literal["hold", "refuse", "restore"] = "hold"
+    max_parallel_restores: int = field(default=2, metadata=bounded(1, 32))
+    retries: int = field(default=1, metadata=bounded(0, 5))
+    timeout_s: float = field(default=5400.0, metadata=bounded(10.0, 86400.0))
+
+
+@dataclass(frozen=True)
+class IpswSection:
+    cache_dir: Path = Path("/var/lib/station/ipsw")
+    catalog_url: str = "https://api.ipsw.me/v4/devices"
+    # ProductType -> iOS version to restore instead of the newest verified one.
+    pin: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    station: StationSection = field(default_factory=StationSection)
+    hardware: HardwareSection = field(default_factory=HardwareSection)
+    display: DisplaySection = field(default_factory=DisplaySection)
+    buttons: ButtonsSection = field(default_factory=ButtonsSection)
+    leds: LedsSection = field(default_factory=LedsSection)
+    hub: HubSection = field(default_factory=HubSection)
+    restore: RestoreSection = field(default_factory=RestoreSection)
+    ipsw: IpswSection = field(default_factory=IpswSection)
+    source: Path | None = field(default=None, compare=False)
+
+
+def find_config(explicit: str | os.PathLike[str] | None) -> Path:
+    """--config, else $STATION_CONFIG, else /etc/station, else the checkout's default."""
+    for candidate in (explicit, os.environ.get("STATION_CONFIG")):
+        if candidate:
+            return Path(candidate)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else CHECKOUT_CONFIG
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    path = Path(path)
+    try:
+        with path.open("rb") as stream:
+            data = tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return parse_config(data, base_dir=path.resolve().parent, source=path)
+
+
+def parse_config(data: dict[str, Any], base_dir: Path, source: Path | None = None) -> Config:
+    sections = _fields(Config)
+    sections.pop("source")
+    values: dict[str, Any] = {}
+    for name, raw in data.items():
+        if name not in sections:
+            raise ConfigError(f"[{name}]: unknown section{_suggest(name, sections)}")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[{name}]: must be a table")
+        values[name] = _parse_section(name, sections[name].type, raw, base_dir)
+    return Config(**values, source=source)
+
+
+def _parse_section(section: str, cls: type, raw: dict[str, Any], base_dir: Path) -> Any:
+    fields = _fields(cls)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"[{section}] {key}: unknown key{_suggest(key, fields)}")
+        label = f"[{section}] {key}"
+        values[key] = _coerce(label, hints[key], value, base_dir)
+        bounds = fields[key].metadata.get("bounds")
+        if bounds and not bounds[0] <= values[key] <= bounds[1]:
+            low, high = bounds
+            raise ConfigError(f"{label} = {value!r}: must be {_number(low)}..{_number(high)}")
+    return cls(**values)
+
+
+def _coerce(label: str, hint: Any, value: Any, base_dir: Path) -> Any:
+    where = f"{label} = {value!r}"
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (types.UnionType, typing.Union):  # "X | None": absent means None
+        return _coerce(label, next(a for a in args if a is not type(None)), value, base_dir)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: must be one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: must be a list")
+        return tuple(_coerce(label, args[0], item, base_dir) for item in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: must be a table")
+        return {k: _coerce(f"{label}.{k}", args[1], v, base_dir) for k, v in value.items()}
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: must be a path")
+        return (base_dir / Path(value).expanduser()).resolve()
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    # bool is an int in Python; a config "true" where a number belongs is a mistake.
+    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{where}: must be {_type_name(hint)}")
+    return value
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _suggest(name: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _type_name(hint: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        hint, hint.__name__)

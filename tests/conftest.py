@@ -1,0 +1,18 @@
+"""Shared fixtures. Reference data lives in ../shared (beside the checkout), never in the project."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(os.environ.get("STATION_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data, or a skip saying why: a user's clone has no ../shared beside it."""
+    data = SHARED / "data"
+    if not data.is_dir():
+        pytest.skip(f"reference data not found at {data} (only present beside the project's own checkout)")
+    return data
