@@ -1,0 +1,125 @@
+"""The phone layer: what the station needs from the phones on the hub.
+
+The station talks to phones only through ``PhoneLayer``; the real
+implementation drives usbmuxd/lockdownd and libusb, the simulated one plays a
+scenario. Events flow to the station through the ``emit`` callback given to
+``watch``, always called on the station's event loop.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Mode(enum.Enum):
+    NORMAL = "normal"
+    RECOVERY = "recovery"
+    DFU = "dfu"
+
+
+class Lock(enum.Enum):
+    UNCHECKED = "unchecked"
+    CLEAR = "clear"  # neither Activation Lock nor Find My
+    LOCKED = "locked"  # Activation Lock or Find My is on: never restored
+    UNKNOWN = "unknown"  # could not tell (recovery/DFU, untrusted, no network)
+
+
+@dataclass(frozen=True)
+class Device:
+    """What the station knows of one phone; the phone layer fills in what it can."""
+
+    key: str  # stable while plugged in: UDID in normal mode, ECID otherwise
+    mode: Mode
+    product_type: str = ""
+    name: str = ""
+    ios_version: str = ""
+    build: str = ""
+    udid: str = ""
+    ecid: int | None = None
+    serial: str = ""
+    chip_id: int | None = None
+    board_id: int | None = None
+
+    @property
+    def label(self) -> str:
+        """Short id for logs: serial if known, else the ECID, else the key."""
+        if self.serial:
+            return self.serial
+        return f"ECID {self.ecid:X}" if self.ecid is not None else self.key
+
+
+# Events from the phone layer ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhoneArrived:
+    slot: int
+    device: Device
+
+
+@dataclass(frozen=True)
+class PhoneLeft:
+    slot: int
+
+
+@dataclass(frozen=True)
+class LayerFault:
+    """A station-level piece is missing (``fault`` set) or back (``fault`` None)."""
+
+    source: str  # e.g. "usbmuxd", "libusb", "network"
+    fault: str | None  # display text, e.g. "NO USBMUXD"
+
+
+PhoneEvent = PhoneArrived | PhoneLeft | LayerFault
+
+
+# Results -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockCheck:
+    lock: Lock
+    reason: str = ""  # shown to the operator: "Find My is on", "DFU: not checkable"
+    method: str = ""  # how it was decided, for the record: "activation-server", "fmip", ...
+
+
+@dataclass(frozen=True)
+class RestoreProgress:
+    phase: str
+    percent: float
+
+
+@dataclass(frozen=True)
+class TrustRequest:
+    """The restore waits for the operator to unlock the phone and tap Trust."""
+
+    reason: str = "unlock phone, tap Trust"
+
+
+RestoreReport = RestoreProgress | TrustRequest
+
+
+class RestoreError(Exception):
+    """A restore failed; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, reason: str, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class PhoneLayer(Protocol):
+    async def watch(self, emit: Callable[[PhoneEvent], None]) -> None:
+        """Report arrivals, departures and faults until cancelled."""
+
+    async def identify(self, device: Device) -> Device:
+        """Fill in the identity of a phone that just arrived."""
+
+    async def check_lock(self, device: Device, after_restore: bool = False) -> LockCheck:
+        """Activation Lock / Find My status; UNKNOWN with a reason when it cannot tell."""
+
+    async def restore(self, device: Device, firmware: object,
+                      report: Callable[[RestoreReport], None]) -> None:
+        """Erase and reinstall; raises RestoreError. Cancelling the task stops the restore."""

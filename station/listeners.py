@@ -1,0 +1,27 @@
+"""What the station tells the parts that keep its memory (records, counters).
+
+Listeners are called on the event loop and must return at once: anything slow
+(disk, network) goes to a thread of the listener's own.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from station.machine import Event, Port
+from station.snapshot import Counters
+
+
+class Listener(Protocol):
+    def on_transition(self, old: Port, new: Port, event: object, at: float) -> None:
+        """Every state change of a port (and operator actions on it), in order."""
+
+    def on_firmware(self, slot: int, build: str, version: str, sha256: str) -> None:
+        """The IPSW chosen for the restore that is about to start on ``slot``."""
+
+
+class CounterSource(Protocol):
+    def counters(self) -> Counters:
+        """Today's restored / failed / locked counts (local day)."""
+
+
+__all__ = ["Listener", "CounterSource", "Event"]

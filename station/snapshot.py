@@ -1,0 +1,33 @@
+"""Immutable pictures of the station, the only thing views (OLED, CLI, logs) ever read."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from station.machine import Port
+
+
+class Screen(enum.Enum):
+    OVERVIEW = "overview"  # every slot: number, short state, percent
+    DETAIL = "detail"  # the selected slot: model, iOS, lock, phase, ETA
+    COUNTERS = "counters"  # today's restored / failed / locked
+
+
+@dataclass(frozen=True)
+class Counters:
+    restored: int = 0
+    failed: int = 0
+    locked: int = 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    ports: tuple[Port, ...]
+    screen: Screen = Screen.OVERVIEW
+    selected: int = 1  # slot number shown by DETAIL and marked on OVERVIEW
+    counters: Counters = Counters()
+    faults: tuple[str, ...] = ()  # station-level faults, most urgent first ("NO NETWORK")
+    now: float = 0.0  # station clock, for ETAs and blinking
+
+    def port(self, slot: int) -> Port:
+        return next(p for p in self.ports if p.slot == slot)
