@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import tomllib
 import types
@@ -28,8 +29,10 @@ SYSTEM_CONFIG = Path("/etc/station/station.toml")
 class ConfigError(Exception):
     """A config problem, already worded as the one line the operator reads."""
 
+    prefix = "config error"
+
     def __str__(self) -> str:
-        return f"config error: {self.args[0]}"
+        return f"{self.prefix}: {self.args[0]}"
 
 
 def bounded(low: float, high: float) -> dict[str, Any]:
@@ -94,9 +97,21 @@ class RestoreSection:
 @dataclass(frozen=True)
 class IpswSection:
     cache_dir: Path = Path("/var/lib/station/ipsw")
-    catalog_url: str = "https://api.ipsw.me/v4/devices"
-    # ProductType -> iOS version to restore instead of the newest verified one.
+    # Published sizes and digests of one model's IPSWs, in the ipsw.me v4 shape;
+    # "{identifier}" becomes the ProductType, so a mirror or a test server can stand in.
+    catalog_url: str = "https://api.ipsw.me/v4/device/{identifier}?type=ipsw"
+    # ProductTypes `station ipsw catalog refresh` fetches; empty: every iPhone from iPhone10,1.
+    models: tuple[str, ...] = ()
+    # ProductType -> iOS version (or build) to restore instead of the newest verified one.
     pin: dict[str, str] = field(default_factory=dict)
+    download_timeout_s: float = field(default=60.0, metadata=bounded(1.0, 600.0))
+    # Attempts to resume an interrupted download before `add` gives up (the part file stays).
+    download_retries: int = field(default=5, metadata=bounded(0, 100))
+
+    def __post_init__(self) -> None:
+        if "{identifier}" not in self.catalog_url:
+            raise ConfigError(f"[ipsw] catalog_url = {_toml(self.catalog_url)}: "
+                              "must contain {identifier}")
 
 
 @dataclass(frozen=True)
@@ -135,42 +150,53 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def parse_config(data: dict[str, Any], base_dir: Path, source: Path | None = None) -> Config:
+    return dataclasses.replace(with_overrides(Config(), data, base_dir), source=source)
+
+
+def with_overrides(config: Config, data: dict[str, Any], base_dir: Path) -> Config:
+    """``config`` with some sections' keys replaced, validated like the file itself."""
     sections = _fields(Config)
-    sections.pop("source")
-    values: dict[str, Any] = {}
+    changes = {}
     for name, raw in data.items():
-        if name not in sections:
+        if name not in sections or name == "source":
             raise ConfigError(f"[{name}]: unknown section{_suggest(name, sections)}")
         if not isinstance(raw, dict):
             raise ConfigError(f"[{name}]: must be a table")
-        values[name] = _parse_section(name, sections[name].type, raw, base_dir)
-    return Config(**values, source=source)
+        current = getattr(config, name)
+        update = parse_table(f"[{name}]", type(current), raw, base_dir)
+        changes[name] = dataclasses.replace(current, **{k: getattr(update, k) for k in raw})
+    return dataclasses.replace(config, **changes)
 
 
-def _parse_section(section: str, cls: type, raw: dict[str, Any], base_dir: Path) -> Any:
+def parse_table(where: str, cls: type, raw: dict[str, Any], base_dir: Path) -> Any:
+    """One TOML table into the frozen dataclass ``cls``; ``where`` names it in errors."""
     fields = _fields(cls)
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in raw.items():
         if key not in fields:
-            raise ConfigError(f"[{section}] {key}: unknown key{_suggest(key, fields)}")
-        label = f"[{section}] {key}"
+            raise ConfigError(f"{where} {key}: unknown key{_suggest(key, fields)}")
+        label = f"{where} {key}"
         values[key] = _coerce(label, hints[key], value, base_dir)
         bounds = fields[key].metadata.get("bounds")
         if bounds and not bounds[0] <= values[key] <= bounds[1]:
             low, high = bounds
-            raise ConfigError(f"{label} = {value!r}: must be {_number(low)}..{_number(high)}")
+            raise ConfigError(f"{label} = {_toml(value)}: must be {_number(low)}..{_number(high)}")
+    missing = [name for name, f in fields.items() if name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where} {missing[0]}: missing key")
     return cls(**values)
 
 
 def _coerce(label: str, hint: Any, value: Any, base_dir: Path) -> Any:
-    where = f"{label} = {value!r}"
+    where = f"{label} = {_toml(value)}"
     origin, args = get_origin(hint), get_args(hint)
     if origin in (types.UnionType, typing.Union):  # "X | None": absent means None
         return _coerce(label, next(a for a in args if a is not type(None)), value, base_dir)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where}: must be one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{where}: must be one of {', '.join(map(_toml, args))}")
         return value
     if origin is tuple:
         if not isinstance(value, list):
@@ -180,6 +206,10 @@ def _coerce(label: str, hint: Any, value: Any, base_dir: Path) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: must be a table")
         return {k: _coerce(f"{label}.{k}", args[1], v, base_dir) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: must be a table")
+        return parse_table(label, hint, value, base_dir)
     if hint is Path:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}: must be a path")
@@ -199,6 +229,17 @@ def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
 def _suggest(name: str, known: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _toml(value: Any) -> str:
+    """A value as the operator wrote it in the file."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    return str(value)
 
 
 def _number(value: float) -> str:

@@ -1,0 +1,84 @@
+"""`station run`: the appliance loop, or a simulated scenario with --sim."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from hw.backends import UnknownBackend, backend_name
+from station.app import RunOptions, run_station
+from station.cli import CommandError
+from station.config import Config, with_overrides
+from station.machine import Port, State
+from station.scenario import Scenario, load_scenario
+from station.ui.labels import short_state
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("run", help="run the station (the appliance loop)")
+    parser.add_argument("--sim", metavar="SCENARIO",
+                        help="play a simulated scenario (phones, buttons) and exit when it ends")
+    parser.add_argument("--speed", type=_positive, default=1.0, metavar="FACTOR",
+                        help="simulated time runs FACTOR times faster (with --sim)")
+    parser.add_argument("--duration", type=_positive, metavar="S",
+                        help="stop after S seconds of scenario time (with --sim)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    scenario = load_scenario(args.sim) if args.sim else None
+    if scenario is not None:
+        config = with_overrides(config, scenario.config, scenario.base_dir)
+    try:
+        backend = "sim" if scenario is not None else backend_name(config.hardware.backend)
+    except UnknownBackend as error:
+        raise CommandError(str(error)) from None
+    _configure_logging(config.station.log_level)
+    options = RunOptions(backend=backend, scenario=scenario, speed=args.speed,
+                         duration=args.duration, interactive=sys.stdout.isatty())
+    ports = asyncio.run(run_station(config, options))
+    if scenario is None:
+        return 0
+    return _summarise(ports, scenario)
+
+
+def _summarise(ports: tuple[Port, ...], scenario: Scenario) -> int:
+    """One line per port; a port that ended other than the scenario expects makes the run fail."""
+    expected = {}
+    for phone in scenario.phones:  # the last phone on a slot is the one still there
+        expected[phone.slot] = phone.expect
+    unexpected = 0
+    for port in ports:
+        want = expected.get(port.slot, "")
+        if port.state is State.EMPTY and not want:
+            continue
+        line = _summary_line(port)
+        if want and port.state.value != want:
+            unexpected += 1
+            line += f"  UNEXPECTED (scenario expects {want.upper()})"
+        print(line)
+    return 1 if unexpected else 0
+
+
+def _summary_line(port: Port) -> str:
+    device = port.device
+    who = f"{device.name or device.product_type} {device.label}" if device else "-"
+    why = f"  {port.reason}" if port.reason else ""
+    tries = f"  ({port.attempts} attempts)" if port.attempts > 1 else ""
+    return f"slot {port.slot}: {port.state.name:<13} {short_state(port):<8} {who}{why}{tries}"
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    return value

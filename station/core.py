@@ -1,0 +1,302 @@
+"""The station: one asyncio loop owns every port, the queue and the panel state.
+
+Everything that changes a port goes through ``dispatch``, which runs the pure
+state machine, logs ``old -> new``, carries out the effects and tells the
+listeners. Work for a port (identify, lock check, restore, verify) runs as one
+task per port; an exception there fails that port and nothing else. Other
+threads (gpiozero callbacks) get in only through ``call_soon_threadsafe``.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from hw.phones import (Device, LayerFault, Lock, PhoneArrived, PhoneEvent, PhoneLayer,
+                       PhoneLeft, RestoreError, RestoreProgress, RestoreReport, TrustRequest)
+from station import machine, navigation
+from station.config import Config
+from station.listeners import CounterSource, Listener
+from station.machine import (Attached, Detached, Effect, Event, Identified, LockCheckStarted,
+                             LockResult, Policy, Port, PortFault, Progress, RestoreFailed,
+                             RestoreFinished, RestoreStarted, State, TrustNeeded)
+from station.snapshot import Counters, Snapshot
+
+log = logging.getLogger("station.core")
+
+# Station-level faults, most urgent first: the display shows the first present.
+FAULT_ORDER = ("usbmuxd", "libusb", "network", "ipsw", "disk", "records", "display", "panel")
+
+OPERATOR_EVENTS = (machine.Confirm, machine.Cancel, machine.Abort)
+
+
+class FirmwareSource:
+    """Chooses the IPSW for a phone; ``select`` raises ``NoFirmware`` when none fits."""
+
+    def select(self, device: Device) -> object:
+        raise NotImplementedError
+
+
+class NoFirmware(Exception):
+    """No cached IPSW fits the phone; ``str`` is the port's display text."""
+
+
+class Station:
+    def __init__(self, config: Config, phones: PhoneLayer, *,
+                 firmware: FirmwareSource | None = None,
+                 listeners: tuple[Listener, ...] = (),
+                 counter_source: CounterSource | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.policy = Policy(mode=config.restore.mode, unknown_lock=config.restore.unknown_lock,
+                             retries=config.restore.retries)
+        self.max_parallel = config.restore.max_parallel_restores
+        self.restore_timeout = config.restore.timeout_s
+        self.phones = phones
+        self.firmware = firmware
+        self.listeners = listeners
+        self.counter_source = counter_source
+        self.clock = clock
+        self.on_change = on_change
+        self.ports = {slot: Port(slot) for slot in range(1, config.hub.slots + 1)}
+        self.view = navigation.View()
+        self.faults: dict[str, str] = {}
+        self._counts = Counters()
+        self._queue: deque[int] = deque()
+        self._restoring: set[int] = set()
+        self._work: dict[int, asyncio.Task[None]] = {}
+        # Bumped when a phone leaves: work started for the old phone can't touch the new one.
+        self._generation = dict.fromkeys(self.ports, 0)
+
+    # -- entry points -------------------------------------------------------
+
+    async def run(self) -> None:
+        """Watch the phones until cancelled; then stop all port work."""
+        try:
+            await self.phones.watch(self.on_phone_event)
+        finally:
+            await self.stop_work()
+
+    async def stop_work(self) -> None:
+        tasks = list(self._work.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def on_phone_event(self, event: PhoneEvent) -> None:
+        if isinstance(event, LayerFault):
+            self.set_fault(event.source, event.fault)
+        elif event.slot not in self.ports:
+            log.warning("phone on slot %d, but this station has %d slots ([hub] slots)",
+                        event.slot, len(self.ports))
+        elif isinstance(event, PhoneArrived):
+            self.dispatch(event.slot, Attached(event.device))
+        elif isinstance(event, PhoneLeft):
+            self.dispatch(event.slot, Detached())
+
+    def press(self, button: navigation.Button, long: bool) -> None:
+        result = navigation.press(self.view, button, long, len(self.ports), self.clock())
+        log.info("button %s%s", button.upper(), " (long)" if long else "")
+        self.view = result.view
+        if result.event is not None and result.slot is not None:
+            self.dispatch(result.slot, result.event)
+        self.on_change()
+
+    def set_fault(self, source: str, fault: str | None) -> None:
+        if self.faults.get(source) == fault:
+            return
+        if fault is None:
+            log.info("%s is back", source)
+            self.faults.pop(source, None)
+        else:
+            log.error("%s: %s", source, fault)
+            self.faults[source] = fault
+        self._schedule()
+        self.on_change()
+
+    def snapshot(self) -> Snapshot:
+        now = self.clock()
+        ports = tuple(self.ports.values())
+        self.view = navigation.settle(self.view, ports, now)
+        order = {name: i for i, name in enumerate(FAULT_ORDER)}
+        faults = tuple(self.faults[k] for k in sorted(self.faults, key=lambda k: order.get(k, 99)))
+        counters = self.counter_source.counters() if self.counter_source else self._counts
+        return Snapshot(ports=ports, screen=self.view.screen, selected=self.view.selected,
+                        counters=counters, faults=faults, now=now)
+
+    # -- the one way a port changes ----------------------------------------
+
+    def dispatch(self, slot: int, event: Event) -> None:
+        old = self.ports[slot]
+        result = machine.step(old, event, self.policy, self.clock())
+        new = self.ports[slot] = result.port
+        if result.note:
+            log.debug("slot %d: %s", slot, result.note)
+        if new.state is not old.state:
+            log.info(machine.describe(old, new))
+            self._count(new)
+        if isinstance(event, Detached):
+            self._generation[slot] += 1
+        if new.state is not old.state or isinstance(event, OPERATOR_EVENTS):
+            self._tell_listeners(old, new, event)
+        for effect in result.effects:
+            self._apply(slot, effect, new)
+        if new != old:
+            self.on_change()
+
+    def _apply(self, slot: int, effect: Effect, port: Port) -> None:
+        if effect is Effect.IDENTIFY:
+            self._start(slot, self._identify(slot, port.device))
+        elif effect is Effect.CHECK_LOCK:
+            self._start(slot, self._check_lock(slot, port.device))
+        elif effect is Effect.VERIFY:
+            self._start(slot, self._verify(slot, port.device))
+        elif effect is Effect.ENQUEUE:
+            if slot not in self._queue:
+                self._queue.append(slot)
+            self._schedule()
+        elif effect is Effect.DEQUEUE:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(slot)
+        elif effect is Effect.STOP_WORK:
+            task = self._work.pop(slot, None)
+            if task is not None:
+                task.cancel()
+            self._restoring.discard(slot)
+            self._schedule()
+
+    # -- scheduling restores ------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Start queued restores while there is room and the network is there."""
+        if "network" in self.faults:
+            return
+        while self._queue and len(self._restoring) < self.max_parallel:
+            slot = self._queue.popleft()
+            self.dispatch(slot, RestoreStarted())
+            port = self.ports[slot]
+            if port.state is not State.RESTORING:
+                continue
+            self._restoring.add(slot)
+            self._start(slot, self._restore(slot, port.device))
+
+    # -- port work ----------------------------------------------------------
+
+    def _start(self, slot: int, work: Awaitable[None]) -> None:
+        previous = self._work.pop(slot, None)
+        if previous is not None and previous is not asyncio.current_task():
+            previous.cancel()
+        generation = self._generation[slot]
+        task = asyncio.ensure_future(self._guard(slot, generation, work))
+        task.set_name(f"slot-{slot}")
+        self._work[slot] = task
+
+    async def _guard(self, slot: int, generation: int, work: Awaitable[None]) -> None:
+        """Run one piece of port work; whatever it raises fails this port only."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - isolation is the point
+            log.exception("slot %d: %s", slot, error)
+            if self._generation[slot] == generation:
+                self.dispatch(slot, PortFault(f"internal error: {error}"))
+        finally:
+            if self._work.get(slot) is asyncio.current_task():
+                del self._work[slot]
+
+    def _for(self, slot: int) -> Callable[[Event], None]:
+        """A dispatcher that drops events once the phone they are about has left."""
+        generation = self._generation[slot]
+
+        def send(event: Event) -> None:
+            if self._generation[slot] == generation:
+                self.dispatch(slot, event)
+        return send
+
+    async def _identify(self, slot: int, device: Device | None) -> None:
+        send = self._for(slot)
+        send(Identified(await self.phones.identify(_present(device))))
+
+    async def _check_lock(self, slot: int, device: Device | None) -> None:
+        send = self._for(slot)
+        send(LockCheckStarted())
+        result = await self.phones.check_lock(_present(device))
+        send(LockResult(result.lock, result.reason, result.method))
+
+    async def _verify(self, slot: int, device: Device | None) -> None:
+        send = self._for(slot)
+        result = await self.phones.check_lock(_present(device), after_restore=True)
+        send(LockResult(result.lock, result.reason, result.method))
+
+    async def _restore(self, slot: int, device: Device | None) -> None:
+        device = _present(device)
+        send = self._for(slot)
+        try:
+            firmware = self._firmware_for(slot, device)
+            async with asyncio.timeout(self.restore_timeout):
+                await self.phones.restore(device, firmware, lambda report: send(_progress(report)))
+        except NoFirmware as missing:
+            send(RestoreFailed(str(missing), retryable=False))
+        except RestoreError as error:
+            send(RestoreFailed(error.reason, error.retryable))
+        except TimeoutError:
+            send(RestoreFailed(f"timed out after {self.restore_timeout:.0f} s", retryable=True))
+        else:
+            send(RestoreFinished())
+        finally:
+            self._restoring.discard(slot)
+            self._schedule()
+
+    def _firmware_for(self, slot: int, device: Device) -> object:
+        if self.firmware is None:
+            return None
+        choice = self.firmware.select(device)
+        for listener in self.listeners:
+            with _isolated(listener):
+                listener.on_firmware(slot, getattr(choice, "build", ""),
+                                     getattr(choice, "version", ""), getattr(choice, "sha256", ""))
+        return choice
+
+    # -- memory -------------------------------------------------------------
+
+    def _tell_listeners(self, old: Port, new: Port, event: Event) -> None:
+        at = time.time()
+        for listener in self.listeners:
+            with _isolated(listener):
+                listener.on_transition(old, new, event, at)
+
+    def _count(self, port: Port) -> None:
+        field = {State.DONE: "restored", State.FAILED: "failed", State.LOCKED: "locked",
+                 State.REFUSED: "locked"}.get(port.state)
+        if field:
+            self._counts = replace(self._counts, **{field: getattr(self._counts, field) + 1})
+
+
+def _progress(report: RestoreReport) -> Event:
+    if isinstance(report, TrustRequest):
+        return TrustNeeded(report.reason)
+    assert isinstance(report, RestoreProgress)
+    return Progress(report.phase, report.percent)
+
+
+def _present(device: Device | None) -> Device:
+    if device is None:  # the machine never asks for work on an empty port
+        raise RuntimeError("no device on this port")
+    return device
+
+
+@contextlib.contextmanager
+def _isolated(listener: object):  # type: ignore[no-untyped-def]
+    """A listener that raises is logged, never allowed to stop the station (as Mopidy does)."""
+    try:
+        yield
+    except Exception:  # noqa: BLE001
+        log.exception("listener %s failed", type(listener).__name__)
+
+
+__all__ = ["Station", "FirmwareSource", "NoFirmware", "Lock"]

@@ -1,0 +1,177 @@
+"""Simulation scenarios: which phones arrive where and when, and who presses what.
+
+A scenario is a TOML file; the same file drives the demo, the end-to-end tests
+and the benchmarks::
+
+    [scenario]
+    description = "..."
+    duration = 900            # optional hard stop, scenario seconds
+
+    [config.restore]          # optional: config keys this scenario needs
+    mode = "line"
+
+    [[phone]]
+    name = "clean"
+    slot = 1
+    model = "iPhone14,7"
+    ios = "17.5.1"
+    mode = "normal"           # normal | recovery | dfu
+    activation_lock = false
+    find_my = false
+    attach = 0                # scenario seconds
+    detach = 500              # optional
+    fail = { phase = "restore image", percent = 60, times = 1, kind = "usb" }
+    expect = "done"           # what the port must show at the end
+
+    [[press]]
+    at = 30
+    button = "ok"             # select | ok | back
+    long = true
+    slot = 3                  # optional: SELECT to this slot's detail first
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from station.config import ConfigError, bounded, parse_table
+
+FAILURE_KINDS = ("network", "usb", "device_rejected", "timeout")
+
+
+class ScenarioError(ConfigError):
+    prefix = "scenario error"
+
+
+@dataclass(frozen=True)
+class Failure:
+    phase: str = "restore image"
+    percent: float = field(default=50.0, metadata=bounded(0, 100))
+    times: int = field(default=1, metadata=bounded(1, 100))
+    kind: Literal["network", "usb", "device_rejected", "timeout"] = "usb"
+
+
+@dataclass(frozen=True)
+class ScenarioPhone:
+    name: str
+    slot: int = field(metadata=bounded(1, 64))
+    model: str = "iPhone14,7"
+    ios: str = "17.5.1"
+    build: str = ""
+    mode: Literal["normal", "recovery", "dfu"] = "normal"
+    activation_lock: bool = False
+    find_my: bool = False
+    attach: float = field(default=0.0, metadata=bounded(0, 86400))
+    detach: float | None = None
+    restore_time: float = field(default=600.0, metadata=bounded(1, 86400))
+    serial: str = ""
+    ecid: int | None = None
+    fail: Failure | None = None
+    expect: Literal["", "empty", "done", "locked", "refused", "failed", "needs_confirm"] = ""
+
+
+@dataclass(frozen=True)
+class ScenarioPress:
+    at: float = field(metadata=bounded(0, 86400))
+    button: Literal["select", "ok", "back"]
+    long: bool = False
+    slot: int | None = None
+
+
+@dataclass(frozen=True)
+class ScenarioInfo:
+    description: str = ""
+    duration: float | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    info: ScenarioInfo
+    phones: tuple[ScenarioPhone, ...]
+    presses: tuple[ScenarioPress, ...]
+    config: dict[str, Any]  # overrides, validated against the config schema by the caller
+    base_dir: Path
+
+    @property
+    def last_event(self) -> float:
+        times = [p.attach for p in self.phones] + [p.detach or 0.0 for p in self.phones]
+        return max(times + [p.at for p in self.presses], default=0.0)
+
+
+_SERIAL = re.compile(r"^[A-Z0-9]{8,14}$")
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return _parse(path, data)
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ScenarioError(f"{path}: cannot read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ScenarioError(f"{path}: {error}") from None
+    except ScenarioError:
+        raise
+    except ConfigError as error:
+        raise ScenarioError(f"{path.name}: {error.args[0]}") from None
+
+
+def _parse(path: Path, data: dict[str, Any]) -> Scenario:
+    known = {"scenario", "config", "phone", "press"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"[{key}]: unknown table (expected one of {', '.join(sorted(known))})")
+    info = parse_table("[scenario]", ScenarioInfo, _table(data, "scenario"), path.parent)
+    phones = tuple(parse_table(f"[[phone]] #{i}", ScenarioPhone, raw, path.parent)
+                   for i, raw in enumerate(_array(data, "phone"), 1))
+    presses = tuple(parse_table(f"[[press]] #{i}", ScenarioPress, raw, path.parent)
+                    for i, raw in enumerate(_array(data, "press"), 1))
+    for phone in phones:
+        _check_phone(phone)
+    _check_slots(phones)
+    return Scenario(path.stem, info, phones, presses, _table(data, "config"), path.parent)
+
+
+def _check_phone(phone: ScenarioPhone) -> None:
+    where = f"[[phone]] {phone.name}"
+    if not re.fullmatch(r"iPhone\d+,\d+", phone.model):
+        raise ConfigError(f"{where} model = {phone.model!r}: must look like 'iPhone14,7'")
+    if not re.fullmatch(r"\d+(\.\d+){1,2}", phone.ios):
+        raise ConfigError(f"{where} ios = {phone.ios!r}: must look like '17.5.1'")
+    if phone.serial and not _SERIAL.fullmatch(phone.serial):
+        raise ConfigError(f"{where} serial = {phone.serial!r}: must be 8-14 capital letters or digits")
+    if phone.detach is not None and phone.detach < phone.attach:
+        raise ConfigError(f"{where} detach = {phone.detach}: before attach = {phone.attach}")
+
+
+def _check_slots(phones: tuple[ScenarioPhone, ...]) -> None:
+    """Two phones may share a slot only one after the other."""
+    by_slot: dict[int, list[ScenarioPhone]] = {}
+    for phone in phones:
+        by_slot.setdefault(phone.slot, []).append(phone)
+    for slot, group in by_slot.items():
+        group.sort(key=lambda p: p.attach)
+        for first, second in zip(group, group[1:]):
+            if first.detach is None or first.detach > second.attach:
+                raise ConfigError(f"[[phone]] {second.name} slot = {slot}: "
+                                  f"{first.name} is still plugged in there")
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{key}]: must be a table")
+    return value
+
+
+def _array(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{key}: must be written [[{key}]]")
+    return value

@@ -1,0 +1,81 @@
+"""Config: the documented default file, typed values, one-line errors naming the key."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from station.cli import main
+from station.config import CHECKOUT_CONFIG, Config, ConfigError, find_config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_documented_default_file_matches_the_built_in_defaults():
+    assert dataclasses.replace(load_config(CHECKOUT_CONFIG), source=None) == Config()
+
+
+def test_every_key_is_documented_in_station_toml():
+    text = CHECKOUT_CONFIG.read_text()
+    for section in dataclasses.fields(Config):
+        if section.name == "source":
+            continue
+        assert f"[{section.name}]" in text
+        for key in dataclasses.fields(section.default_factory()):
+            assert f"{key.name} =" in text, f"[{section.name}] {key.name} is not documented"
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("[restore]\nmax_parallel_restores = 0\n",
+     "config error: [restore] max_parallel_restores = 0: must be 1..32"),
+    ("[restore]\nmode = \"auto\"\n",
+     'config error: [restore] mode = "auto": must be one of "counter", "line"'),
+    ("[restore]\nmax_paralel_restores = 2\n",
+     "config error: [restore] max_paralel_restores: unknown key (did you mean max_parallel_restores?)"),
+    ("[dispaly]\n", "config error: [dispaly]: unknown section (did you mean display?)"),
+    ("[buttons]\nhold_s = \"long\"\n", 'config error: [buttons] hold_s = "long": must be a number'),
+    ("[hub]\nslots = true\n", "config error: [hub] slots = true: must be an integer"),
+    ("[hub]\nports = { \"1-1.3\" = \"two\" }\n",
+     'config error: [hub] ports.1-1.3 = "two": must be an integer'),
+    ("[restore\n", "config error: {path}: Expected ']' at the end of a table declaration (at line 1, column 9)"),
+])
+def test_bad_config_is_one_line_naming_the_key(tmp_path, toml, message):
+    path = tmp_path / "station.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == message.format(path=path)
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path):
+    path = tmp_path / "conf" / "station.toml"
+    path.parent.mkdir()
+    path.write_text('[station]\nstate_dir = "../state"\n')
+    assert load_config(path).station.state_dir == tmp_path / "state"
+
+
+def test_config_file_search_order(tmp_path, monkeypatch):
+    monkeypatch.delenv("STATION_CONFIG", raising=False)
+    assert find_config("x.toml") == Path("x.toml")
+    monkeypatch.setenv("STATION_CONFIG", str(tmp_path / "env.toml"))
+    assert find_config(None) == tmp_path / "env.toml"
+    monkeypatch.delenv("STATION_CONFIG")
+    assert find_config(None) in (Path("/etc/station/station.toml"), CHECKOUT_CONFIG)
+
+
+def test_station_command_stops_with_one_line_and_exit_2(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[restore]\nmax_parallel_restores = 0\n")
+    result = subprocess.run([sys.executable, "-m", "station.cli", "run", "--config", str(path)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == "config error: [restore] max_parallel_restores = 0: must be 1..32\n"
+    assert result.stdout == ""
+
+
+def test_missing_config_file_is_one_line(tmp_path, capsys):
+    assert main(["run", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert capsys.readouterr().err == f"config error: {tmp_path / 'nope.toml'}: no such file\n"

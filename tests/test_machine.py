@@ -1,0 +1,177 @@
+"""The per-port state machine: its transition table and the lock rule as a property."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hw.phones import Device, Lock, Mode
+from station.machine import (WORKING, Abort, Attached, Cancel, Confirm, Detached, Effect,
+                             Identified, LockCheckStarted, LockResult, Policy, Port, PortFault,
+                             Progress, RestoreFailed, RestoreFinished, RestoreStarted, State,
+                             TrustNeeded, describe, step)
+
+PHONE = Device(key="00008110-000A1B2C3D4E5F60", mode=Mode.NORMAL, product_type="iPhone14,7",
+               serial="F2LXQ0J1N7KC", ecid=0xA1B2C3D4E5F60)
+DFU = Device(key="ecid:A1B2C3", mode=Mode.DFU, ecid=0xA1B2C3)
+COUNTER = Policy(mode="counter")
+LINE = Policy(mode="line")
+
+
+def drive(*events, policy: Policy = COUNTER, port: Port | None = None) -> tuple[Port, list]:
+    port = port or Port(slot=1)
+    effects: list = []
+    for now, event in enumerate(events):
+        result = step(port, event, policy, float(now))
+        port = result.port
+        effects.append(result.effects)
+    return port, effects
+
+
+CHECKING = (Attached(PHONE), Identified(PHONE), LockCheckStarted())
+CLEAR = LockResult(Lock.CLEAR, "Find My off", "fmip")
+
+
+@pytest.mark.parametrize("events, policy, state", [
+    ((Attached(PHONE),), COUNTER, State.DETECTING),
+    ((Attached(PHONE), Identified(PHONE)), COUNTER, State.IDENTIFIED),
+    (CHECKING, COUNTER, State.CHECKING_LOCK),
+    (CHECKING + (LockResult(Lock.LOCKED, "Find My is on"),), LINE, State.LOCKED),
+    (CHECKING + (CLEAR,), COUNTER, State.NEEDS_CONFIRM),
+    (CHECKING + (CLEAR,), LINE, State.QUEUED),
+    (CHECKING + (LockResult(Lock.UNKNOWN, "DFU"),), Policy(unknown_lock="hold", mode="line"),
+     State.NEEDS_CONFIRM),
+    (CHECKING + (LockResult(Lock.UNKNOWN, "DFU"),), Policy(unknown_lock="refuse"), State.REFUSED),
+    (CHECKING + (LockResult(Lock.UNKNOWN, "DFU"),), Policy(unknown_lock="restore", mode="line"),
+     State.QUEUED),
+    (CHECKING + (CLEAR, Confirm()), COUNTER, State.QUEUED),
+    (CHECKING + (CLEAR, Confirm(), Cancel()), COUNTER, State.NEEDS_CONFIRM),
+    (CHECKING + (CLEAR, RestoreStarted()), LINE, State.RESTORING),
+    (CHECKING + (CLEAR, RestoreStarted(), Progress("restore image", 42)), LINE, State.RESTORING),
+    (CHECKING + (CLEAR, RestoreStarted(), TrustNeeded()), LINE, State.NEEDS_TRUST),
+    (CHECKING + (CLEAR, RestoreStarted(), TrustNeeded(), Progress("x", 5)), LINE, State.RESTORING),
+    (CHECKING + (TrustNeeded(),), LINE, State.NEEDS_TRUST),
+    (CHECKING + (TrustNeeded(), LockCheckStarted(), CLEAR), LINE, State.QUEUED),
+    (CHECKING + (CLEAR, RestoreStarted(), RestoreFinished()), LINE, State.VERIFYING),
+    (CHECKING + (CLEAR, RestoreStarted(), RestoreFinished(), CLEAR), LINE, State.DONE),
+    (CHECKING + (CLEAR, RestoreStarted(), RestoreFinished(), LockResult(Lock.LOCKED, "AL")),
+     LINE, State.LOCKED),
+    (CHECKING + (CLEAR, RestoreStarted(), RestoreFailed("usb", True)), LINE, State.QUEUED),
+    (CHECKING + (CLEAR, RestoreStarted(), RestoreFailed("usb", True), RestoreStarted(),
+                 RestoreFailed("usb", True)), LINE, State.FAILED),
+    (CHECKING + (CLEAR, RestoreStarted(), RestoreFailed("rejected", False)), LINE, State.FAILED),
+    (CHECKING + (CLEAR, RestoreStarted(), RestoreFailed("rejected", False), Confirm()),
+     LINE, State.QUEUED),
+    (CHECKING + (CLEAR, RestoreStarted(), Abort()), LINE, State.FAILED),
+    (CHECKING + (PortFault("boom"),), LINE, State.FAILED),
+    (CHECKING + (CLEAR, RestoreStarted(), Detached()), LINE, State.EMPTY),
+])
+def test_transition_table(events, policy, state):
+    port, _ = drive(*events, policy=policy)
+    assert port.state is state
+
+
+def test_held_phone_needs_a_long_press_on_ok():
+    held, _ = drive(Attached(DFU), Identified(DFU), LockCheckStarted(),
+                    LockResult(Lock.UNKNOWN, "DFU mode"))
+    assert held.held
+    assert step(held, Confirm(long=False), COUNTER, 9).port.state is State.NEEDS_CONFIRM
+    confirmed = step(held, Confirm(long=True), COUNTER, 9)
+    assert confirmed.port.state is State.QUEUED and confirmed.effects == (Effect.ENQUEUE,)
+    assert step(confirmed.port, RestoreStarted(), COUNTER, 10).port.state is State.RESTORING
+
+
+def test_locked_phone_ignores_every_button_and_start():
+    locked, _ = drive(*CHECKING, LockResult(Lock.LOCKED, "Find My is on"), policy=LINE)
+    for event in (Confirm(), Confirm(long=True), RestoreStarted(), CLEAR, LockCheckStarted()):
+        result = step(locked, event, Policy(mode="line", unknown_lock="restore"), 9)
+        assert result.port.state is State.LOCKED
+        assert not result.effects
+    assert locked.reason == "Find My is on"
+
+
+def test_detach_stops_work_and_leaves_queue():
+    queued, _ = drive(*CHECKING, CLEAR, policy=LINE)
+    assert step(queued, Detached(), LINE, 9).effects == (Effect.DEQUEUE,)
+    restoring = step(queued, RestoreStarted(), LINE, 9).port
+    assert step(restoring, Detached(), LINE, 9).effects == (Effect.STOP_WORK,)
+
+
+def test_describe_names_slot_device_and_both_states():
+    old, _ = drive(*CHECKING)
+    new = step(old, LockResult(Lock.LOCKED, "Find My is on"), LINE, 5).port
+    assert describe(old, new) == "slot 1 [F2LXQ0J1N7KC] CHECKING_LOCK -> LOCKED (Find My is on)"
+
+
+# -- the lock rule, over thousands of random event sequences ------------------
+
+devices = st.sampled_from([PHONE, DFU])
+events = st.one_of(
+    devices.map(Attached), devices.map(Identified), st.just(LockCheckStarted()),
+    st.sampled_from(list(Lock)).map(lambda lock: LockResult(lock, "r")),
+    st.booleans().map(lambda long: Confirm(long=long)), st.just(Cancel()), st.just(Abort()),
+    st.just(RestoreStarted()), st.floats(-10, 200).map(lambda p: Progress("restore image", p)),
+    st.just(RestoreFinished()), st.booleans().map(lambda r: RestoreFailed("x", r)),
+    st.just(PortFault("boom")), st.just(Detached()), st.just(TrustNeeded()),
+)
+policies = st.builds(Policy, mode=st.sampled_from(["counter", "line"]),
+                     unknown_lock=st.sampled_from(["hold", "refuse", "restore"]),
+                     retries=st.integers(0, 3))
+
+
+# Uniformly random events rarely get past DETECTING; three draws in four therefore
+# offer an event that moves the current state forward, so the runs reach
+# RESTORING, VERIFYING and DONE, while the fourth keeps arriving at random.
+FORWARD = {
+    State.EMPTY: [Attached(PHONE), Attached(DFU)],
+    State.DETECTING: [Identified(PHONE), Identified(DFU)],
+    State.IDENTIFIED: [LockCheckStarted()],
+    State.CHECKING_LOCK: [LockResult(lock, "r") for lock in Lock] + [TrustNeeded()],
+    State.NEEDS_TRUST: [LockCheckStarted(), Progress("restore image", 50)],
+    State.NEEDS_CONFIRM: [Confirm(long=False), Confirm(long=True)],
+    State.QUEUED: [RestoreStarted()],
+    State.RESTORING: [Progress("restore image", 50), RestoreFinished(), RestoreFailed("usb", True)],
+    State.VERIFYING: [LockResult(lock, "r") for lock in Lock],
+}
+
+
+def run_random(data, policy, steps=40):
+    """Yield (old, event, new) for a random, mostly forward-moving history of one port."""
+    port = Port(slot=1)
+    for now in range(data.draw(st.integers(1, steps))):
+        forward = FORWARD.get(port.state)
+        go_forward = forward and data.draw(st.integers(0, 3)) > 0
+        event = data.draw(st.sampled_from(forward) if go_forward else events)
+        old, port = port, step(port, event, policy, float(now)).port
+        yield old, event, port
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.data(), policies)
+def test_no_restore_ever_starts_for_a_locked_phone(data, policy):
+    answered_locked = False  # the phone layer said LOCKED for the phone now plugged in
+    for old, event, port in run_random(data, policy):
+        if port.state is State.EMPTY:
+            answered_locked = False
+        if isinstance(event, LockResult) and event.lock is Lock.LOCKED and old.state in (
+                State.CHECKING_LOCK, State.NEEDS_TRUST, State.VERIFYING):
+            answered_locked = True
+        if port.state is State.RESTORING and old.state is not State.RESTORING:
+            assert not answered_locked, "restore started for a phone reported locked"
+            assert port.lock is Lock.CLEAR or (port.lock is Lock.UNKNOWN and (
+                policy.unknown_lock == "restore" or port.confirmed_by == "operator"))
+        if answered_locked:
+            assert port.state is State.LOCKED
+        assert 0.0 <= port.percent <= 100.0
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.data(), policies)
+def test_detach_always_empties_the_port_and_stops_its_work(data, policy):
+    port = Port(slot=1)
+    for _, _, port in run_random(data, policy):
+        pass
+    result = step(port, Detached(), policy, 99.0)
+    assert result.port.state is State.EMPTY and result.port.device is None
+    if port.state in WORKING:
+        assert set(result.effects) & {Effect.STOP_WORK, Effect.DEQUEUE}
