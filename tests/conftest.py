@@ -1,6 +1,8 @@
 """Shared fixtures. Reference data lives in ../shared (beside the checkout), never in the project."""
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 from pathlib import Path
 
@@ -16,3 +18,13 @@ def shared_data() -> Path:
     if not data.is_dir():
         pytest.skip(f"reference data not found at {data} (only present beside the project's own checkout)")
     return data
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run ``async def`` tests on a fresh event loop each, without a plugin."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    asyncio.run(pyfuncitem.obj(**arguments))
+    return True

@@ -1,0 +1,202 @@
+"""The station's event loop: isolation per port, bounded restores, the lock rule end to end.
+
+The phone layer here is a test double implementing the real ``PhoneLayer``
+interface (as Mopidy's dummy backend does), preloaded with what each phone answers.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from hw.phones import (Device, LayerFault, Lock, LockCheck, Mode, PhoneArrived, PhoneLeft,
+                       RestoreError, RestoreProgress)
+from station.config import Config, RestoreSection
+from station.core import NoFirmware, Station
+from station.machine import State
+
+
+class DoublePhones:
+    def __init__(self, locks: dict[str, LockCheck], restore_s: float = 0.05) -> None:
+        self.locks = locks
+        self.restore_s = restore_s
+        self.restores: list[str] = []
+        self.running = 0
+        self.most_running = 0
+        self.fail_identify: set[str] = set()
+        self.fail_restore: dict[str, RestoreError] = {}
+        self.cancelled: list[str] = []
+
+    async def watch(self, emit):
+        await asyncio.Event().wait()
+
+    async def identify(self, device):
+        await asyncio.sleep(0)
+        if device.key in self.fail_identify:
+            raise OSError("lockdownd went away")
+        return replace(device, product_type="iPhone14,7", serial=device.key.upper())
+
+    async def check_lock(self, device, after_restore=False):
+        await asyncio.sleep(0)
+        return self.locks.get(device.key, LockCheck(Lock.CLEAR, "Find My off", "fmip"))
+
+    async def restore(self, device, firmware, report):
+        self.restores.append(device.key)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            if device.key in self.fail_restore:
+                raise self.fail_restore.pop(device.key)
+            for percent in (10, 50, 90):
+                report(RestoreProgress("restore image", percent))
+                await asyncio.sleep(self.restore_s / 3)
+        except asyncio.CancelledError:
+            self.cancelled.append(device.key)
+            raise
+        finally:
+            self.running -= 1
+
+
+def make_station(phones, **restore) -> Station:
+    config = Config(restore=replace(RestoreSection(), **restore))
+    return Station(config, phones, clock=asyncio.get_running_loop().time)
+
+
+def plug(station: Station, slot: int, key: str, mode: Mode = Mode.NORMAL) -> None:
+    station.on_phone_event(PhoneArrived(slot, Device(key=key, mode=mode)))
+
+
+async def settle(station: Station, timeout: float = 5.0) -> None:
+    """Wait until no port has work running or queued."""
+    async with asyncio.timeout(timeout):
+        while station._work or station._queue:
+            await asyncio.sleep(0.01)
+
+
+async def test_line_station_restores_clean_phones_and_refuses_locked_ones():
+    phones = DoublePhones({"locked": LockCheck(Lock.LOCKED, "Find My is on", "fmip")})
+    station = make_station(phones, mode="line")
+    plug(station, 1, "clean")
+    plug(station, 2, "locked")
+    await settle(station)
+    assert station.ports[1].state is State.DONE
+    assert station.ports[2].state is State.LOCKED
+    assert station.ports[2].reason == "Find My is on"
+    assert phones.restores == ["clean"]
+    assert station.snapshot().counters.restored == 1 and station.snapshot().counters.locked == 1
+
+
+async def test_no_button_press_restores_a_locked_phone():
+    phones = DoublePhones({"locked": LockCheck(Lock.LOCKED, "Activation Lock is on", "x")})
+    station = make_station(phones, mode="counter", unknown_lock="restore")
+    plug(station, 1, "locked")
+    await settle(station)
+    for button, long in [("ok", False), ("ok", True), ("select", False), ("ok", True)] * 3:
+        station.press(button, long)
+        await settle(station)
+    assert phones.restores == []
+    assert station.ports[1].state is State.LOCKED
+
+
+async def test_an_exception_on_one_port_fails_that_port_only():
+    phones = DoublePhones({})
+    phones.fail_identify.add("bad")
+    station = make_station(phones, mode="line")
+    plug(station, 1, "bad")
+    plug(station, 2, "good")
+    await settle(station)
+    assert station.ports[1].state is State.FAILED
+    assert "lockdownd went away" in station.ports[1].reason
+    assert station.ports[2].state is State.DONE
+
+
+async def test_restores_are_bounded_and_queued():
+    phones = DoublePhones({}, restore_s=0.1)
+    station = make_station(phones, mode="line", max_parallel_restores=2)
+    for slot in range(1, 6):
+        plug(station, slot, f"p{slot}")
+    await settle(station)
+    assert phones.most_running == 2
+    assert all(station.ports[s].state is State.DONE for s in range(1, 6))
+
+
+async def test_no_network_holds_the_queue_until_it_comes_back():
+    phones = DoublePhones({})
+    station = make_station(phones, mode="line")
+    station.on_phone_event(LayerFault("network", "NO NETWORK"))
+    plug(station, 1, "p1")
+    await asyncio.sleep(0.1)
+    assert station.ports[1].state is State.QUEUED
+    assert station.snapshot().faults == ("NO NETWORK",)
+    station.on_phone_event(LayerFault("network", None))
+    await settle(station)
+    assert station.ports[1].state is State.DONE
+    assert station.snapshot().faults == ()
+
+
+async def test_detach_mid_restore_cancels_the_restore_and_frees_the_slot():
+    phones = DoublePhones({}, restore_s=5)
+    station = make_station(phones, mode="line", max_parallel_restores=1)
+    plug(station, 1, "p1")
+    plug(station, 2, "p2")
+    async with asyncio.timeout(2):
+        while station.ports[1].state is not State.RESTORING:
+            await asyncio.sleep(0.01)
+    station.on_phone_event(PhoneLeft(1))
+    await asyncio.sleep(0.05)
+    assert phones.cancelled == ["p1"]
+    assert station.ports[1].state is State.EMPTY
+    assert station.ports[2].state is State.RESTORING  # the freed place went to the next phone
+    station.on_phone_event(PhoneLeft(2))
+    await settle(station)
+
+
+async def test_retryable_failure_is_retried_then_restored():
+    phones = DoublePhones({})
+    phones.fail_restore["p1"] = RestoreError("USB transfer failed", retryable=True)
+    station = make_station(phones, mode="line", retries=1)
+    plug(station, 1, "p1")
+    await settle(station)
+    assert phones.restores == ["p1", "p1"]
+    assert station.ports[1].state is State.DONE and station.ports[1].attempts == 2
+
+
+async def test_unknown_lock_is_held_until_a_long_press_on_that_port():
+    phones = DoublePhones({"dfu": LockCheck(Lock.UNKNOWN, "DFU mode", "none")})
+    station = make_station(phones, mode="line", unknown_lock="hold")
+    plug(station, 1, "dfu", Mode.DFU)
+    await settle(station)
+    assert station.ports[1].state is State.NEEDS_CONFIRM
+    station.press("ok", False)
+    await settle(station)
+    assert phones.restores == []
+    station.press("ok", True)
+    await settle(station)
+    assert phones.restores == ["dfu"] and station.ports[1].state is State.DONE
+
+
+async def test_missing_firmware_fails_the_port_with_the_display_text():
+    class NoIpsw:
+        def select(self, device):
+            raise NoFirmware("NO IPSW iPhone14,7")
+
+    station = Station(Config(restore=RestoreSection(mode="line")), DoublePhones({}),
+                      firmware=NoIpsw(), clock=asyncio.get_running_loop().time)
+    plug(station, 1, "p1")
+    await settle(station)
+    assert station.ports[1].state is State.FAILED
+    assert station.ports[1].reason == "NO IPSW iPhone14,7"
+
+
+async def test_a_failing_listener_does_not_stop_the_station():
+    class Broken:
+        def on_transition(self, *args):
+            raise RuntimeError("disk on fire")
+
+        def on_firmware(self, *args):
+            raise RuntimeError("disk on fire")
+
+    station = Station(Config(restore=RestoreSection(mode="line")), DoublePhones({}),
+                      listeners=(Broken(),), clock=asyncio.get_running_loop().time)
+    plug(station, 1, "p1")
+    await settle(station)
+    assert station.ports[1].state is State.DONE
