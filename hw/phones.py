@@ -101,6 +101,10 @@ class TrustRequest:
 RestoreReport = RestoreProgress | TrustRequest
 
 
+class PhoneError(Exception):
+    """This phone cannot be handled (unreadable, not answering); the message is for the operator."""
+
+
 class RestoreError(Exception):
     """A restore failed; ``retryable`` says whether trying again may help."""
 

@@ -110,7 +110,7 @@ class IpswSection:
 
     def __post_init__(self) -> None:
         if "{identifier}" not in self.catalog_url:
-            raise ConfigError(f"[ipsw] catalog_url = {_toml(self.catalog_url)}: "
+            raise ConfigError(f"[ipsw] catalog_url = {toml_value(self.catalog_url)}: "
                               "must contain {identifier}")
 
 
@@ -181,7 +181,7 @@ def parse_table(where: str, cls: type, raw: dict[str, Any], base_dir: Path) -> A
         bounds = fields[key].metadata.get("bounds")
         if bounds and not bounds[0] <= values[key] <= bounds[1]:
             low, high = bounds
-            raise ConfigError(f"{label} = {_toml(value)}: must be {_number(low)}..{_number(high)}")
+            raise ConfigError(f"{label} = {toml_value(value)}: must be {_number(low)}..{_number(high)}")
     missing = [name for name, f in fields.items() if name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -190,13 +190,13 @@ def parse_table(where: str, cls: type, raw: dict[str, Any], base_dir: Path) -> A
 
 
 def _coerce(label: str, hint: Any, value: Any, base_dir: Path) -> Any:
-    where = f"{label} = {_toml(value)}"
+    where = f"{label} = {toml_value(value)}"
     origin, args = get_origin(hint), get_args(hint)
     if origin in (types.UnionType, typing.Union):  # "X | None": absent means None
         return _coerce(label, next(a for a in args if a is not type(None)), value, base_dir)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where}: must be one of {', '.join(map(_toml, args))}")
+            raise ConfigError(f"{where}: must be one of {', '.join(map(toml_value, args))}")
         return value
     if origin is tuple:
         if not isinstance(value, list):
@@ -231,14 +231,14 @@ def _suggest(name: str, known: typing.Iterable[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _toml(value: Any) -> str:
+def toml_value(value: Any) -> str:
     """A value as the operator wrote it in the file."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, list):
-        return "[" + ", ".join(map(_toml, value)) + "]"
+        return "[" + ", ".join(map(toml_value, value)) + "]"
     return str(value)
 
 

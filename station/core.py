@@ -16,8 +16,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from hw.phones import (Device, LayerFault, Lock, PhoneArrived, PhoneEvent, PhoneLayer,
-                       PhoneLeft, RestoreError, RestoreProgress, RestoreReport, TrustRequest)
+from hw.phones import (Device, LayerFault, Lock, PhoneArrived, PhoneError, PhoneEvent,
+                       PhoneLayer, PhoneLeft, RestoreError, RestoreProgress, RestoreReport, TrustRequest)
 from station import machine, navigation
 from station.config import Config
 from station.listeners import CounterSource, Listener
@@ -201,6 +201,10 @@ class Station:
             await work
         except asyncio.CancelledError:
             raise
+        except PhoneError as error:
+            log.error("slot %d: %s", slot, error)
+            if self._generation[slot] == generation:
+                self.dispatch(slot, PortFault(str(error)))
         except Exception as error:  # noqa: BLE001 - isolation is the point
             log.exception("slot %d: %s", slot, error)
             if self._generation[slot] == generation:

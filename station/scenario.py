@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from station.config import ConfigError, bounded, parse_table
+from station.config import ConfigError, bounded, parse_table, toml_value
 
 FAILURE_KINDS = ("network", "usb", "device_rejected", "timeout")
 
@@ -141,11 +141,12 @@ def _parse(path: Path, data: dict[str, Any]) -> Scenario:
 def _check_phone(phone: ScenarioPhone) -> None:
     where = f"[[phone]] {phone.name}"
     if not re.fullmatch(r"iPhone\d+,\d+", phone.model):
-        raise ConfigError(f"{where} model = {phone.model!r}: must look like 'iPhone14,7'")
+        raise ConfigError(f"{where} model = {toml_value(phone.model)}: must look like 'iPhone14,7'")
     if not re.fullmatch(r"\d+(\.\d+){1,2}", phone.ios):
-        raise ConfigError(f"{where} ios = {phone.ios!r}: must look like '17.5.1'")
+        raise ConfigError(f"{where} ios = {toml_value(phone.ios)}: must look like '17.5.1'")
     if phone.serial and not _SERIAL.fullmatch(phone.serial):
-        raise ConfigError(f"{where} serial = {phone.serial!r}: must be 8-14 capital letters or digits")
+        raise ConfigError(f"{where} serial = {toml_value(phone.serial)}: "
+                          "must be 8-14 capital letters or digits")
     if phone.detach is not None and phone.detach < phone.attach:
         raise ConfigError(f"{where} detach = {phone.detach}: before attach = {phone.attach}")
 

@@ -1,0 +1,38 @@
+"""The shipped demo scenario, end to end through the `station` command."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_scenario(tmp_path: Path, scenario: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "station.toml"
+    config.write_text(f'[station]\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'[ipsw]\ncache_dir = "{tmp_path / "ipsw"}"\n'
+                      f'[display]\nframes_dir = "{tmp_path / "frames"}"\n')
+    return subprocess.run(
+        [sys.executable, "-m", "station.cli", "run", "--config", str(config),
+         "--sim", str(ROOT / scenario), "--speed", "300", *extra],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+def test_demo_ends_with_the_four_expected_outcomes(tmp_path):
+    result = run_scenario(tmp_path, "config/sim/demo.toml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4, result.stdout
+    assert lines[0].startswith("slot 1: DONE")
+    assert lines[1].startswith("slot 2: LOCKED") and "Find My is on" in lines[1]
+    assert lines[2].startswith("slot 3: DONE")
+    assert lines[3].startswith("slot 4: DONE") and "(2 attempts)" in lines[3]
+    assert "UNEXPECTED" not in result.stdout
+    log = result.stderr
+    assert "slot 2 [G6TZK2P4Q1MN] CHECKING_LOCK -> LOCKED (Find My is on)" in log
+    assert "slot 4 [DNPWL4H8Q6VR] RESTORING -> QUEUED (retrying: USB transfer failed" in log
+    assert "Traceback" not in log
+    frames = sorted((tmp_path / "frames").glob("*.png"))
+    assert frames, "the emulated OLED showed nothing"
+    assert not list(tmp_path.glob("updater_output-*")), "a restore wrote into the working directory"
