@@ -1,0 +1,134 @@
+"""The simulated restore engine, run inside a worker in place of pymobiledevice3's ``Restore``.
+
+It walks the real phase sequence (``phases.sequence``); the image phase reads the IPSW's OS
+image through the same reader the real restore uses, paced at the simulated USB rate.
+Timed phases last their nominal duration divided by ``SimParams.speed``. An injected
+failure ends the restore with the kind and retryability the real worker would report.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import plistlib
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+from station.worker import phases
+from station.worker.messages import RETRYABLE, Failed, Kind, WorkerFailure
+from station.worker.reporter import Reporter
+from station.worker.request import InjectedFailure, RestoreRequest, SimParams
+
+log = logging.getLogger(__name__)
+
+# Seconds each phase takes on a real phone (iPhone 12-class, USB 2), at speed 1.
+NOMINAL_SECONDS = {
+    phases.ENTER_RECOVERY: 12.0,
+    phases.SEND_IBSS: 2.0,
+    phases.SEND_IBEC: 6.0,
+    phases.BOOT_RAMDISK: 25.0,
+    phases.PREPARE_DISK: 8.0,
+    phases.VERIFY_RESTORE: 45.0,
+    phases.FLASH_FIRMWARE: 20.0,
+    phases.UPDATE_BASEBAND: 35.0,
+    phases.SEAL_SYSTEM_VOLUME: 30.0,
+    phases.REBOOT: 15.0,
+}
+STEPS = 50  # progress points per timed phase
+CHUNK = 1 << 20  # bytes per image read, as ASR's payload loop reads in 128 KiB..1 MiB pieces
+MANIFEST = "BuildManifest.plist"
+
+
+async def run(request: RestoreRequest, reporter: Reporter) -> None:
+    params = request.sim or SimParams()
+    for phase in phases.sequence(request.mode):
+        if phase == phases.RESTORE_IMAGE:
+            await _send_image(request.ipsw, params, reporter)
+        else:
+            await _timed(phase, NOMINAL_SECONDS[phase] / params.speed, params.fail, reporter)
+
+
+async def _timed(phase: str, seconds: float, fail: InjectedFailure | None, reporter: Reporter) -> None:
+    for step in range(STEPS + 1):
+        percent = 100.0 * step / STEPS
+        reporter.phase(phase, percent)
+        _maybe_fail(fail, phase, percent)
+        if step < STEPS:
+            await asyncio.sleep(seconds / STEPS)
+
+
+async def _send_image(ipsw: str | None, params: SimParams, reporter: Reporter) -> None:
+    phase = phases.RESTORE_IMAGE
+    rate = params.usb_rate * params.speed
+    with _os_image(ipsw, params.image_bytes) as (image, size):
+        log.info("sending %d bytes of OS image at %.1f MB/s", size, rate / 1e6)
+        loop = asyncio.get_running_loop()
+        start, sent = loop.time(), 0
+        reporter.phase(phase, 0.0)
+        _maybe_fail(params.fail, phase, 0.0)
+        while sent < size:
+            chunk = image.read(min(CHUNK, size - sent))
+            if not chunk:
+                raise WorkerFailure(Failed(f"OS image ended at byte {sent} of {size}", Kind.INTERNAL, False))
+            sent += len(chunk)
+            percent = 100.0 * sent / size
+            reporter.phase(phase, percent)
+            _maybe_fail(params.fail, phase, percent)
+            await asyncio.sleep(max(0.0, start + sent / rate - loop.time()))
+
+
+def _maybe_fail(fail: InjectedFailure | None, phase: str, percent: float) -> None:
+    if fail is None or fail.phase != phase or percent < fail.percent:
+        return
+    retryable = RETRYABLE[fail.kind] if fail.retryable is None else fail.retryable
+    reason = fail.reason or f"simulated {fail.kind.value} failure in {phase} at {percent:.0f}%"
+    raise WorkerFailure(Failed(reason, fail.kind, retryable))
+
+
+class _Zeros:
+    """A synthetic OS image: the byte count is what matters to pacing and progress."""
+
+    _block = bytes(CHUNK)
+
+    def read(self, size: int) -> bytes:
+        return self._block[:size]
+
+
+@contextmanager
+def _os_image(ipsw: str | None, synthetic_size: int) -> Iterator[tuple[_Zeros | BinaryIO, int]]:
+    if ipsw is None:
+        yield _Zeros(), synthetic_size
+        return
+    try:
+        member = _os_image_member(ipsw)
+        image, size = _open_member(ipsw, member)
+    except Exception as error:  # IpswError, OSError, zip and plist errors: all mean an unusable IPSW
+        raise WorkerFailure(Failed(f"cannot read the OS image of {os.path.basename(ipsw)}: {error}",
+                                   Kind.INTERNAL, False)) from None
+    with image:
+        yield image, size
+
+
+def _os_image_member(ipsw: str) -> str:
+    """The OS image's member name, from the first build identity (all identities share it)."""
+    stream, _ = _open_member(ipsw, MANIFEST)
+    with stream:
+        manifest = plistlib.loads(stream.read())
+    return manifest["BuildIdentities"][0]["Manifest"]["OS"]["Info"]["Path"]
+
+
+def _open_member(ipsw: str, name: str) -> tuple[BinaryIO, int]:
+    """A member and its size, through the IPSW cache's reader (O(1) seeks on stored members)."""
+    try:
+        from station.ipsw.reader import open_member
+    except ImportError:
+        # The reader belongs to the IPSW cache package; without it, zipfile reads the same bytes
+        # sequentially (no seek is needed here), sized from the central directory.
+        archive = zipfile.ZipFile(ipsw)
+        return archive.open(name), archive.getinfo(name).file_size
+    stream = open_member(ipsw, name)
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(0)
+    return stream, size

@@ -1,0 +1,251 @@
+"""The real engine, as far as it runs without a phone: handlers, bars, pairing wait, classification."""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+import usb.core
+from pymobiledevice3 import exceptions as pmd3
+from pymobiledevice3 import irecv, utils
+from pymobiledevice3.restore import asr, recovery, restore, tss
+
+from hw.phones import Mode
+from station.worker import bars, phases, real
+from station.worker.classify import classify
+from station.worker.messages import Done, Failed, Kind, Phase, Status, Trust, WorkerFailure, decode
+from station.worker.reporter import Reporter
+from station.worker.request import RestoreRequest
+
+MANIFEST = "iOS15.4.1_19E258_iPhone14-3.BuildManifest.plist"  # d64ap
+
+
+class Pipe:
+    def __init__(self) -> None:
+        self.read, self.write = os.pipe()
+        os.set_blocking(self.read, False)
+        self.reporter = Reporter(self.write, min_interval=0.0)
+
+    def messages(self) -> list:
+        data = b""
+        try:
+            while chunk := os.read(self.read, 65536):
+                data += chunk
+        except BlockingIOError:
+            pass
+        return [decode(line) for line in data.splitlines()]
+
+    def close(self) -> None:
+        os.close(self.read)
+        os.close(self.write)
+
+
+@pytest.fixture
+def pipe():
+    pipe = Pipe()
+    yield pipe
+    pipe.close()
+
+
+@pytest.fixture
+def pmd3_patched(monkeypatch):
+    """Let the worker's adaptations of pymobiledevice3 happen, and undo them after the test."""
+    for module in (irecv, utils, asr, restore):
+        monkeypatch.setattr(module, "ProgressBar", module.ProgressBar)
+    monkeypatch.setattr(recovery, "IRecv", recovery.IRecv)
+    monkeypatch.setattr(irecv, "find", irecv.find)
+    monkeypatch.setattr(tss, "requests", tss.requests)
+    monkeypatch.setattr(restore, "requests", restore.requests)
+    monkeypatch.setattr(bars.ReportingBar, "reporter", None)
+
+
+class FakeIRecv:
+    """What pmd3's Device reads from an IRecv in recovery mode."""
+
+    ecid = 0x1234
+    hardware_model = "d64ap"
+    is_image4_supported = True
+
+
+class FakeRestored:
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    async def send(self, message) -> None:
+        self.sent.append(message)
+
+
+@pytest.fixture
+def reporting_restore(shared_data: Path, tmp_path: Path, pipe: Pipe) -> real.ReportingRestore:
+    """A real ``ReportingRestore`` on a real BuildManifest (the IPSW holds nothing else)."""
+    ipsw = tmp_path / "test.ipsw"
+    with zipfile.ZipFile(ipsw, "w") as archive:
+        archive.write(shared_data / "buildmanifests" / MANIFEST, "BuildManifest.plist")
+
+    async def create() -> real.ReportingRestore:  # pmd3 names its logger after the current task
+        return real.ReportingRestore(real.open_ipsw(str(ipsw)), real.Device(irecv=FakeIRecv()), pipe.reporter)
+
+    instance = asyncio.run(create())
+    instance._restored = FakeRestored()
+    return instance
+
+
+def test_progress_messages_become_phase_lines(reporting_restore, pipe):
+    async def feed() -> None:
+        for operation, progress in [(11, -1), (13, 10), (13, 60), (13, 40), (14, 50), (14, 100), (99, 5), (77, 30)]:
+            await reporting_restore.handle_progress_msg({"MsgType": "ProgressMsg", "Operation": operation,
+                                                         "Progress": progress})
+
+    asyncio.run(feed())
+    assert pipe.messages() == [
+        Phase(phases.PREPARE_DISK, 0), Phase(phases.RESTORE_IMAGE, 10), Phase(phases.RESTORE_IMAGE, 60),
+        Phase(phases.VERIFY_RESTORE, 50), Phase(phases.VERIFY_RESTORE, 100), Phase(phases.SEAL_SYSTEM_VOLUME, 30),
+    ]
+
+
+def test_final_status_zero_is_acknowledged_and_nonzero_is_a_rejection(reporting_restore, pipe):
+    asyncio.run(reporting_restore.handle_status_msg({"MsgType": "StatusMsg", "Status": 0}))
+    assert reporting_restore._restored.sent == [{"MsgType": "ReceivedFinalStatusMsg"}]
+    assert reporting_restore.rejection is None
+
+    asyncio.run(reporting_restore.handle_status_msg({"MsgType": "StatusMsg", "Status": 6, "Log": "..."}))
+    assert pipe.messages() == [Status("restored: disk failure", 6)]
+    assert reporting_restore.rejection == Failed("phone reported restore status 6: disk failure",
+                                                 Kind.DEVICE_REJECTED, False)
+    assert reporting_restore.rejected.is_set()
+
+
+def test_fdr_status_is_a_transient_rejection(reporting_restore):
+    asyncio.run(reporting_restore.handle_status_msg({"MsgType": "StatusMsg", "Status": 53}))
+    assert reporting_restore.rejection.retryable
+
+
+def test_failed_checkpoint_becomes_a_status_line(reporting_restore, pipe):
+    async def feed() -> None:
+        await reporting_restore.handle_checkpoint_msg({"CHECKPOINT_ID": 0x603, "CHECKPOINT_COMPLETE": False})
+        await reporting_restore.handle_checkpoint_msg({"CHECKPOINT_ID": 0x603, "CHECKPOINT_NAME": "erase",
+                                                       "CHECKPOINT_COMPLETE": True, "CHECKPOINT_RESULT": 5})
+
+    asyncio.run(feed())
+    assert pipe.messages() == [Status("restored checkpoint erase failed", 5)]
+
+
+def test_recovery_steps_announce_their_phase(reporting_restore, pipe):
+    async def step() -> str:
+        return "sent"
+
+    for name in ("dfu_enter_recovery", "send_ibec", "enter_restore"):
+        assert getattr(reporting_restore.recovery, name).__name__ == "announced", name
+    announced = reporting_restore._announcing(phases.SEND_IBEC, step)
+    assert asyncio.run(announced()) == "sent"
+    assert pipe.messages() == [Phase(phases.SEND_IBEC, 0)]
+
+
+def test_a_rejection_ends_the_wait_for_restored(reporting_restore, monkeypatch):
+    async def hangs() -> None:
+        await reporting_restore.handle_status_msg({"MsgType": "StatusMsg", "Status": 14})
+        await asyncio.sleep(3600)  # pmd3 would read on until the phone hangs up
+
+    monkeypatch.setattr(real, "REJECTION_GRACE", 0.1)
+    monkeypatch.setattr(reporting_restore, "update", hangs)
+    with pytest.raises(WorkerFailure) as caught:
+        asyncio.run(real._update(reporting_restore, "slot1"))
+    assert caught.value.failed.kind is Kind.DEVICE_REJECTED
+
+
+def test_bars_report_percent_and_draw_nothing(pmd3_patched, pipe, capfd):
+    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5)
+    assert asr.ProgressBar is bars.ReportingBar and irecv.ProgressBar is bars.ReportingBar
+    with asr.ProgressBar(total=1000, desc="filesystem", unit="B") as bar:
+        for _ in range(4):
+            bar.update(250)
+    with irecv.ProgressBar(total=10, desc="RestoreLogo", unit="B") as bar:
+        bar.update(10)  # not worth a phase
+    verify = restore.ProgressBar(total=100, desc="verify restore")
+    verify.n = 40
+    verify.close()
+    assert pipe.messages() == [Phase(phases.RESTORE_IMAGE, p) for p in (0, 25, 50, 75, 100)] + [
+        Phase(phases.VERIFY_RESTORE, 40)]
+    assert capfd.readouterr() == ("", "")
+
+
+def test_usb_waits_are_bounded(pmd3_patched, pipe, monkeypatch):
+    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=0.3)
+    monkeypatch.setattr(real, "USB_SCAN_PAUSE", 0.05)
+    monkeypatch.setattr(usb.core, "find", lambda **kwargs: [])  # an empty bus
+    with pytest.raises(pmd3.IRecvNoDeviceConnectedError):
+        recovery.IRecv(ecid=0x1234)  # what pmd3 calls, without a timeout
+    assert tss.requests.post is not requests.post
+
+
+def test_passcode_locked_phone_asks_for_trust_once_then_pairs(pipe, monkeypatch):
+    attempts = []
+
+    async def create_using_usbmux(**kwargs):
+        attempts.append(kwargs)
+        if len(attempts) < 3:
+            raise pmd3.PasswordRequiredError()
+        return "lockdown"
+
+    monkeypatch.setattr(real, "create_using_usbmux", create_using_usbmux)
+    monkeypatch.setattr(real, "TRUST_POLL", 0.01)
+    request = RestoreRequest("slot1", "/unused", mode=Mode.NORMAL, udid="00008110-0001", ecid=1)
+    assert asyncio.run(real._paired_lockdown(request, pipe.reporter)) == "lockdown"
+    assert pipe.messages() == [Trust()]
+    assert all(a["pair_timeout"] == real.PAIR_ATTEMPT and a["serial"] == request.udid for a in attempts)
+
+
+def test_trust_wait_is_bounded(pipe, monkeypatch):
+    async def create_using_usbmux(**kwargs):
+        raise pmd3.PairingDialogResponsePendingError()
+
+    monkeypatch.setattr(real, "create_using_usbmux", create_using_usbmux)
+    monkeypatch.setattr(real, "TRUST_POLL", 0.01)
+    request = RestoreRequest("slot1", "/unused", mode=Mode.NORMAL, udid="u", ecid=1, trust_timeout=0.1)
+    with pytest.raises(pmd3.PairingDialogResponsePendingError) as caught:
+        asyncio.run(real._paired_lockdown(request, pipe.reporter))
+    assert classify(caught.value).kind is Kind.TIMEOUT
+
+
+def test_a_real_restore_needs_an_ecid_and_an_ipsw(pipe):
+    with pytest.raises(WorkerFailure) as caught:
+        asyncio.run(real.run(RestoreRequest("slot1", "/unused", ipsw="x.ipsw"), pipe.reporter))
+    assert caught.value.failed.kind is Kind.INTERNAL
+    assert pipe.messages() == []
+
+
+@pytest.mark.parametrize(("error", "kind", "retryable"), [
+    (pmd3.TSSError("TSS server replied: This device isn't eligible"), Kind.NETWORK, True),
+    (requests.exceptions.ConnectionError("gs.apple.com: Name or service not known"), Kind.NETWORK, True),
+    (requests.exceptions.ReadTimeout("read timed out"), Kind.NETWORK, True),
+    (usb.core.USBError("Pipe error", errno.EPIPE), Kind.USB, True),
+    (usb.core.USBTimeoutError("Operation timed out", errno.ETIMEDOUT), Kind.USB, True),
+    (usb.core.NoBackendError("No backend available"), Kind.USB, False),
+    (pmd3.IRecvNoDeviceConnectedError("No device in Recovery or DFU mode was found."), Kind.USB, True),
+    (pmd3.ConnectionFailedError(), Kind.USB, True),
+    (pmd3.ConnectionTerminatedError(), Kind.USB, True),
+    (pmd3.NoDeviceConnectedError(), Kind.USB, True),
+    (OSError("failed to upload data"), Kind.USB, True),
+    (pmd3.PasswordRequiredError(), Kind.TIMEOUT, True),
+    (asyncio.TimeoutError(), Kind.TIMEOUT, True),
+    (pmd3.UserDeniedPairingError(), Kind.DEVICE_REJECTED, True),
+    (pmd3.NoSuchBuildIdentityError("no identity for d17ap"), Kind.DEVICE_REJECTED, False),
+    (NotImplementedError("is_image4_supported is False"), Kind.DEVICE_REJECTED, False),
+    (pmd3.ProtocolError("unexpected ASR command"), Kind.DEVICE_REJECTED, False),
+    (OSError(errno.ENOSPC, "No space left on device"), Kind.INTERNAL, False),
+    (KeyError("HardwareModel"), Kind.INTERNAL, False),
+    (WorkerFailure(Failed("status 6", Kind.DEVICE_REJECTED, False)), Kind.DEVICE_REJECTED, False),
+])
+def test_failure_classification(error, kind, retryable):
+    failed = classify(error)
+    assert (failed.kind, failed.retryable) == (kind, retryable)
+    assert failed.reason and "\n" not in failed.reason
+
+
+def test_done_is_the_last_line(pipe):
+    pipe.reporter.done()
+    assert pipe.messages() == [Done()]
