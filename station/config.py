@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -83,6 +84,18 @@ class HubSection:
     slots: int = field(default=7, metadata=bounded(1, 64))
     # USB port path (as sysfs names it, e.g. "1-1.3") -> station slot number.
     ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        seen: dict[int, str] = {}
+        for path, slot in self.ports.items():
+            where = f"[hub] ports.{path} = {slot}"
+            if not re.fullmatch(r"\d+-\d+(\.\d+)*", path):
+                raise ConfigError(f"[hub] ports.{path}: not a USB port path like \"1-1.3\"")
+            if not 1 <= slot <= self.slots:
+                raise ConfigError(f"{where}: must be 1..{self.slots} ([hub] slots)")
+            if slot in seen:
+                raise ConfigError(f"{where}: slot {slot} is also {seen[slot]}")
+            seen[slot] = path
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,151 @@
+"""IPSW members as seekable file objects, read in place (no extraction to disk).
+
+Python 3.11's ``ZipExtFile.seek`` reads (and for a backward seek re-reads) the
+data up to the target, so ASR's SEEK_END + tell + SEEK_SET 0 on an 8 GB OS image
+would read it twice before sending a byte. IPSW members are stored, not
+deflated, so their bytes sit at a fixed offset in the file: ``StoredMember``
+maps reads to ``os.pread`` at that offset, which makes a seek O(1). Deflated
+members fall back to zipfile's sequential reader.
+"""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zipfile
+from pathlib import Path
+from typing import BinaryIO
+
+from ipsw_parser.ipsw import IPSW
+
+from station.ipsw.errors import IpswError
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... file name length, extra field length
+_LOCAL_SIGNATURE = b"PK\x03\x04"
+
+
+class StoredMember(io.RawIOBase):
+    """Bytes [start, start + size) of an open file descriptor, which this object owns."""
+
+    def __init__(self, fd: int, start: int, size: int, name: str) -> None:
+        super().__init__()
+        self._fd, self._start, self._size, self.name = fd, start, size, name
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        # The restore's hot loop (an 8 GB image in 128 KiB reads): pread straight into a new
+        # bytes object, one copy like dd's read(), and no Python calls beyond it.
+        pos, left = self._pos, self._size - self._pos
+        want = left if size is None or size < 0 or size > left else size
+        if self._fd < 0:
+            raise ValueError("I/O operation on closed file")
+        if want <= 0:
+            return b""
+        data = os.pread(self._fd, want, self._start + pos)
+        if len(data) != want:
+            self._short(pos + len(data))
+        self._pos = pos + want
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), max(0, self._size - self._pos))
+        if self._fd < 0:
+            raise ValueError("I/O operation on closed file")
+        got = os.preadv(self._fd, [view[:want]], self._start + self._pos) if want else 0
+        if got != want:
+            self._short(self._pos + got)
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        super().close()
+
+    def _short(self, at: int) -> None:
+        # The file shrank under us: never hand out a silently short member.
+        raise IpswError(f"{self.name}: IPSW truncated at member offset {at}")
+
+
+class IpswArchive:
+    """The member list of one IPSW; what ipsw_parser's ``IPSW`` reads an archive through."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                self._members = {info.filename: info for info in archive.infolist()}
+            size = self.path.stat().st_size
+        except zipfile.BadZipFile:
+            raise IpswError(f"{self.path.name}: not a complete zip archive (truncated, or not an IPSW)") from None
+        except OSError as error:
+            raise IpswError(f"{self.path.name}: {error.strerror or error}") from None
+        if any(info.header_offset + info.compress_size > size for info in self._members.values()):
+            raise IpswError(f"{self.path.name}: zip members run past the end of the file (truncated)")
+
+    @property
+    def filelist(self) -> list[zipfile.ZipInfo]:
+        return list(self._members.values())
+
+    def namelist(self) -> list[str]:
+        return list(self._members)
+
+    def open(self, name: str) -> BinaryIO:
+        info = self._members.get(name)
+        if info is None:
+            raise IpswError(f"{self.path.name}: no member {name}")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return self._open_deflated(info)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            header = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
+            if len(header) < _LOCAL_HEADER.size or header[:4] != _LOCAL_SIGNATURE:
+                raise IpswError(f"{self.path.name}: bad zip header for {name}")
+            name_length, extra_length = _LOCAL_HEADER.unpack(header)[1:]
+            start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+            return StoredMember(fd, start, info.file_size, name)  # type: ignore[return-value]
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def read(self, name: str) -> bytes:
+        with self.open(name) as member:
+            return member.read()
+
+    def _open_deflated(self, info: zipfile.ZipInfo) -> BinaryIO:
+        # The member keeps the zip's file open after the ZipFile itself is closed.
+        with zipfile.ZipFile(self.path) as archive:
+            return archive.open(info)  # type: ignore[return-value]
+
+
+def open_member(ipsw_path: Path | str, member_name: str) -> BinaryIO:
+    """One member of the IPSW as a read-only file object; close it when done."""
+    return IpswArchive(ipsw_path).open(member_name)
+
+
+def open_for_restore(path: Path | str) -> IPSW:
+    """An ipsw_parser ``IPSW`` for pymobiledevice3's ``Restore(ipsw, ...)``, reading through this module.
+
+    ``IPSW.open_path`` (ASR's OS image) and ``IPSW.read`` go to ``IpswArchive.open``, so
+    the restore's seeks on the OS image are O(1). ``extractall`` is not provided: the
+    restore never extracts.
+    """
+    return IPSW(IpswArchive(path))  # type: ignore[arg-type]
