@@ -1,0 +1,237 @@
+"""Apple's activation server, simulated at its HTTP boundary on 127.0.0.1.
+
+It answers the two POSTs pymobiledevice3's ``MobileActivationService.activate`` makes
+(PROTOCOLS.md section 4): ``drmHandshake`` with a plist, ``deviceActivation`` with an
+Apple-ID form (``application/x-buddyml``) for a phone under Activation Lock, else an
+activation record (``text/xml``). It tells phones apart by decoding the activation info
+it is sent, as Apple does, and looks the phone up in the world: Apple's database is
+``SimPhone.activation_lock``. Refusals (HTTP 5xx) and hangs are switched on with
+``set_fault``.
+
+``point_activation_at`` aims pymobiledevice3 at a server; only simulated backends call it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import plistlib
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+from xml.sax.saxutils import quoteattr
+
+from pymobiledevice3.services import mobile_activation
+
+from hw.sim.framing import plist_dict
+from hw.sim.mobileactivation import handshake_response_for
+from hw.sim.world import SimWorld
+
+logger = logging.getLogger(__name__)
+
+DRM_HANDSHAKE_PATH = "/deviceservices/drmHandshake"
+DEVICE_ACTIVATION_PATH = "/deviceservices/deviceActivation"
+# The environment variable a simulated backend in a child process reads to find the server.
+ACTIVATION_URL_ENV = "STATION_SIM_ACTIVATION_URL"
+
+_APPLE_URLS = (mobile_activation.ACTIVATION_DEFAULT_URL, mobile_activation.ACTIVATION_DRM_HANDSHAKE_DEFAULT_URL)
+
+
+def point_activation_at(base_url: str | None) -> None:
+    """Aim pymobiledevice3's activation POSTs at ``base_url`` (e.g. ``http://127.0.0.1:8123``); None restores Apple's.
+
+    Never called on the real station path: the URLs are module constants read at call time.
+    """
+    if base_url is None:
+        activation, handshake = _APPLE_URLS
+    else:
+        activation, handshake = base_url + DEVICE_ACTIVATION_PATH, base_url + DRM_HANDSHAKE_PATH
+    mobile_activation.ACTIVATION_DEFAULT_URL = activation
+    mobile_activation.ACTIVATION_DRM_HANDSHAKE_DEFAULT_URL = handshake
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Answer with this HTTP status (Apple's 5xx pages are HTML); only on ``path`` if given."""
+
+    status: int = 503
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Read the request, then answer nothing for ``seconds`` and close; only on ``path`` if given."""
+
+    seconds: float = 60.0
+    path: str | None = None
+
+
+Fault = Refuse | Hang
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request the server received: which endpoint, for which phone (UDID, "" if unreadable)."""
+
+    path: str
+    udid: str
+
+
+class ActivationServer:
+    def __init__(self, world: SimWorld, host: str = "127.0.0.1") -> None:
+        self.world = world
+        self.host = host
+        self.seen: list[Seen] = []
+        self._fault: Fault | None = None
+        self._release = threading.Event()  # ends hangs at shutdown
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("activation server is not running")
+        return f"http://{self.host}:{self._httpd.server_address[1]}"
+
+    def set_fault(self, fault: Fault | None) -> None:
+        self._fault = fault
+
+    def start(self) -> None:
+        if self._httpd is not None:
+            return
+        self._release.clear()
+        self._httpd = _Server((self.host, 0), _Handler, self)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="sim-activation", daemon=True  # quick shutdown
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._httpd is None or self._thread is None:
+            return
+        self._release.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()  # joins the request threads
+        self._thread.join()
+        self._httpd, self._thread = None, None
+
+    # Answers ----------------------------------------------------------------------
+
+    def answer(self, path: str, body: bytes) -> tuple[int, str, bytes] | None:
+        """(status, content type, body) for one POST, or None to hang up without answering."""
+        udid = _udid_of(path, body)
+        self.seen.append(Seen(path, udid))
+        fault = self._fault
+        if fault is not None and fault.path not in (None, path):
+            fault = None
+        if isinstance(fault, Hang):
+            self._release.wait(fault.seconds)
+            return None
+        if isinstance(fault, Refuse):
+            return fault.status, "text/html", _error_page(fault.status)
+        if path == DRM_HANDSHAKE_PATH:
+            return self._drm_handshake(body)
+        if path == DEVICE_ACTIVATION_PATH:
+            return self._device_activation(udid)
+        return 404, "text/html", _error_page(404)
+
+    def _drm_handshake(self, body: bytes) -> tuple[int, str, bytes]:
+        request = plist_dict(body)
+        message = request.get("HandshakeRequestMessage") if request else None
+        if not isinstance(message, bytes):
+            return 400, "text/html", _error_page(400)
+        answer = {
+            "FDRBlob": os.urandom(32),
+            "HandshakeResponseMessage": handshake_response_for(message),
+            "SUInfo": os.urandom(32),
+            "serverKP": os.urandom(32),
+        }
+        return 200, "application/xml", plistlib.dumps(answer)
+
+    def _device_activation(self, udid: str) -> tuple[int, str, bytes]:
+        phone = self.world.find_phone(udid) if udid else None
+        if phone is None:
+            return 400, "text/html", _error_page(400)
+        if phone.activation_lock:
+            return 200, "application/x-buddyml", _apple_id_form(phone.product_type)
+        token = plistlib.dumps({"UniqueDeviceID": phone.udid, "SerialNumber": phone.serial})
+        record = {
+            "ActivationRecord": {
+                "unbrick": True,
+                "AccountToken": token,
+                "AccountTokenCertificate": os.urandom(32),
+                "AccountTokenSignature": os.urandom(32),
+                "DeviceCertificate": os.urandom(32),
+                "FairPlayKeyData": os.urandom(32),
+                "LDActivationVersion": 2,
+            }
+        }
+        return 200, "text/xml", plistlib.dumps(record)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = False  # so server_close() joins request threads: no thread outlives stop()
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], sim: ActivationServer):
+        super().__init__(address, handler)
+        self.sim = sim
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        answer = self.server.sim.answer(self.path, body)
+        if answer is None:
+            self.close_connection = True
+            return
+        status, content_type, payload = answer
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("activation server: " + format, *args)
+
+
+def _udid_of(path: str, body: bytes) -> str:
+    """The phone's UDID from what it sent: the handshake blob, or the activation info's ActivationInfoXML."""
+    if path == DRM_HANDSHAKE_PATH:
+        request = plist_dict(body)
+        udid = request.get("UniqueDeviceID") if request else None
+        return udid if isinstance(udid, str) else ""
+    fields = parse_qs(body.decode("latin-1"))
+    info = plist_dict(fields.get("activation-info", [""])[0].encode("latin-1"))
+    xml = plist_dict(info.get("ActivationInfoXML")) if info else None
+    device_id = xml.get("DeviceID") if xml else None
+    udid = device_id.get("UniqueDeviceID") if isinstance(device_id, dict) else None
+    return udid if isinstance(udid, str) else ""
+
+
+def _apple_id_form(product_type: str) -> bytes:
+    """The BuddyML page Apple sends a locked phone (the shape pymobiledevice3 and libideviceactivation parse)."""
+    footer = "This iPhone is linked to an Apple ID. Enter the Apple ID and password that were used to set up this iPhone."
+    return (
+        "<xmlui>"
+        "<page>"
+        '<navigationBar title="Activation Lock" hidesBackButton="false"/>'
+        "<tableView>"
+        "<section>"
+        '<editableTextRow id="login" label="Apple ID" placeholder="example@icloud.com" keyboardType="emailAddress"/>'
+        '<editableTextRow id="password" label="Password" placeholder="Required" secure="true"/>'
+        "</section>"
+        f"<section><footer>{footer}</footer></section>"
+        "</tableView>"
+        "</page>"
+        f"<serverInfo isAuthRequired=\"true\" product-type={quoteattr(product_type)}/>"
+        "</xmlui>"
+    ).encode()
+
+
+def _error_page(status: int) -> bytes:
+    return f"<html><head><title>{status}</title></head><body>{status}</body></html>".encode()

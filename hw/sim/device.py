@@ -1,0 +1,92 @@
+"""A phone booted into iOS as usbmuxd reaches it: lockdownd on port 62078 plus one-shot service ports.
+
+One ``SimDevice`` lives per enumeration in normal mode (a reboot closes its ports and
+connections, as on a real phone). It runs on the usbmuxd simulator's event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable
+
+from hw.sim.lockdownd import Lockdownd
+from hw.sim.phone import SimPhone
+from hw.sim.world import SimWorld, UsbDevice
+
+logger = logging.getLogger(__name__)
+
+LOCKDOWN_PORT = 62078
+FIRST_SERVICE_PORT = 49152  # lockdownd hands out ephemeral ports for started services
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class SimDevice:
+    def __init__(self, usb: UsbDevice, world: SimWorld) -> None:
+        self.usb = usb
+        self.world = world
+        self.lockdownd = Lockdownd(self)
+        self._services: dict[int, Handler] = {}
+        self._ports = itertools.count(FIRST_SERVICE_PORT)
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._ssl: dict[str, ssl.SSLContext] = {}
+        self.drm_handshake: bytes | None = None  # mobileactivationd's last HandshakeRequestMessage
+
+    @property
+    def phone(self) -> SimPhone:
+        return self.usb.phone
+
+    def handler(self, port: int) -> Handler | None:
+        """What listens on ``port``; None means the phone resets the connection (usbmuxd: CONNREFUSED)."""
+        if port == LOCKDOWN_PORT:
+            return self.lockdownd.serve
+        return self._services.pop(port, None)
+
+    def open_service(self, handler: Handler) -> int:
+        """Listen for one connection on a fresh port, as lockdownd's StartService does."""
+        port = next(self._ports)
+        self._services[port] = handler
+        return port
+
+    async def serve(self, handler: Handler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Run a connection that usbmuxd bridged to this device; it ends when the phone leaves."""
+        self._writers.add(writer)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as e:
+            logger.debug("%s: connection ended: %r", self.phone.serial, e)
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    def close(self) -> None:
+        """The phone left the bus: every connection to it drops, without a TLS goodbye."""
+        self._services.clear()
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    def ssl_context(self, host_id: str) -> ssl.SSLContext:
+        """TLS server side for a paired host: the DeviceCertificate it issued, with the phone's own key.
+
+        The host certificate is not verified: pymobiledevice3's pairing certificates all have empty
+        names and serial 1, which OpenSSL's chain building cannot tell apart.
+        """
+        context = self._ssl.get(host_id)
+        if context is None:
+            record = self.phone.paired_hosts[host_id]
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.verify_mode = ssl.CERT_NONE
+            fd, path = tempfile.mkstemp(suffix=".pem")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(bytes(record["DeviceCertificate"]) + b"\n" + self.phone.private_key_pem)
+                context.load_cert_chain(path)
+            finally:
+                os.unlink(path)
+            self._ssl[host_id] = context
+        return context

@@ -1,0 +1,153 @@
+"""The model of one simulated iPhone: its identity and the state a restore station can observe.
+
+Identity follows what real phones report: the UDID of an A12-or-later phone is
+``<CPID:08X>-<ECID:016X>``, and the chip/board ids come from pymobiledevice3's own
+``IRECV_DEVICES`` table so that every view of the phone (lockdownd, usbmuxd, iBoot
+serial string) agrees with what pymobiledevice3 derives from it.
+
+The daemons in this package mutate the runtime fields (mode, activation, pairing
+progress) while holding the world's lock; tests read them.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pymobiledevice3.irecv_devices import IRECV_DEVICES, IRecvDevice
+
+
+class Mode(enum.Enum):
+    NORMAL = "normal"
+    RECOVERY = "recovery"
+    DFU = "dfu"
+
+
+class Pairing(enum.Enum):
+    """How the phone answers lockdownd ``Pair``."""
+
+    AUTO_ACCEPT = "auto"  # at the Hello screen: pairs without a dialog
+    DIALOG = "dialog"  # "Trust this computer?" pending for ``dialog_tries`` attempts, then tapped
+    PASSCODE = "passcode"  # locked with a passcode: the dialog cannot even show
+    DENIED = "denied"  # the user tapped "Don't Trust"
+
+
+UNACTIVATED = "Unactivated"
+ACTIVATED = "Activated"
+
+
+def _luhn_check_digit(digits: str) -> int:
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        n = int(d) * (2 if i % 2 == 0 else 1)
+        total += n - 9 if n > 9 else n
+    return (10 - total % 10) % 10
+
+
+def irecv_device(product_type: str) -> IRecvDevice:
+    """pymobiledevice3's chip/board/model row for a ProductType (``KeyError`` if it has none)."""
+    for device in IRECV_DEVICES:
+        if device.product_type == product_type:
+            return device
+    raise KeyError(f"{product_type} is not in pymobiledevice3.irecv_devices.IRECV_DEVICES")
+
+
+@dataclass(eq=False)  # phones are compared by identity: two phones may share every field but the ECID
+class SimPhone:
+    ecid: int
+    serial: str
+    product_type: str = "iPhone14,5"
+    ios_version: str = "17.5.1"
+    build: str = "21F90"
+    iboot_version: str = "iBoot-10151.122.1"
+    securerom_tag: str = "iBoot-6338.0.0.200.19"
+    device_name: str = "iPhone"
+    mode: Mode = Mode.NORMAL
+    activation_state: str = UNACTIVATED
+    activation_lock: bool = False  # Apple's server would answer with an Apple-ID form
+    find_my: bool = False  # lockdown domain com.apple.fmip, key IsAssociated
+    pairing: Pairing = Pairing.AUTO_ACCEPT
+    dialog_tries: int = 2  # Pair attempts answered PairingDialogResponsePending before the tap
+    bus: int = 1
+    port_path: tuple[int, ...] = (1,)  # sysfs "1-1"; (1, 3) is "1-1.3"
+
+    # What happened to the phone: written by the simulated daemons.
+    paired_hosts: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    pair_attempts: int = field(default=0, repr=False)
+    values_set: dict[str, Any] = field(default_factory=dict, repr=False)
+    received: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _received_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        irecv_device(self.product_type)  # fail at construction, not in a daemon thread
+
+    # Identity ---------------------------------------------------------------
+
+    @property
+    def chip_id(self) -> int:
+        return irecv_device(self.product_type).chip_id
+
+    @property
+    def board_id(self) -> int:
+        return irecv_device(self.product_type).board_id
+
+    @property
+    def hardware_model(self) -> str:
+        """Upper case, as lockdownd reports it (``D17AP``); IRECV_DEVICES keeps it lower case."""
+        return irecv_device(self.product_type).hardware_model.upper()
+
+    @property
+    def udid(self) -> str:
+        return f"{self.chip_id:08X}-{self.ecid:016X}"
+
+    @property
+    def wifi_address(self) -> str:
+        tail = self.ecid.to_bytes(8, "big")[-3:]
+        return "f0:99:b6:" + ":".join(f"{b:02x}" for b in tail)
+
+    @property
+    def imei(self) -> str:
+        body = f"35{self.ecid % 10**12:012d}"
+        return body + str(_luhn_check_digit(body))
+
+    @property
+    def ap_nonce(self) -> bytes:
+        return hashlib.sha256(b"apnonce" + self.ecid.to_bytes(8, "big")).digest()
+
+    @property
+    def sep_nonce(self) -> bytes:
+        return hashlib.sha1(b"sepnonce" + self.ecid.to_bytes(8, "big")).digest()
+
+    @cached_property
+    def private_key(self) -> rsa.RSAPrivateKey:
+        """The phone's lockdown key; pairing certifies its public half, TLS sessions use it."""
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    @property
+    def public_key_pem(self) -> bytes:
+        """``DevicePublicKey`` as real phones send it: a PKCS#1 ``RSA PUBLIC KEY`` PEM."""
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.PKCS1
+        )
+
+    @property
+    def private_key_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    # Dialogue record ----------------------------------------------------------
+
+    def record(self, message: dict[str, Any]) -> None:
+        with self._received_lock:
+            self.received.append(message)
+
+    def requests(self) -> list[str]:
+        """Names of what the phone received, in order (lockdown ``Request`` or service ``Command``)."""
+        with self._received_lock:
+            return [str(m.get("Request", m.get("Command", "?"))) for m in self.received]

@@ -1,0 +1,238 @@
+"""A pyusb backend presenting the simulated phones on their buses and hub ports.
+
+``usb.core.find(find_all=True, backend=SimUsbBackend(world))`` lists every enumerated
+phone with ``bus``, ``address`` and ``port_numbers``. Normal mode is 05ac:12a8 with the
+UDID (no dash) as serial; recovery 05ac:1281 and DFU 05ac:1227 carry the iBoot serial
+string (DFU with ``SRTG``, recovery with ``SRNM``) and ``NONC``/``SNON`` in string 1, so
+pymobiledevice3's ``IRecv`` accepts them. iBoot answers ``getenv``/``setenv``/``reboot``;
+uploads are accepted and dropped (the restore itself is simulated elsewhere).
+
+A device handle outlives its enumeration: once the phone re-enumerates, calls on the old
+one fail with ENODEV, as libusb does.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from array import array
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import usb.backend
+from usb.core import USBError
+
+from hw.sim.phone import Mode, SimPhone
+from hw.sim.world import SimWorld, UsbDevice
+
+logger = logging.getLogger(__name__)
+
+APPLE_VENDOR_ID = 0x05AC
+PRODUCT_IDS = {Mode.NORMAL: 0x12A8, Mode.RECOVERY: 0x1281, Mode.DFU: 0x1227}
+LANGID_EN_US = 0x0409
+SPEED_HIGH = 3  # libusb_speed LIBUSB_SPEED_HIGH
+
+GET_DESCRIPTOR = 6
+DESC_STRING = 3
+DFU_GETSTATUS, DFU_GETSTATE = 3, 5
+DFU_IDLE = 2
+
+
+def iboot_serial(phone: SimPhone, mode: Mode) -> str:
+    """The iSerialNumber iBoot/SecureROM report: single spaces, hex, bracketed strings; SRTG only in DFU."""
+    head = f"SDOM:01 CPID:{phone.chip_id:04X} CPRV:11 CPFM:03 SCEP:01 BDID:{phone.board_id:02X} ECID:{phone.ecid:016X}"
+    if mode is Mode.DFU:
+        return f"{head} IBFL:3C SRTG:[{phone.securerom_tag}]"
+    return f"{head} IBFL:3D SRNM:[{phone.serial}]"
+
+
+def nonce_string(phone: SimPhone) -> str:
+    return f"NONC:{phone.ap_nonce.hex().upper()} SNON:{phone.sep_nonce.hex().upper()}"
+
+
+def string_table(usb_device: UsbDevice) -> dict[int, str]:
+    """String descriptors by index (indices as public lsusb captures show them)."""
+    phone, mode = usb_device.phone, usb_device.mode
+    if mode is Mode.NORMAL:
+        return {1: "Apple Inc.", 2: "iPhone", 3: phone.udid.replace("-", "")}
+    product = "Apple Mobile Device (DFU Mode)" if mode is Mode.DFU else "Apple Mobile Device (Recovery Mode)"
+    return {1: nonce_string(phone), 2: "Apple Inc.", 3: product, 4: iboot_serial(phone, mode)}
+
+
+def _endpoint(address: int) -> SimpleNamespace:
+    return SimpleNamespace(bLength=7, bDescriptorType=5, bEndpointAddress=address, bmAttributes=2,
+                           wMaxPacketSize=512, bInterval=0, bRefresh=0, bSynchAddress=0, extra_descriptors=[])
+
+
+def _interface(number: int, alt: int, cls: int, sub: int, proto: int, endpoints: list[int]) -> SimpleNamespace:
+    return SimpleNamespace(bLength=9, bDescriptorType=4, bInterfaceNumber=number, bAlternateSetting=alt,
+                           bNumEndpoints=len(endpoints), bInterfaceClass=cls, bInterfaceSubClass=sub,
+                           bInterfaceProtocol=proto, iInterface=0, extra_descriptors=[],
+                           endpoints=[_endpoint(a) for a in endpoints])
+
+
+def _interfaces(mode: Mode) -> list[list[SimpleNamespace]]:
+    """Per interface, its alternate settings: normal = PTP + usbmux; recovery = iBoot's two; DFU = one, no endpoints."""
+    if mode is Mode.NORMAL:
+        return [[_interface(0, 0, 0x06, 0x01, 0x01, [0x81, 0x02, 0x83])], [_interface(1, 0, 0xFF, 0xFE, 0x02, [0x84, 0x05])]]
+    if mode is Mode.RECOVERY:
+        return [[_interface(0, 0, 0xFF, 0xFF, 0x51, [])],
+                [_interface(1, 0, 0xFF, 0xFF, 0x51, []), _interface(1, 1, 0xFF, 0xFF, 0x51, [0x04, 0x85])]]
+    return [[_interface(0, 0, 0xFE, 0x01, 0x00, [])]]
+
+
+@dataclass
+class _Handle:
+    """An open device; iBoot state that outlives one control transfer lives here."""
+
+    device: UsbDevice
+    configuration: int = 1
+    pending: bytes = b""  # what the next vendor IN transfer returns (a getenv answer)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class SimUsbBackend(usb.backend.IBackend):
+    def __init__(self, world: SimWorld) -> None:
+        super().__init__()
+        self.world = world
+        self._env: dict[SimPhone, dict[str, str]] = {}  # iBoot's NVRAM, kept across re-enumerations
+
+    def enumerate_devices(self) -> list[UsbDevice]:
+        return self.world.usb_devices()
+
+    def get_parent(self, dev: UsbDevice) -> None:
+        return None
+
+    def get_device_descriptor(self, dev: UsbDevice) -> SimpleNamespace:
+        strings = string_table(dev)
+        normal = dev.mode is Mode.NORMAL
+        return SimpleNamespace(
+            bLength=18, bDescriptorType=1, bcdUSB=0x0200, bDeviceClass=0, bDeviceSubClass=0, bDeviceProtocol=0,
+            bMaxPacketSize0=64, idVendor=APPLE_VENDOR_ID, idProduct=PRODUCT_IDS[dev.mode],
+            bcdDevice=0x1511 if normal else 0x0000,
+            iManufacturer=1 if normal else 2, iProduct=2 if normal else 3,
+            iSerialNumber=max(strings), bNumConfigurations=1 if not normal else 4,
+            address=dev.address, bus=dev.bus, port_number=dev.port_path[-1], port_numbers=dev.port_path,
+            speed=SPEED_HIGH,
+        )
+
+    def get_configuration_descriptor(self, dev: UsbDevice, config: int) -> SimpleNamespace:
+        if config >= self.get_device_descriptor(dev).bNumConfigurations:
+            raise IndexError(config)
+        interfaces = _interfaces(dev.mode)
+        return SimpleNamespace(bLength=9, bDescriptorType=2, wTotalLength=9, bNumInterfaces=len(interfaces),
+                               bConfigurationValue=config + 1, iConfiguration=0, bmAttributes=0xC0, bMaxPower=250,
+                               extra_descriptors=[])
+
+    def get_interface_descriptor(self, dev: UsbDevice, intf: int, alt: int, config: int) -> SimpleNamespace:
+        return _interfaces(dev.mode)[intf][alt]  # IndexError ends pyusb's walk over alternate settings
+
+    def get_endpoint_descriptor(self, dev: UsbDevice, ep: int, intf: int, alt: int, config: int) -> SimpleNamespace:
+        return _interfaces(dev.mode)[intf][alt].endpoints[ep]
+
+    def open_device(self, dev: UsbDevice) -> _Handle:
+        self._check(dev)
+        return _Handle(dev, env=self._env.setdefault(dev.phone, self._default_env(dev.phone)))
+
+    def close_device(self, dev_handle: _Handle) -> None:
+        pass
+
+    def set_configuration(self, dev_handle: _Handle, config_value: int) -> None:
+        self._check(dev_handle.device)
+        dev_handle.configuration = config_value
+
+    def get_configuration(self, dev_handle: _Handle) -> int:
+        self._check(dev_handle.device)
+        return dev_handle.configuration
+
+    def set_interface_altsetting(self, dev_handle: _Handle, intf: int, altsetting: int) -> None:
+        self._check(dev_handle.device)
+
+    def claim_interface(self, dev_handle: _Handle, intf: int) -> None:
+        self._check(dev_handle.device)
+
+    def release_interface(self, dev_handle: _Handle, intf: int) -> None:
+        pass
+
+    def is_kernel_driver_active(self, dev_handle: _Handle, intf: int) -> bool:
+        return False
+
+    def detach_kernel_driver(self, dev_handle: _Handle, intf: int) -> None:
+        pass
+
+    def attach_kernel_driver(self, dev_handle: _Handle, intf: int) -> None:
+        pass
+
+    def clear_halt(self, dev_handle: _Handle, ep: int) -> None:
+        self._check(dev_handle.device)
+
+    def reset_device(self, dev_handle: _Handle) -> None:
+        """A reset re-enumerates the phone in the same mode (new address)."""
+        self._check(dev_handle.device)
+        self.world.reboot(dev_handle.device.phone, dev_handle.device.mode, delay=0.05)
+
+    def bulk_write(self, dev_handle: _Handle, ep: int, intf: int, data: array, timeout: int) -> int:
+        self._check(dev_handle.device)
+        return len(data) * data.itemsize  # iBoot takes the upload; the restore engine is simulated elsewhere
+
+    def ctrl_transfer(self, dev_handle: _Handle, bmRequestType: int, bRequest: int, wValue: int, wIndex: int,
+                      data: array, timeout: int) -> int:
+        dev = dev_handle.device
+        self._check(dev)
+        if bmRequestType == 0x80 and bRequest == GET_DESCRIPTOR and wValue >> 8 == DESC_STRING:
+            return _fill(data, self._string_descriptor(dev, wValue & 0xFF, wIndex))
+        if dev.mode is Mode.NORMAL:
+            raise _stall()
+        if bmRequestType == 0x40 and bRequest in (0, 1):  # iBoot command, NUL-terminated
+            self._command(dev_handle, bytes(data).rstrip(b"\0").decode(errors="replace"))
+            return len(data)
+        if bmRequestType == 0xC0 and bRequest == 0:  # the answer to the last getenv
+            answer, dev_handle.pending = dev_handle.pending, b""
+            return _fill(data, answer)
+        if bmRequestType == 0x41 and bRequest == 0:  # start of a recovery upload
+            return 0
+        if dev.mode is Mode.DFU and bmRequestType == 0xA1 and bRequest == DFU_GETSTATE:
+            return _fill(data, bytes([DFU_IDLE]))
+        if dev.mode is Mode.DFU and bmRequestType == 0xA1 and bRequest == DFU_GETSTATUS:
+            return _fill(data, bytes([0, 0, 0, 0, DFU_IDLE, 0]))
+        raise _stall()
+
+    # iBoot --------------------------------------------------------------------------
+
+    def _default_env(self, phone: SimPhone) -> dict[str, str]:
+        return {"build-version": phone.iboot_version, "build-style": "RELEASE", "auto-boot": "false"}
+
+    def _command(self, handle: _Handle, command: str) -> None:
+        logger.debug("iBoot %s: %s", handle.device.phone.serial, command)
+        handle.device.phone.record({"Command": command})
+        words = command.split(" ", 2)
+        if words[0] == "getenv" and len(words) > 1:
+            handle.pending = handle.env.get(words[1], "").encode()
+        elif words[0] == "setenv" and len(words) > 2:
+            handle.env[words[1]] = words[2]
+        elif words[0] == "reboot":
+            mode = Mode.NORMAL if handle.env.get("auto-boot") == "true" else Mode.RECOVERY
+            self.world.reboot(handle.device.phone, mode)
+
+    def _string_descriptor(self, dev: UsbDevice, index: int, langid: int) -> bytes:
+        if index == 0:
+            return bytes([4, DESC_STRING]) + LANGID_EN_US.to_bytes(2, "little")
+        text = string_table(dev).get(index)
+        if text is None or langid != LANGID_EN_US:
+            raise _stall()
+        encoded = text.encode("utf-16-le")[:252]
+        return bytes([len(encoded) + 2, DESC_STRING]) + encoded
+
+    def _check(self, dev: UsbDevice) -> None:
+        if not self.world.is_present(dev):
+            raise USBError("No such device (it may have been disconnected)", errno=errno.ENODEV)
+
+
+def _fill(data: array, payload: bytes) -> int:
+    count = min(len(payload), len(data) * data.itemsize)
+    data[:count] = array("B", payload[:count])
+    return count
+
+
+def _stall() -> USBError:
+    return USBError("Pipe error", errno=errno.EPIPE)
+
