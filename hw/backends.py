@@ -10,21 +10,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hw import display, panel, scripted
+from hw import display, panel, simulated
+from hw.iphone import layer
 
 BACKEND_ENV = "STATION_BACKEND"
 
 
 @dataclass(frozen=True)
 class Backend:
-    open_display: Callable[..., Any]  # (DisplaySection, interactive) -> Display
+    open_display: Callable[..., Any]  # (DisplaySection, TerminalView | None) -> Display
     open_panel: Callable[..., Any]  # (ButtonsSection, LedsSection, on_press) -> Panel | None
     open_phones: Callable[..., Any]  # (Config, Scenario | None, Clock) -> PhoneLayer
 
 
 BACKENDS: dict[str, Backend] = {
-    "pi": Backend(display.open_pi_display, panel.open_pi_panel, scripted.open_scripted_phones),
-    "sim": Backend(display.open_sim_display, panel.open_sim_panel, scripted.open_scripted_phones),
+    "pi": Backend(display.open_pi_display, panel.open_pi_panel, layer.open_usb_phones),
+    "sim": Backend(display.open_sim_display, panel.open_sim_panel, simulated.open_simulated_phones),
 }
 
 

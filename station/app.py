@@ -9,16 +9,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hw.backends import BACKENDS
+from hw.display import RecentLines, TerminalView
+from station import keys
 from station.clock import Clock
 from station.config import Config
 from station.core import Station
-from station.machine import WORKING, Port
+from station.firmware import IpswFirmware
+from station.ipsw.cache import IpswCache
+from station.records.recorder import Recorder
+from station.records.statedir import RecordsUnavailable
+from station.machine import WORKING, Port, State
 from station.scenario import Scenario
 from station.ui.render import render
 
 log = logging.getLogger("station")
 
 POLL_S = 0.1  # how often a simulated run checks whether its scenario is over
+IDLE_REDRAW_S = 5.0
+
+# What each port's LED does: steady when finished well, blinking while working,
+# fast when a person is needed (a decision, a refusal, a failure).
+LED_PATTERNS = {
+    State.EMPTY: "off", State.DETECTING: "blink", State.IDENTIFIED: "blink",
+    State.CHECKING_LOCK: "blink", State.NEEDS_TRUST: "fast", State.LOCKED: "fast",
+    State.REFUSED: "fast", State.NEEDS_CONFIRM: "fast", State.QUEUED: "blink",
+    State.RESTORING: "blink", State.VERIFYING: "blink", State.DONE: "on", State.FAILED: "fast",
+}
 
 
 @dataclass(frozen=True)
@@ -35,10 +51,17 @@ async def run_station(config: Config, options: RunOptions) -> tuple[Port, ...]:
     loop = asyncio.get_running_loop()
     backend = BACKENDS[options.backend]
     clock = Clock(options.speed)
-    display = backend.open_display(config.display, options.interactive)
+    terminal = _terminal_view() if options.interactive else None
+    display = backend.open_display(config.display, terminal)
     redraw = asyncio.Event()
     phones = backend.open_phones(config, options.scenario, clock)
-    station = Station(config, phones, clock=clock.now, on_change=redraw.set)
+    recorder = _open_records(config)
+    firmware = IpswFirmware(IpswCache(config.ipsw), required=options.backend != "sim")
+    station = Station(config, phones, firmware=firmware,
+                      listeners=(recorder,) if recorder else (), counter_source=recorder,
+                      clock=clock.now, on_change=redraw.set)
+    if recorder is None:
+        station.set_fault("records", "NO RECORDS")
 
     def on_press(button: str, long: bool) -> None:  # called on gpiozero's threads
         loop.call_soon_threadsafe(station.press, button, long)
@@ -50,8 +73,10 @@ async def run_station(config: Config, options: RunOptions) -> tuple[Port, ...]:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     tasks = [asyncio.create_task(station.run(), name="phones"),
-             asyncio.create_task(_redraw(station, display, redraw, config.display.min_redraw_s),
-                                 name="display")]
+             asyncio.create_task(_show(station, display, panel, recorder, redraw,
+                                       config.display.min_redraw_s), name="views")]
+    if terminal is not None and hasattr(panel, "press"):
+        tasks.append(asyncio.create_task(keys.read_keys(panel, stop), name="keys"))
     if options.scenario is not None:
         tasks.append(asyncio.create_task(
             _play(options.scenario, station, panel, config, clock, options.duration, stop),
@@ -69,17 +94,50 @@ async def run_station(config: Config, options: RunOptions) -> tuple[Port, ...]:
             display.close()
         if panel is not None:
             panel.close()
+        if recorder is not None:
+            recorder.stop()
     return tuple(station.ports.values())
 
 
-async def _redraw(station: Station, display: object, wanted: asyncio.Event,
-                  min_interval: float) -> None:
-    """Push a new frame when something changed, at most one per ``min_interval``."""
+def _open_records(config: Config) -> Recorder | None:
+    """The station's memory; without it the station still restores, and says so."""
+    try:
+        recorder = Recorder(config.station)
+    except RecordsUnavailable as error:
+        log.error("%s", error)
+        return None
+    recorder.start()
+    return recorder
+
+
+async def _show(station: Station, display: object, panel: object, recorder: Recorder | None,
+                wanted: asyncio.Event, min_interval: float) -> None:
+    """Redraw the OLED and set the LEDs when something changed, at most once per ``min_interval``.
+
+    A timer also wakes it every few seconds, so ETAs and clocks move on an idle station.
+    """
     while True:
-        await wanted.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wanted.wait(), IDLE_REDRAW_S)
         wanted.clear()
-        display.show(render(station.snapshot()))  # type: ignore[attr-defined]
+        if recorder is not None:
+            station.set_fault("records", recorder.fault)
+        snapshot = station.snapshot()
+        display.show(render(snapshot))  # type: ignore[attr-defined]
+        if panel is not None:
+            for port in snapshot.ports:
+                panel.set_led(port.slot, LED_PATTERNS[port.state])  # type: ignore[attr-defined]
         await asyncio.sleep(min_interval)
+
+
+def _terminal_view() -> TerminalView:
+    """The live OLED in the terminal owns the screen: log lines show beneath it."""
+    recent = RecentLines()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(recent)
+    return TerminalView(log_lines=lambda: list(recent.lines), help_line=keys.HELP)
 
 
 async def _play(scenario: Scenario, station: Station, panel: object, config: Config,

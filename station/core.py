@@ -67,7 +67,7 @@ class Station:
         self.faults: dict[str, str] = {}
         self._counts = Counters()
         self._queue: deque[int] = deque()
-        self._restoring: set[int] = set()
+        self._restoring: dict[int, asyncio.Task[None]] = {}
         self._work: dict[int, asyncio.Task[None]] = {}
         # Bumped when a phone leaves: work started for the old phone can't touch the new one.
         self._generation = dict.fromkeys(self.ports, 0)
@@ -166,7 +166,7 @@ class Station:
             task = self._work.pop(slot, None)
             if task is not None:
                 task.cancel()
-            self._restoring.discard(slot)
+            self._restoring.pop(slot, None)
             self._schedule()
 
     # -- scheduling restores ------------------------------------------------
@@ -181,8 +181,8 @@ class Station:
             port = self.ports[slot]
             if port.state is not State.RESTORING:
                 continue
-            self._restoring.add(slot)
             self._start(slot, self._restore(slot, port.device))
+            self._restoring[slot] = self._work[slot]
 
     # -- port work ----------------------------------------------------------
 
@@ -241,7 +241,7 @@ class Station:
         device = _present(device)
         send = self._for(slot)
         try:
-            firmware = self._firmware_for(slot, device)
+            firmware = await self._firmware_for(slot, device)
             async with asyncio.timeout(self.restore_timeout):
                 await self.phones.restore(device, firmware, lambda report: send(_progress(report)))
         except NoFirmware as missing:
@@ -253,13 +253,17 @@ class Station:
         else:
             send(RestoreFinished())
         finally:
-            self._restoring.discard(slot)
+            # A retry may already have started a new restore here: leave that one counted.
+            if self._restoring.get(slot) is asyncio.current_task():
+                del self._restoring[slot]
             self._schedule()
 
-    def _firmware_for(self, slot: int, device: Device) -> object:
+    async def _firmware_for(self, slot: int, device: Device) -> object:
         if self.firmware is None:
             return None
-        choice = self.firmware.select(device)
+        choice = await asyncio.to_thread(self.firmware.select, device)
+        if choice is None:
+            return None
         for listener in self.listeners:
             with _isolated(listener):
                 listener.on_firmware(slot, getattr(choice, "build", ""),

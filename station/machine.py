@@ -5,7 +5,7 @@ station must carry out; it does no I/O and knows nothing of asyncio, so every
 path through it can be tested exhaustively. The graph::
 
     EMPTY --Attached--> DETECTING --Identified--> IDENTIFIED --LockCheckStarted--> CHECKING_LOCK
-    CHECKING_LOCK --LockResult(locked)--> LOCKED                       (never restored)
+    any state with a phone --LockResult(locked)--> LOCKED   (never restored; work stops)
     CHECKING_LOCK --LockResult(unknown), policy refuse--> REFUSED
     CHECKING_LOCK --LockResult(clear | unknown+restore)--> QUEUED (line) | NEEDS_CONFIRM (counter)
     CHECKING_LOCK --LockResult(unknown), policy hold--> NEEDS_CONFIRM (held: long press OK)
@@ -228,14 +228,14 @@ def _trust_needed(port: Port, event: TrustNeeded, policy: Policy, now: float) ->
 
 
 def _lock_result(port: Port, event: LockResult, policy: Policy, now: float) -> Step:
+    if event.lock is Lock.LOCKED and port.state not in (State.EMPTY, State.LOCKED):
+        return _locked(port, event, now)
     checking = port.state in (State.CHECKING_LOCK, State.NEEDS_TRUST) and port.restore_started is None
     if port.state is State.VERIFYING:
         return _verified(port, event, now)
     if not checking or event.lock is Lock.UNCHECKED:
         return _ignore(port, event)
     port = replace(port, lock=event.lock, lock_reason=event.reason, reason="")
-    if event.lock is Lock.LOCKED:
-        return _enter(port, State.LOCKED, now, reason=event.reason or "Activation Lock is on")
     if event.lock is Lock.UNKNOWN and policy.unknown_lock == "refuse":
         return _enter(port, State.REFUSED, now,
                       reason=f"lock unknown ({event.reason or 'not checkable'})")
@@ -245,10 +245,21 @@ def _lock_result(port: Port, event: LockResult, policy: Policy, now: float) -> S
     return _enter(port, State.NEEDS_CONFIRM, now, held=held)
 
 
+def _locked(port: Port, event: LockResult, now: float) -> Step:
+    """Locked, whenever the answer comes: whatever the port was doing stops."""
+    effects: tuple[Effect, ...] = ()
+    if port.state is State.QUEUED:
+        effects = (Effect.DEQUEUE,)
+    elif port.state in WORKING:
+        effects = (Effect.STOP_WORK,)
+    reason = event.reason or "Activation Lock is on"
+    if port.state is State.VERIFYING:
+        reason = f"still locked after restore: {reason}"
+    return _enter(port, State.LOCKED, now, *effects, lock=Lock.LOCKED, lock_reason=event.reason,
+                  reason=reason)
+
+
 def _verified(port: Port, event: LockResult, now: float) -> Step:
-    if event.lock is Lock.LOCKED:
-        return _enter(port, State.LOCKED, now, lock=Lock.LOCKED, lock_reason=event.reason,
-                      reason=f"still locked after restore: {event.reason or 'Activation Lock'}")
     if event.lock is Lock.CLEAR:
         return _enter(port, State.DONE, now, verified=True, lock=Lock.CLEAR, reason="")
     return _enter(port, State.DONE, now, verified=False,

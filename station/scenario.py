@@ -20,7 +20,8 @@ and the benchmarks::
     find_my = false
     attach = 0                # scenario seconds
     detach = 500              # optional
-    fail = { phase = "restore image", percent = 60, times = 1, kind = "usb" }
+    pairing = "auto"          # auto (Hello screen) | dialog | passcode | denied
+    fail = { phase = "restore_image", percent = 60, times = 1, kind = "usb" }
     expect = "done"           # what the port must show at the end
 
     [[press]]
@@ -28,6 +29,12 @@ and the benchmarks::
     button = "ok"             # select | ok | back
     long = true
     slot = 3                  # optional: SELECT to this slot's detail first
+
+    [[network]]               # the station's internet link goes down / comes back
+    at = 200
+    up = false
+
+A failure's ``percent`` is within its phase (``restore_image`` at 60: 60% of the OS image sent).
 """
 from __future__ import annotations
 
@@ -38,9 +45,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from station.config import ConfigError, bounded, parse_table, toml_value
+from station.worker.phases import TYPICAL_SECONDS
 
-FAILURE_KINDS = ("network", "usb", "device_rejected", "timeout")
-
+PHASES = tuple(TYPICAL_SECONDS)
 
 class ScenarioError(ConfigError):
     prefix = "scenario error"
@@ -48,7 +55,7 @@ class ScenarioError(ConfigError):
 
 @dataclass(frozen=True)
 class Failure:
-    phase: str = "restore image"
+    phase: str = "restore_image"
     percent: float = field(default=50.0, metadata=bounded(0, 100))
     times: int = field(default=1, metadata=bounded(1, 100))
     kind: Literal["network", "usb", "device_rejected", "timeout"] = "usb"
@@ -62,11 +69,12 @@ class ScenarioPhone:
     ios: str = "17.5.1"
     build: str = ""
     mode: Literal["normal", "recovery", "dfu"] = "normal"
-    activation_lock: bool = False
+    activated: bool = False  # set up past the Hello screen (implied by find_my)
+    activation_lock: bool = False  # Apple's server asks for the Apple ID
     find_my: bool = False
+    pairing: Literal["auto", "dialog", "passcode", "denied"] = "auto"
     attach: float = field(default=0.0, metadata=bounded(0, 86400))
     detach: float | None = None
-    restore_time: float = field(default=600.0, metadata=bounded(1, 86400))
     serial: str = ""
     ecid: int | None = None
     fail: Failure | None = None
@@ -79,6 +87,12 @@ class ScenarioPress:
     button: Literal["select", "ok", "back"]
     long: bool = False
     slot: int | None = None
+
+
+@dataclass(frozen=True)
+class NetworkChange:
+    at: float = field(metadata=bounded(0, 86400))
+    up: bool
 
 
 @dataclass(frozen=True)
@@ -95,11 +109,13 @@ class Scenario:
     presses: tuple[ScenarioPress, ...]
     config: dict[str, Any]  # overrides, validated against the config schema by the caller
     base_dir: Path
+    network: tuple[NetworkChange, ...] = ()
 
     @property
     def last_event(self) -> float:
         times = [p.attach for p in self.phones] + [p.detach or 0.0 for p in self.phones]
-        return max(times + [p.at for p in self.presses], default=0.0)
+        times += [p.at for p in self.presses] + [n.at for n in self.network]
+        return max(times, default=0.0)
 
 
 _SERIAL = re.compile(r"^[A-Z0-9]{8,14}$")
@@ -123,7 +139,7 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def _parse(path: Path, data: dict[str, Any]) -> Scenario:
-    known = {"scenario", "config", "phone", "press"}
+    known = {"scenario", "config", "phone", "press", "network"}
     for key in data:
         if key not in known:
             raise ConfigError(f"[{key}]: unknown table (expected one of {', '.join(sorted(known))})")
@@ -132,10 +148,12 @@ def _parse(path: Path, data: dict[str, Any]) -> Scenario:
                    for i, raw in enumerate(_array(data, "phone"), 1))
     presses = tuple(parse_table(f"[[press]] #{i}", ScenarioPress, raw, path.parent)
                     for i, raw in enumerate(_array(data, "press"), 1))
+    network = tuple(parse_table(f"[[network]] #{i}", NetworkChange, raw, path.parent)
+                    for i, raw in enumerate(_array(data, "network"), 1))
     for phone in phones:
         _check_phone(phone)
     _check_slots(phones)
-    return Scenario(path.stem, info, phones, presses, _table(data, "config"), path.parent)
+    return Scenario(path.stem, info, phones, presses, _table(data, "config"), path.parent, network)
 
 
 def _check_phone(phone: ScenarioPhone) -> None:
@@ -147,6 +165,9 @@ def _check_phone(phone: ScenarioPhone) -> None:
     if phone.serial and not _SERIAL.fullmatch(phone.serial):
         raise ConfigError(f"{where} serial = {toml_value(phone.serial)}: "
                           "must be 8-14 capital letters or digits")
+    if phone.fail is not None and phone.fail.phase not in PHASES:
+        raise ConfigError(f"{where} fail phase = {toml_value(phone.fail.phase)}: "
+                          f"must be one of {', '.join(PHASES)}")
     if phone.detach is not None and phone.detach < phone.attach:
         raise ConfigError(f"{where} detach = {phone.detach}: before attach = {phone.attach}")
 

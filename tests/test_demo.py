@@ -1,6 +1,7 @@
 """The shipped demo scenario, end to end through the `station` command."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,21 @@ def test_demo_ends_with_the_four_expected_outcomes(tmp_path):
     assert "UNEXPECTED" not in result.stdout
     log = result.stderr
     assert "slot 2 [G6TZK2P4Q1MN] CHECKING_LOCK -> LOCKED (Find My is on)" in log
-    assert "slot 4 [DNPWL4H8Q6VR] RESTORING -> QUEUED (retrying: USB transfer failed" in log
+    assert ("slot 4 [DNPWL4H8Q6VR] RESTORING -> QUEUED "
+            "(retrying: simulated usb failure in restore_image at 60%)") in log
     assert "Traceback" not in log
     frames = sorted((tmp_path / "frames").glob("*.png"))
     assert frames, "the emulated OLED showed nothing"
     assert not list(tmp_path.glob("updater_output-*")), "a restore wrote into the working directory"
+
+    records = station(tmp_path, "records", "list", "--json")
+    outcomes = {(r["slot"], r["outcome"]) for r in map(json.loads, records.stdout.splitlines())}
+    assert outcomes == {(1, "done"), (2, "locked"), (3, "done"), (4, "done")}, records.stdout
+    verify = station(tmp_path, "records", "verify")
+    assert verify.returncode == 0 and "3 certificates" in verify.stdout, verify.stdout + verify.stderr
+
+
+def station(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "station.cli", *args, "--config",
+                           str(tmp_path / "station.toml")],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)

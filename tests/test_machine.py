@@ -90,6 +90,12 @@ def test_locked_phone_ignores_every_button_and_start():
     assert locked.reason == "Find My is on"
 
 
+def test_a_locked_answer_stops_a_running_restore():
+    restoring, _ = drive(*CHECKING, CLEAR, RestoreStarted(), policy=LINE)
+    result = step(restoring, LockResult(Lock.LOCKED, "Find My is on"), LINE, 9)
+    assert result.port.state is State.LOCKED and result.effects == (Effect.STOP_WORK,)
+
+
 def test_detach_stops_work_and_leaves_queue():
     queued, _ = drive(*CHECKING, CLEAR, policy=LINE)
     assert step(queued, Detached(), LINE, 9).effects == (Effect.DEQUEUE,)
@@ -153,8 +159,7 @@ def test_no_restore_ever_starts_for_a_locked_phone(data, policy):
     for old, event, port in run_random(data, policy):
         if port.state is State.EMPTY:
             answered_locked = False
-        if isinstance(event, LockResult) and event.lock is Lock.LOCKED and old.state in (
-                State.CHECKING_LOCK, State.NEEDS_TRUST, State.VERIFYING):
+        if isinstance(event, LockResult) and event.lock is Lock.LOCKED and old.state is not State.EMPTY:
             answered_locked = True
         if port.state is State.RESTORING and old.state is not State.RESTORING:
             assert not answered_locked, "restore started for a phone reported locked"

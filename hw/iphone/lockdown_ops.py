@@ -57,11 +57,16 @@ async def read_identity(udid: str, pairing_dir: Path) -> Device:
         await lockdown.close()
 
 
+class NotReady(Exception):
+    """lockdownd is not (yet) there: the phone is gone, rebooting or in restore mode."""
+
+
 async def check_lock(udid: str, pairing_dir: Path) -> LockCheck:
+    """The lock status; raises NotReady when the phone's lockdownd does not answer."""
     try:
         lockdown = await _connect(udid, pairing_dir, autopair=False)
     except (PyMobileDevice3Exception, OSError) as error:
-        return LockCheck(Lock.UNKNOWN, f"lockdownd did not answer: {_why(error)}", "none")
+        raise NotReady(f"lockdownd did not answer: {_why(error)}") from error
     try:
         unactivated = lockdown.all_values.get("ActivationState") == "Unactivated"
     finally:

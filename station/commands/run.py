@@ -36,7 +36,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         raise CommandError(str(error)) from None
     _configure_logging(config.station.log_level)
     options = RunOptions(backend=backend, scenario=scenario, speed=args.speed,
-                         duration=args.duration, interactive=sys.stdout.isatty())
+                         duration=args.duration,
+                         interactive=sys.stdout.isatty() and sys.stdin.isatty())
     ports = asyncio.run(run_station(config, options))
     if scenario is None:
         return 0
@@ -72,6 +73,8 @@ def _summary_line(port: Port) -> str:
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    # pymobiledevice3 narrates every pairing at INFO; the station logs what matters itself.
+    logging.getLogger("pymobiledevice3").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _positive(text: str) -> float:

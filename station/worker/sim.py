@@ -23,19 +23,6 @@ from station.worker.request import InjectedFailure, RestoreRequest, SimParams
 
 log = logging.getLogger(__name__)
 
-# Seconds each phase takes on a real phone (iPhone 12-class, USB 2), at speed 1.
-NOMINAL_SECONDS = {
-    phases.ENTER_RECOVERY: 12.0,
-    phases.SEND_IBSS: 2.0,
-    phases.SEND_IBEC: 6.0,
-    phases.BOOT_RAMDISK: 25.0,
-    phases.PREPARE_DISK: 8.0,
-    phases.VERIFY_RESTORE: 45.0,
-    phases.FLASH_FIRMWARE: 20.0,
-    phases.UPDATE_BASEBAND: 35.0,
-    phases.SEAL_SYSTEM_VOLUME: 30.0,
-    phases.REBOOT: 15.0,
-}
 STEPS = 50  # progress points per timed phase
 CHUNK = 1 << 20  # bytes per image read, as ASR's payload loop reads in 128 KiB..1 MiB pieces
 MANIFEST = "BuildManifest.plist"
@@ -47,7 +34,7 @@ async def run(request: RestoreRequest, reporter: Reporter) -> None:
         if phase == phases.RESTORE_IMAGE:
             await _send_image(request.ipsw, params, reporter)
         else:
-            await _timed(phase, NOMINAL_SECONDS[phase] / params.speed, params.fail, reporter)
+            await _timed(phase, phases.TYPICAL_SECONDS[phase] / params.speed, params.fail, reporter)
 
 
 async def _timed(phase: str, seconds: float, fail: InjectedFailure | None, reporter: Reporter) -> None:

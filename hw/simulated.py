@@ -1,0 +1,130 @@
+"""The simulated backend's phones: the real phone layer against simulated phones.
+
+A scenario's phones become ``hw.sim`` phones that speak usbmuxd, lockdownd,
+iBoot-over-pyusb and Apple's activation server; the station then finds,
+identifies and lock-checks them with the same pymobiledevice3 and pyusb code
+it uses on a Pi. Restores run in worker processes with the sim engine (the
+real phase sequence, paced at a simulated USB rate). When a simulated restore
+succeeds, the phone is erased and reboots to the Hello screen, as a real one does.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from hw.iphone.layer import UsbPhoneLayer
+from hw.iphone.restore import WorkerSetup, restore_in_worker
+from hw.iphone.slots import SlotMap
+from hw.phones import Device, LayerFault, PhoneEvent, RestoreReport
+from hw.sim import ACTIVATED, UNACTIVATED, Pairing, SimPhone, SimulatedBench, point_activation_at
+from hw.sim import Mode as SimMode
+from station.clock import Clock
+from station.config import Config
+from station.scenario import Scenario, ScenarioInfo, ScenarioPhone
+from station.worker import InjectedFailure, Kind, SimParams
+
+log = logging.getLogger(__name__)
+
+SIM_BUS = 1
+RESTORE_GRACE_S = 5.0  # the sim engine does not re-enumerate the phone mid-restore
+HELLO_WAIT_S = 60.0
+
+
+class SimulatedPhones(UsbPhoneLayer):
+    def __init__(self, config: Config, scenario: Scenario, clock: Clock) -> None:
+        self.scenario = scenario
+        self.clock = clock
+        state = config.station.state_dir
+        self.bench = SimulatedBench([], state / "sim")
+        self.phones = {phone.name: _sim_phone(phone) for phone in scenario.phones}
+        setup = WorkerSetup(home=state / "pymobiledevice3-home", log_dir=state / "restore-logs",
+                            timeout_s=config.restore.timeout_s,
+                            environment={"USBMUXD_SOCKET_ADDRESS": self.bench.usbmuxd_address})
+        natural = {f"{SIM_BUS}-1.{slot}": slot for slot in range(1, config.hub.slots + 1)}
+        super().__init__(SlotMap(config.hub.ports or natural, config.hub.slots), setup,
+                         usb_backend=self.bench.usb_backend, restore_grace_s=RESTORE_GRACE_S,
+                         hello_wait_s=HELLO_WAIT_S)
+        self._failures: Counter[str] = Counter()
+
+    async def watch(self, emit: Callable[[PhoneEvent], None]) -> None:
+        # The simulator's addresses are this process's: pymobiledevice3 reads them per call.
+        os.environ["USBMUXD_SOCKET_ADDRESS"] = self.bench.usbmuxd_address
+        with self.bench:
+            point_activation_at(self.bench.activation_url)
+            try:
+                await super().watch(emit)
+            finally:
+                point_activation_at(None)
+
+    def _side_tasks(self, emit: Callable[[PhoneEvent], None]) -> list[Coroutine[Any, Any, None]]:
+        return [self._play(emit)]  # the scenario says when the network goes; Apple is never asked
+
+    async def _play(self, emit: Callable[[PhoneEvent], None]) -> None:
+        """Plug and unplug the scenario's phones, and cut the network, when it says."""
+        timeline: list[tuple[float, Callable[[], object]]] = []
+        for spec in self.scenario.phones:
+            phone = self.phones[spec.name]
+            timeline.append((spec.attach, lambda p=phone, s=spec.slot: self.bench.world.attach(
+                p, SIM_BUS, (1, s))))
+            if spec.detach is not None:
+                timeline.append((spec.detach, lambda p=phone: self.bench.world.detach(p)))
+        for change in self.scenario.network:
+            fault = None if change.up else "NO NETWORK"
+            timeline.append((change.at, lambda f=fault: emit(LayerFault("network", f))))
+        for at, action in sorted(timeline, key=lambda item: item[0]):
+            await self.clock.sleep_until(at)
+            action()
+        await asyncio.Event().wait()
+
+    async def _restore_in_worker(self, slot: int, device: Device, firmware: object,
+                                 report: Callable[[RestoreReport], None]) -> None:
+        spec = next(s for s in self.scenario.phones if self.phones[s.name].ecid == device.ecid)
+        phone = self.phones[spec.name]
+        failure = None
+        if spec.fail is not None and self._failures[spec.name] < spec.fail.times:
+            self._failures[spec.name] += 1
+            failure = InjectedFailure(spec.fail.phase, spec.fail.percent, Kind(spec.fail.kind))
+        sim = SimParams(speed=self.clock.speed, fail=failure)
+        await restore_in_worker(device, getattr(firmware, "path", None), report,
+                                label=f"slot{slot}", setup=self.setup, sim=sim)
+        _erase(phone)
+        self.bench.world.reboot(phone, SimMode.NORMAL, delay=REBOOT_S / self.clock.speed)
+
+
+REBOOT_S = 30.0  # a restored phone takes this long to reach the Hello screen
+
+
+def _erase(phone: SimPhone) -> None:
+    """What a restore leaves: a phone at the Hello screen that trusts nobody.
+
+    Activation Lock lives on Apple's server and survives the erase.
+    """
+    phone.activation_state = UNACTIVATED
+    phone.find_my = False
+    phone.paired_hosts.clear()
+    phone.pairing = Pairing.AUTO_ACCEPT
+
+
+def _sim_phone(spec: ScenarioPhone) -> SimPhone:
+    digest = hashlib.sha256(spec.name.encode()).digest()
+    ecid = spec.ecid if spec.ecid is not None else int.from_bytes(digest[:7], "big")
+    serial = spec.serial or "".join("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"[b % 34] for b in digest[8:20])
+    activated = spec.activated or spec.find_my  # Find My is only ever on for a set-up phone
+    return SimPhone(
+        ecid=ecid, serial=serial, product_type=spec.model, ios_version=spec.ios,
+        build=spec.build or "21F90", mode=SimMode(spec.mode),
+        activation_state=ACTIVATED if activated else UNACTIVATED,
+        activation_lock=spec.activation_lock, find_my=spec.find_my,
+        pairing=Pairing(spec.pairing), bus=SIM_BUS, port_path=(1, spec.slot))
+
+
+def open_simulated_phones(config: Config, scenario: Scenario | None, clock: Clock) -> SimulatedPhones:
+    empty = Scenario("none", ScenarioInfo(), (), (), {}, Path())
+    return SimulatedPhones(config, scenario or empty, clock)
+

@@ -1,0 +1,38 @@
+"""Which IPSW a phone gets: the station's view of the IPSW cache.
+
+Choosing may verify a changed file (hashing gigabytes), so the station calls
+``select`` from a thread. On a real station a phone with no matching IPSW
+fails with ``NO IPSW <model>``; a simulated restore can stream synthetic bytes
+instead, so the simulation runs on a fresh checkout with an empty cache.
+"""
+from __future__ import annotations
+
+import logging
+
+from hw.phones import Device
+from station.core import FirmwareSource, NoFirmware
+from station.ipsw import IpswError, NoIpswError
+from station.ipsw.cache import IpswCache, Selection
+
+log = logging.getLogger(__name__)
+
+
+class IpswFirmware(FirmwareSource):
+    def __init__(self, cache: IpswCache, required: bool) -> None:
+        self.cache = cache
+        self.required = required
+
+    def select(self, device: Device) -> Selection | None:
+        try:
+            return self.cache.select(product_type=device.product_type or None,
+                                     chip_id=device.chip_id, board_id=device.board_id)
+        except NoIpswError as missing:
+            if self.required:
+                log.error("%s", missing.log_message)
+                raise NoFirmware(str(missing)) from None
+            log.info("%s: the simulated restore streams synthetic bytes", missing)
+        except IpswError as error:
+            if self.required:
+                raise NoFirmware(f"IPSW: {error}") from None
+            log.warning("IPSW cache: %s: the simulated restore streams synthetic bytes", error)
+        return None

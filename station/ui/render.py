@@ -1,0 +1,208 @@
+"""The OLED screens: a pure function from a station snapshot to a 128x64 image.
+
+Nothing here touches a device; ``hw.display`` pushes the image. Every screen
+keeps the bottom line for a station-level fault (``NO NETWORK``, inverted) so
+the operator sees it whatever screen is up; without a fault that line is the
+screen's own footer (today's counters, a progress bar). Every text goes
+through ``_text``, which cuts it to its box: nothing is drawn off screen.
+"""
+from __future__ import annotations
+
+import textwrap
+from functools import cache
+from importlib import resources
+
+from PIL import Image, ImageDraw, ImageFont
+
+from station.machine import Port, State
+from station.snapshot import Screen, Snapshot
+from station.ui.labels import NEEDS_PERSON, detail_lines, short_state
+
+WIDTH, HEIGHT = 128, 64
+FOOTER_TOP = 56  # the bottom line: 5x8 text, or a fault inverted from FOOTER_TOP - 1
+COLUMNS = 2
+CELL_W, CELL_H = WIDTH // COLUMNS, 11
+ROWS = (FOOTER_TOP - 1) // CELL_H  # 5 rows: a 7-port hub fits one page, 16 slots take two
+PER_PAGE = COLUMNS * ROWS
+BODY_TOP, LINE_H = 12, 8  # detail lines under the title bar, down into the footer when free
+
+
+@cache
+def font(name: str) -> ImageFont.ImageFont:
+    path = resources.files("station.ui") / "fonts" / f"{name}.pil"
+    with resources.as_file(path) as file:
+        return ImageFont.load(str(file))
+
+
+def small() -> ImageFont.ImageFont:
+    return font("5x8")  # 25 characters a line
+
+
+def medium() -> ImageFont.ImageFont:
+    return font("6x10")  # 21 characters a line, easier to read from arm's length
+
+
+def large() -> ImageFont.ImageFont:
+    return font("9x15b")
+
+
+def render(snapshot: Snapshot) -> Image.Image:
+    image = Image.new("1", (WIDTH, HEIGHT), 0)
+    draw_screen(ImageDraw.Draw(image), snapshot)
+    return image
+
+
+def draw_screen(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
+    """Draw the snapshot's screen on a 128x64 ``draw``: the screen, then the fault line over it."""
+    SCREENS[snapshot.screen](draw, snapshot)
+    if snapshot.faults:
+        _fault(draw, snapshot.faults)
+
+
+# Overview ------------------------------------------------------------------
+
+
+def _overview(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
+    page, pages, ports = _page(snapshot)
+    for index, port in enumerate(ports):
+        row, column = divmod(index, COLUMNS)
+        _cell(draw, port, column * CELL_W, row * CELL_H, port.slot == snapshot.selected)
+    draw.line((0, FOOTER_TOP - 2, WIDTH - 1, FOOTER_TOP - 2), fill=1)
+    right = 0
+    if pages > 1:
+        marker = f"{page + 1}/{pages}"
+        right = int(draw.textlength(marker, font=small())) + 2
+        _text(draw, (WIDTH - right + 2, FOOTER_TOP), marker, small(), right - 2)
+    done, failed, locked = (snapshot.counters.restored, snapshot.counters.failed,
+                            snapshot.counters.locked)
+    width = WIDTH - right - 2
+    # Shorter wordings for big days: a number must never be cut.
+    wordings = (f"DONE {done} FAIL {failed} LOCK {locked}", f"DONE{done} FAIL{failed} LOCK{locked}",
+                f"D{done} F{failed} L{locked}")
+    footer = next((text for text in wordings if draw.textlength(text, font=small()) <= width),
+                  wordings[-1])
+    _text(draw, (0, FOOTER_TOP), footer, small(), width)
+
+
+def _page(snapshot: Snapshot) -> tuple[int, int, tuple[Port, ...]]:
+    """The page of cells that holds the selected slot: (page, pages, its ports)."""
+    position = next((i for i, p in enumerate(snapshot.ports) if p.slot == snapshot.selected), 0)
+    page = position // PER_PAGE
+    pages = max(1, -(-len(snapshot.ports) // PER_PAGE))
+    return page, pages, snapshot.ports[page * PER_PAGE:(page + 1) * PER_PAGE]
+
+
+def _cell(draw: ImageDraw.ImageDraw, port: Port, x: int, y: int, selected: bool) -> None:
+    """``12 HOLD OK`` or ``3 [bar] 42%``: the cursor inverts the cell, a waiting state its label."""
+    right, bottom = x + CELL_W - 2, y + CELL_H - 2
+    ink = 0 if selected else 1
+    if selected:
+        draw.rectangle((x, y, right, bottom), fill=1)
+    number = str(port.slot)
+    _text(draw, (x + 2, y + 1), number, medium(), 18, ink)
+    left = x + 2 + int(draw.textlength(number, font=medium())) + 4
+    label = short_state(port)
+    if port.state is State.RESTORING:
+        label_w = int(draw.textlength(label, font=medium()))
+        label_x = right - 1 - label_w
+        _text(draw, (label_x, y + 1), label, medium(), label_w, ink)
+        _bar(draw, (left, y + 2, label_x - 3, bottom - 2), port.percent, ink)
+    elif port.state in NEEDS_PERSON and not selected:  # the cursor is mark enough
+        label_w = min(right - 1 - left, int(draw.textlength(label, font=medium())))
+        draw.rectangle((left - 2, y, left + label_w + 1, bottom), fill=1)
+        _text(draw, (left, y + 1), label, medium(), label_w, 0)
+    else:
+        _text(draw, (left, y + 1), label, medium(), right - 1 - left, ink)
+
+
+# Detail --------------------------------------------------------------------
+
+
+def _detail(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
+    port = next((p for p in snapshot.ports if p.slot == snapshot.selected),
+                Port(snapshot.selected))
+    draw.rectangle((0, 0, WIDTH - 1, 10), fill=1)
+    _text(draw, (1, 1), f"SLOT {port.slot} {port.state.name.replace('_', ' ')}", medium(),
+          WIDTH - 2, 0)
+    footer_taken = port.state is State.RESTORING or bool(snapshot.faults)
+    room = (FOOTER_TOP if footer_taken else HEIGHT) - BODY_TOP
+    for index, line in enumerate(_wrapped(detail_lines(port, snapshot.now), room // LINE_H)):
+        _text(draw, (1, BODY_TOP + index * LINE_H), line, small(), WIDTH - 2)
+    if port.state is State.RESTORING:
+        _bar(draw, (1, FOOTER_TOP - 1, WIDTH - 2, HEIGHT - 2), port.percent, 1)
+
+
+def _wrapped(lines: list[str], room: int) -> list[str]:
+    """Long lines wrap onto the next; a line cut short ends in ``..``.
+
+    Each line keeps at least one row for every line after it, so the last
+    lines (what to do next) are not pushed off by a long reason.
+    """
+    columns = (WIDTH - 2) // 5
+    out: list[str] = []
+    for index, line in enumerate(lines):
+        rows = textwrap.wrap(line, columns, break_on_hyphens=False)
+        allowed = max(1, room - len(out) - (len(lines) - index - 1))
+        if len(rows) > allowed:
+            rows = rows[:allowed]
+            rows[-1] = rows[-1][:columns - 2] + ".."
+        out += rows
+    return out[:room]
+
+
+# Counters ------------------------------------------------------------------
+
+
+def _counters(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
+    draw.rectangle((0, 0, WIDTH - 1, 10), fill=1)
+    _text(draw, (2, 1), "TODAY", medium(), WIDTH - 4, 0)
+    counters = snapshot.counters
+    column_w = WIDTH // 3
+    values = {"restored": counters.restored, "failed": counters.failed, "locked": counters.locked}
+    widest = max(draw.textlength(str(value), font=large()) for value in values.values())
+    face = large() if widest <= column_w - 1 else medium()  # five digits do not fit in large
+    for index, (label, value) in enumerate(values.items()):
+        x = index * column_w
+        _centred(draw, x, 20, str(value), face, column_w - 1)
+        _centred(draw, x, 40, label, small(), column_w - 1)
+
+
+# Shared pieces -------------------------------------------------------------
+
+
+def _fault(draw: ImageDraw.ImageDraw, faults: tuple[str, ...]) -> None:
+    """The most urgent station fault, inverted, with how many more there are."""
+    draw.rectangle((0, FOOTER_TOP - 1, WIDTH - 1, HEIGHT - 1), fill=1)
+    more = f" +{len(faults) - 1}" if len(faults) > 1 else ""
+    more_w = int(draw.textlength(more, font=small()))
+    _text(draw, (1, FOOTER_TOP), f"! {faults[0]}", small(), WIDTH - 3 - more_w, 0)
+    _text(draw, (WIDTH - 1 - more_w, FOOTER_TOP), more, small(), more_w, 0)
+
+
+def _bar(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], percent: float,
+         ink: int) -> None:
+    left, top, right, bottom = box
+    if right - left < 4:
+        return  # no room for a bar: the percentage beside it still says it
+    draw.rectangle(box, outline=ink)
+    filled = round((right - left - 2) * max(0.0, min(100.0, percent)) / 100)
+    if filled > 0:
+        draw.rectangle((left + 1, top + 1, left + filled, bottom - 1), fill=ink)
+
+
+def _centred(draw: ImageDraw.ImageDraw, x: int, y: int, text: str, face: ImageFont.ImageFont,
+             width: int) -> None:
+    text_w = min(width, int(draw.textlength(text, font=face)))
+    _text(draw, (x + (width - text_w) // 2, y), text, face, width)
+
+
+def _text(draw: ImageDraw.ImageDraw, at: tuple[int, int], text: str,
+          face: ImageFont.ImageFont, width: int, ink: int = 1) -> None:
+    """Draw ``text`` cut to ``width`` pixels: never past the edge of its box."""
+    while text and draw.textlength(text, font=face) > width:
+        text = text[:-1]
+    if text:
+        draw.text(at, text, font=face, fill=ink)
+
+
+SCREENS = {Screen.OVERVIEW: _overview, Screen.DETAIL: _detail, Screen.COUNTERS: _counters}

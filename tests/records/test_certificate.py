@@ -1,0 +1,109 @@
+"""Erasure certificates: NIST SP 800-88 fields, who gets one, and checking one as an auditor."""
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from station.records import certificate, chain, db
+
+from . import helpers
+from .helpers import Phone
+
+
+def stored(station) -> dict[int, dict]:
+    conn = db.open_existing(station.state_dir)
+    try:
+        return {row[0]: json.loads(row[1]) for row in conn.execute("SELECT session_id, document FROM certificates")}
+    finally:
+        conn.close()
+
+
+def test_fields_of_a_verified_restore(recorder, station, clock):
+    helpers.clean_restore(Phone(recorder, 4, clock), 1)
+    assert recorder.flush(5)
+    [document] = stored(station).values()
+    device = helpers.device(1)
+    assert document["media"] == {
+        "manufacturer": "Apple", "model": "iPhone14,7", "serial": device.serial,
+        "media_type": "flash memory", "udid": device.udid, "ecid": f"{device.ecid:X}", "ios_before": "16.1"}
+    sanitization = document["sanitization"]
+    assert sanitization["method_type"] == "Purge"
+    assert sanitization["method_detail"] == "Purge: cryptographic erase by iOS restore"
+    assert sanitization["tool"].startswith("station ") and "pymobiledevice3 " in sanitization["tool"]
+    assert sanitization["firmware"] == {"build": "21F90", "ios": "17.5.1", "sha256": helpers.IPSW_SHA256}
+    assert document["verification"]["result"] == "passed"
+    assert "activation-server" in document["verification"]["method"]
+    assert document["person"] == {"name": "alice", "location": "Shop, bench 7", "station": "bench-7", "slot": 4}
+    assert document["date"].endswith("Z") and document["certificate_id"] == "bench-7-1"
+    assert document["signer"]["algorithm"] == "Ed25519"
+    assert document["signer"]["public_key"].startswith("SHA256:")
+
+
+def test_unverified_restore_says_why(recorder, station, clock):
+    helpers.clean_restore(Phone(recorder, 1, clock), 1, verified=False)
+    assert recorder.flush(5)
+    [document] = stored(station).values()
+    assert document["verification"]["result"] == "not verified: no network"
+    assert document["verification"]["lock"] == "unknown"
+
+
+@pytest.mark.parametrize("history", [helpers.locked, helpers.refused, helpers.failed,
+                                     helpers.detached_mid_restore, helpers.aborted])
+def test_no_certificate_without_a_successful_restore(recorder, station, history, clock):
+    history(Phone(recorder, 1, clock), 1)
+    assert recorder.flush(5)
+    assert stored(station) == {}
+
+
+def test_certificate_after_a_manual_retry(recorder, station, clock):
+    helpers.failed_then_retried(Phone(recorder, 1, clock), 1)
+    assert recorder.flush(5)
+    [document] = stored(station).values()
+    assert document["sanitization"]["attempts"] == 3
+    assert document["verification"]["result"] == "passed"
+
+
+def test_an_auditor_checks_a_certificate_with_the_public_key(recorder, station, cli, tmp_path, clock):
+    helpers.clean_restore(Phone(recorder, 1, clock), 1)
+    helpers.clean_restore(Phone(recorder, 1, clock), 1)  # the same phone again: the newest certificate wins
+    assert recorder.flush(5)
+    code, pem, _ = cli("key", "show")
+    assert code == 0
+    code, _, err = cli("cert", helpers.device(1).serial, "-o", str(tmp_path / "cert.json"))
+    assert code == 0, err
+    document = json.loads((tmp_path / "cert.json").read_text())
+    assert document["record_id"] == 2
+    # What an auditor does: drop the signature, canonical JSON, Ed25519 verify with the shown key.
+    public = load_pem_public_key(pem.encode())
+    signature = base64.b64decode(document.pop("signature"))
+    public.verify(signature, chain.canonical(document))
+    assert pem.splitlines()[-1] == f"fingerprint: {document['signer']['public_key']}"
+
+
+def test_cert_prints_to_stdout(recorder, cli, clock):
+    helpers.clean_restore(Phone(recorder, 1, clock), 3)
+    assert recorder.flush(5)
+    code, out, _ = cli("cert", helpers.device(3).serial)
+    assert code == 0 and json.loads(out)["media"]["serial"] == helpers.device(3).serial
+
+
+def test_cert_of_an_unknown_serial(recorder, cli, clock):
+    helpers.locked(Phone(recorder, 1, clock), 3)
+    assert recorder.flush(5)
+    code, out, err = cli("cert", helpers.device(3).serial)
+    assert code == 2 and out == ""
+    assert err == f"station: no certificate for serial {helpers.device(3).serial}\n"
+
+
+def test_is_signed_by_rejects_another_key(recorder, station, clock):
+    helpers.clean_restore(Phone(recorder, 1, clock), 1)
+    assert recorder.flush(5)
+    [document] = stored(station).values()
+    other = Ed25519PrivateKey.generate()
+    assert not certificate.is_signed_by(document, other.public_key())
+    resigned = certificate.sign({k: v for k, v in document.items() if k != "signature"}, other)
+    assert not certificate.is_signed_by(resigned, other.public_key())  # names the station's key
