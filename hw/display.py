@@ -17,7 +17,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Generic, Protocol, TextIO, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TextIO, TypeVar
 
 from luma.core.device import dummy
 from luma.core.error import Error as LumaError
@@ -108,8 +108,9 @@ class TerminalView:
     scroll or flicker; the help line and the newest log lines go beneath it.
     """
 
-    BLOCKS = {(False, False): " ", (True, False): "\u2580", (False, True): "\u2584",
-              (True, True): "\u2588"}
+    # (top pixel lit, bottom pixel lit) -> the character that shows both
+    BLOCKS: ClassVar[dict[tuple[bool, bool], str]] = {
+        (False, False): " ", (True, False): "\u2580", (False, True): "\u2584", (True, True): "\u2588"}
 
     def __init__(self, stream: TextIO | None = None, log_lines: Callable[[], list[str]] = list,
                  help_line: str = "") -> None:
@@ -193,7 +194,7 @@ class Redrawer(Generic[S]):
             self.display.show(self.render(snapshot))
             for view in self.also:
                 view(snapshot)
-        except Exception as error:  # noqa: BLE001 - a view bug must not stop the station
+        except Exception as error:  # a bug in a view must not stop the station
             if str(error) != self._last_error:  # once per distinct error, not once per frame
                 log.exception("redraw failed")
             self._last_error = str(error)
@@ -206,18 +207,13 @@ def open_pi_display(section: DisplaySection, interactive: object = False) -> Dis
 
     ``interactive`` is accepted for the backend table's sake: a Pi draws on its OLED only.
     """
-    rotate = section.rotate
-    if rotate % 2:
-        log.error("display: rotate = %d would stand the 128x64 screens on end; drawing with "
-                  "rotate = 0 (use 0 or 2)", rotate)
-        rotate = 0
     try:
         from luma.core.interface.serial import i2c
         from luma.oled import device as oled
 
         serial = i2c(port=section.i2c_port, address=section.i2c_address)
         driver = getattr(oled, section.driver)  # "ssd1306" or "sh1106", as luma names them
-        return LumaDisplay(driver(serial, rotate=rotate))
+        return LumaDisplay(driver(serial, rotate=section.rotate))
     except (OSError, LumaError) as error:
         log.error("no display: %s at %#04x on /dev/i2c-%d: %s (the station runs on without it)",
                   section.driver, section.i2c_address, section.i2c_port, error)

@@ -14,7 +14,8 @@ import hashlib
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from station.worker import InjectedFailure, Kind, SimParams
 log = logging.getLogger(__name__)
 
 SIM_BUS = 1
+USBMUX_ENV = "USBMUXD_SOCKET_ADDRESS"
 RESTORE_GRACE_S = 5.0  # the sim engine does not re-enumerate the phone mid-restore
 HELLO_WAIT_S = 60.0
 
@@ -45,7 +47,7 @@ class SimulatedPhones(UsbPhoneLayer):
         self.phones = {phone.name: _sim_phone(phone) for phone in scenario.phones}
         setup = WorkerSetup(home=state / "pymobiledevice3-home", log_dir=state / "restore-logs",
                             timeout_s=config.restore.timeout_s,
-                            environment={"USBMUXD_SOCKET_ADDRESS": self.bench.usbmuxd_address})
+                            environment={USBMUX_ENV: self.bench.usbmuxd_address})
         natural = {f"{SIM_BUS}-1.{slot}": slot for slot in range(1, config.hub.slots + 1)}
         super().__init__(SlotMap(config.hub.ports or natural, config.hub.slots), setup,
                          usb_backend=self.bench.usb_backend, restore_grace_s=RESTORE_GRACE_S,
@@ -53,14 +55,29 @@ class SimulatedPhones(UsbPhoneLayer):
         self._failures: Counter[str] = Counter()
 
     async def watch(self, emit: Callable[[PhoneEvent], None]) -> None:
-        # The simulator's addresses are this process's: pymobiledevice3 reads them per call.
-        os.environ["USBMUXD_SOCKET_ADDRESS"] = self.bench.usbmuxd_address
-        with self.bench:
-            point_activation_at(self.bench.activation_url)
-            try:
-                await super().watch(emit)
-            finally:
-                point_activation_at(None)
+        with self.simulation():
+            await super().watch(emit)
+
+    @contextmanager
+    def simulation(self) -> Iterator[None]:
+        """The bench running, and this process's pymobiledevice3 aimed at it."""
+        saved = os.environ.get(USBMUX_ENV)
+        os.environ[USBMUX_ENV] = self.bench.usbmuxd_address  # pymobiledevice3 reads it per call
+        try:
+            with self.bench:
+                point_activation_at(self.bench.activation_url)
+                try:
+                    yield
+                finally:
+                    point_activation_at(None)
+        finally:
+            if saved is None:
+                os.environ.pop(USBMUX_ENV, None)
+            else:
+                os.environ[USBMUX_ENV] = saved
+
+    def plug(self, spec: ScenarioPhone) -> None:
+        self.bench.world.attach(self.phones[spec.name], SIM_BUS, (1, spec.slot))
 
     def _side_tasks(self, emit: Callable[[PhoneEvent], None]) -> list[Coroutine[Any, Any, None]]:
         return [self._play(emit)]  # the scenario says when the network goes; Apple is never asked
@@ -69,11 +86,9 @@ class SimulatedPhones(UsbPhoneLayer):
         """Plug and unplug the scenario's phones, and cut the network, when it says."""
         timeline: list[tuple[float, Callable[[], object]]] = []
         for spec in self.scenario.phones:
-            phone = self.phones[spec.name]
-            timeline.append((spec.attach, lambda p=phone, s=spec.slot: self.bench.world.attach(
-                p, SIM_BUS, (1, s))))
+            timeline.append((spec.attach, lambda s=spec: self.plug(s)))
             if spec.detach is not None:
-                timeline.append((spec.detach, lambda p=phone: self.bench.world.detach(p)))
+                timeline.append((spec.detach, lambda p=self.phones[spec.name]: self.bench.world.detach(p)))
         for change in self.scenario.network:
             fault = None if change.up else "NO NETWORK"
             timeline.append((change.at, lambda f=fault: emit(LayerFault("network", f))))

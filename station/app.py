@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from hw.backends import BACKENDS
-from hw.display import RecentLines, TerminalView
+from hw.display import RecentLines, Redrawer, TerminalView
 from station import keys
 from station.clock import Clock
 from station.config import Config
@@ -20,6 +19,7 @@ from station.records.recorder import Recorder
 from station.records.statedir import RecordsUnavailable
 from station.machine import WORKING, Port, State
 from station.scenario import Scenario
+from station.snapshot import Snapshot
 from station.ui.render import render
 
 log = logging.getLogger("station")
@@ -53,13 +53,12 @@ async def run_station(config: Config, options: RunOptions) -> tuple[Port, ...]:
     clock = Clock(options.speed)
     terminal = _terminal_view() if options.interactive else None
     display = backend.open_display(config.display, terminal)
-    redraw = asyncio.Event()
     phones = backend.open_phones(config, options.scenario, clock)
     recorder = _open_records(config)
     firmware = IpswFirmware(IpswCache(config.ipsw), required=options.backend != "sim")
     station = Station(config, phones, firmware=firmware,
                       listeners=(recorder,) if recorder else (), counter_source=recorder,
-                      clock=clock.now, on_change=redraw.set)
+                      clock=clock.now)
     if recorder is None:
         station.set_fault("records", "NO RECORDS")
 
@@ -69,12 +68,17 @@ async def run_station(config: Config, options: RunOptions) -> tuple[Port, ...]:
     panel = backend.open_panel(config.buttons, config.leds, on_press)
     if panel is None:
         station.set_fault("panel", "NO BUTTONS")
+    views = [lambda snapshot: _set_leds(panel, snapshot)] if panel is not None else []
+    if recorder is not None:
+        views.append(lambda snapshot: station.set_fault("records", recorder.fault))
+    redrawer = Redrawer(display, station.snapshot, render, config.display.min_redraw_s,
+                        idle_s=IDLE_REDRAW_S, also=views)
+    station.on_change = redrawer.request
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     tasks = [asyncio.create_task(station.run(), name="phones"),
-             asyncio.create_task(_show(station, display, panel, recorder, redraw,
-                                       config.display.min_redraw_s), name="views")]
+             asyncio.create_task(redrawer.run(), name="views")]
     if terminal is not None and hasattr(panel, "press"):
         tasks.append(asyncio.create_task(keys.read_keys(panel, stop), name="keys"))
     if options.scenario is not None:
@@ -89,9 +93,8 @@ async def run_station(config: Config, options: RunOptions) -> tuple[Port, ...]:
         await asyncio.gather(*tasks, return_exceptions=True)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        with contextlib.suppress(Exception):
-            display.show(render(station.snapshot()))
-            display.close()
+        redrawer.push()  # the last state stays on the panel
+        display.close()
         if panel is not None:
             panel.close()
         if recorder is not None:
@@ -110,24 +113,9 @@ def _open_records(config: Config) -> Recorder | None:
     return recorder
 
 
-async def _show(station: Station, display: object, panel: object, recorder: Recorder | None,
-                wanted: asyncio.Event, min_interval: float) -> None:
-    """Redraw the OLED and set the LEDs when something changed, at most once per ``min_interval``.
-
-    A timer also wakes it every few seconds, so ETAs and clocks move on an idle station.
-    """
-    while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wanted.wait(), IDLE_REDRAW_S)
-        wanted.clear()
-        if recorder is not None:
-            station.set_fault("records", recorder.fault)
-        snapshot = station.snapshot()
-        display.show(render(snapshot))  # type: ignore[attr-defined]
-        if panel is not None:
-            for port in snapshot.ports:
-                panel.set_led(port.slot, LED_PATTERNS[port.state])  # type: ignore[attr-defined]
-        await asyncio.sleep(min_interval)
+def _set_leds(panel: object, snapshot: Snapshot) -> None:
+    for port in snapshot.ports:
+        panel.set_led(port.slot, LED_PATTERNS[port.state])  # type: ignore[attr-defined]
 
 
 def _terminal_view() -> TerminalView:

@@ -59,7 +59,7 @@ class DisplaySection:
     driver: Literal["ssd1306", "sh1106"] = "ssd1306"
     i2c_port: int = field(default=1, metadata=bounded(0, 31))
     i2c_address: int = field(default=0x3C, metadata=bounded(0x03, 0x77))
-    rotate: int = field(default=0, metadata=bounded(0, 3))
+    rotate: Literal[0, 2] = 0  # half turns only: a quarter turn would stand 128x64 on end
     min_redraw_s: float = field(default=0.2, metadata=bounded(0.02, 5.0))
     frames_dir: Path | None = None
 

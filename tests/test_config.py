@@ -38,6 +38,7 @@ def test_every_key_is_documented_in_station_toml():
     ("[dispaly]\n", "config error: [dispaly]: unknown section (did you mean display?)"),
     ("[buttons]\nhold_s = \"long\"\n", 'config error: [buttons] hold_s = "long": must be a number'),
     ("[hub]\nslots = true\n", "config error: [hub] slots = true: must be an integer"),
+    ("[display]\nrotate = 1\n", "config error: [display] rotate = 1: must be one of 0, 2"),
     ("[hub]\nports = { \"1-1.3\" = \"two\" }\n",
      'config error: [hub] ports.1-1.3 = "two": must be an integer'),
     ("[restore\n", "config error: {path}: Expected ']' at the end of a table declaration (at line 1, column 9)"),

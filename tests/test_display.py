@@ -12,8 +12,14 @@ from luma.core.error import DeviceNotFoundError, DevicePermissionError
 from luma.core.interface.serial import noop
 from PIL import Image, ImageDraw
 
-from hw.display import (LumaDisplay, NoDisplay, Redrawer, TerminalView,
-                        open_pi_display, open_sim_display)
+from hw.display import (
+    LumaDisplay,
+    NoDisplay,
+    Redrawer,
+    TerminalView,
+    open_pi_display,
+    open_sim_display,
+)
 from station.config import DisplaySection
 
 
@@ -125,17 +131,6 @@ def test_pi_display_drives_the_configured_oled(driver: str, monkeypatch: pytest.
     assert isinstance(display, LumaDisplay)
     assert type(display.device).__name__ == driver and display.device.rotate == 2
     assert opened == {"port": 1, "address": 0x3D}
-    display.show(frame("x"))
-
-
-@pytest.mark.filterwarnings(LUMA_GETDATA)
-def test_a_portrait_rotation_is_refused_with_one_line(monkeypatch: pytest.MonkeyPatch,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr("luma.core.interface.serial.i2c", lambda **kwargs: noop())
-    with caplog.at_level(logging.INFO, logger="hw.display"):
-        display = open_pi_display(DisplaySection(rotate=1))
-    assert len(caplog.records) == 1 and "rotate = 1" in caplog.records[0].getMessage()
-    assert isinstance(display, LumaDisplay) and display.device.size == (128, 64)
     display.show(frame("x"))
 
 

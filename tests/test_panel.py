@@ -85,7 +85,7 @@ def test_long_press_is_reported_once_at_hold_time(panel: Panel, factory: MockFac
 
 def test_buttons_are_told_apart(panel: Panel, factory: MockFactory,
                                 presses: list[tuple[str, bool]]) -> None:
-    for name, pin in (("back", BUTTONS.back_pin), ("ok", BUTTONS.ok_pin)):
+    for pin in (BUTTONS.back_pin, BUTTONS.ok_pin):
         factory.pin(pin).drive_low()
         factory.pin(pin).drive_high()
     assert presses == [("back", False), ("ok", False)]

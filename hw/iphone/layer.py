@@ -202,6 +202,28 @@ class UsbPhoneLayer:
                 self._emit(PhoneArrived(slot, seen))
         self._changed.set()
 
+    async def survey(self) -> tuple[dict[int, Device], list[str]]:
+        """One look at usbmuxd and the bus, each phone identified; and what could not be seen.
+
+        For `station devices`: no Listen subscription, nothing left running.
+        """
+        notes: list[str] = []
+        try:
+            self._mux = {d.serial: d for d in await usbmux.list_devices() if d.is_usb}
+        except (ConnectionFailedToUsbmuxdError, MuxException, OSError) as error:
+            notes.append(f"usbmuxd: {error or 'not running'} (normal-mode phones not listed)")
+        phones, problems = await asyncio.to_thread(scan, self.usb_backend)  # raises UsbUnavailable
+        notes.extend(problems)
+        self._usb = phones
+        self._port_of.update((p.serial, p.port_path) for p in phones if p.mode is Mode.NORMAL)
+        present = self._present()
+        for slot, device in present.items():
+            try:
+                present[slot] = await self.identify(device)
+            except PhoneError as error:
+                notes.append(f"slot {slot}: {error}")
+        return present, notes
+
     # -- questions ----------------------------------------------------------
 
     async def identify(self, device: Device) -> Device:

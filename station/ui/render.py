@@ -27,6 +27,9 @@ PER_PAGE = COLUMNS * ROWS
 BODY_TOP, LINE_H = 12, 8  # detail lines under the title bar, down into the footer when free
 
 
+# The fonts are X11 misc-fixed 5x8, 6x10 and 9x15B (Debian xfonts-base), public domain
+# ("Public domain font. Share and enjoy."), converted to PIL format: see fonts/README.md.
+# Pixel fonts drawn at their own size stay crisp on a monochrome OLED.
 @cache
 def font(name: str) -> ImageFont.ImageFont:
     path = resources.files("station.ui") / "fonts" / f"{name}.pil"

@@ -1,0 +1,195 @@
+"""The real phone layer (pymobiledevice3 + pyusb) against the protocol-level simulator.
+
+Nothing here is mocked above the transport: usbmuxd is a unix socket speaking
+the plist protocol, lockdownd answers over it with TLS sessions, Apple's
+activation server is a local HTTP server and the USB bus is a pyusb backend.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import requests
+from pymobiledevice3.services import mobile_activation
+
+from hw.iphone.layer import UsbPhoneLayer
+from hw.iphone.restore import WorkerSetup
+from hw.iphone.slots import SlotMap
+from hw.phones import LayerFault, Lock, Mode, PhoneArrived, PhoneLeft
+from hw.sim import (ACTIVATED, UNACTIVATED, Hang, Pairing, Refuse, SimPhone, SimulatedBench,
+                    point_activation_at)
+from hw.sim import Mode as SimMode
+from hw.sim import usb_backend
+from hw.sim.activation_server import DEVICE_ACTIVATION_PATH, DRM_HANDSHAKE_PATH
+
+_ecids = itertools.count(0x00112233445566)
+
+
+def phone(**fields) -> SimPhone:
+    ecid = next(_ecids)
+    return SimPhone(ecid=ecid, serial=f"F2L{ecid % 10**9:09d}", **fields)
+
+
+class Layer:
+    """A layer on a bench, with the events it emitted."""
+
+    def __init__(self, bench: SimulatedBench, layer: UsbPhoneLayer) -> None:
+        self.bench = bench
+        self.layer = layer
+        self.events: list[object] = []
+
+    def plug(self, sim: SimPhone, slot: int) -> None:
+        self.bench.world.attach(sim, 1, (1, slot))
+
+    async def until(self, predicate, timeout: float = 5.0):
+        async with asyncio.timeout(timeout):
+            while True:
+                found = [e for e in self.events if predicate(e)]
+                if found:
+                    return found[-1]
+                await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Layer]:
+    bench = SimulatedBench([], tmp_path / "bench")
+    monkeypatch.setenv("USBMUXD_SOCKET_ADDRESS", bench.usbmuxd_address)
+    setup = WorkerSetup(home=tmp_path / "home", log_dir=tmp_path / "logs", timeout_s=60,
+                        environment={"USBMUXD_SOCKET_ADDRESS": bench.usbmuxd_address})
+    natural = {f"1-1.{slot}": slot for slot in range(1, 8)}
+    layer = UsbPhoneLayer(SlotMap(natural, 7), setup, usb_backend=bench.usb_backend,
+                          restore_grace_s=1.0, hello_wait_s=5.0)
+    layer._side_tasks = lambda emit: []  # no Apple reachability probe from a test
+    harness = Layer(bench, layer)
+    with bench:
+        point_activation_at(bench.activation_url)
+        task = asyncio.create_task(layer.watch(harness.events.append))
+        try:
+            yield harness
+        finally:
+            point_activation_at(None)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_phone_is_found_on_its_hub_port_and_identified(tmp_path, monkeypatch):
+    sim = phone(product_type="iPhone14,7", ios_version="17.5.1", build="21F90")
+    async with running_layer(tmp_path, monkeypatch) as h:
+        h.plug(sim, 3)
+        arrived = await h.until(lambda e: isinstance(e, PhoneArrived))
+        assert arrived.slot == 3 and arrived.device.mode is Mode.NORMAL
+        device = await h.layer.identify(arrived.device)
+    assert (device.product_type, device.name, device.ios_version, device.build) == (
+        "iPhone14,7", "iPhone 14", "17.5.1", "21F90")
+    assert (device.udid, device.ecid, device.serial) == (sim.udid, sim.ecid, sim.serial)
+    assert "Pair" not in sim.requests(), "identity must not need pairing"
+
+
+async def test_two_phones_of_one_model_in_different_modes(tmp_path, monkeypatch):
+    normal = phone(product_type="iPhone13,2")
+    dfu = phone(product_type="iPhone13,2", mode=SimMode.DFU)
+    async with running_layer(tmp_path, monkeypatch) as h:
+        h.plug(normal, 1)
+        h.plug(dfu, 2)
+        await h.until(lambda e: isinstance(e, PhoneArrived) and e.slot == 2)
+        await h.until(lambda e: isinstance(e, PhoneArrived) and e.slot == 1)
+        arrivals = {e.slot: e.device for e in h.events if isinstance(e, PhoneArrived)}
+        identities = {slot: await h.layer.identify(d) for slot, d in arrivals.items()}
+        lock = await h.layer.check_lock(identities[2])
+    assert identities[1].mode is Mode.NORMAL and identities[1].ecid == normal.ecid
+    assert identities[2].mode is Mode.DFU and identities[2].ecid == dfu.ecid
+    assert identities[2].product_type == "iPhone13,2"  # from CPID/BDID in the iBoot string
+    assert lock.lock is Lock.UNKNOWN and "DFU" in lock.reason
+
+
+@pytest.mark.parametrize("fields, lock, method, reason", [
+    ({}, Lock.CLEAR, "activation-server", "no Activation Lock"),
+    ({"activation_lock": True}, Lock.LOCKED, "activation-server", "Apple asks for the Apple ID"),
+    ({"activation_state": ACTIVATED, "find_my": True}, Lock.LOCKED, "fmip", "Find My is on"),
+    ({"activation_state": ACTIVATED}, Lock.CLEAR, "fmip", "Find My off"),
+    ({"activation_state": ACTIVATED, "pairing": Pairing.DIALOG}, Lock.CLEAR, "fmip", "Find My off"),
+    ({"activation_state": ACTIVATED, "find_my": True, "pairing": Pairing.PASSCODE}, Lock.UNKNOWN,
+     "fmip", "passcode"),
+    ({"activation_state": ACTIVATED, "find_my": True, "pairing": Pairing.DENIED}, Lock.UNKNOWN,
+     "fmip", "Trust denied"),
+], ids=["hello-clean", "hello-activation-lock", "find-my-on", "find-my-off", "trust-dialog",
+        "passcode", "trust-denied"])
+async def test_lock_check_paths(tmp_path, monkeypatch, fields, lock, method, reason):
+    sim = phone(**fields)
+    async with running_layer(tmp_path, monkeypatch) as h:
+        h.plug(sim, 1)
+        arrived = await h.until(lambda e: isinstance(e, PhoneArrived))
+        result = await h.layer.check_lock(await h.layer.identify(arrived.device))
+    assert (result.lock, result.method) == (lock, method)
+    assert reason in result.reason
+
+
+@pytest.mark.parametrize("fault, reason", [
+    (Refuse(503, path=DEVICE_ACTIVATION_PATH), "activation server refused"),
+    (Refuse(503, path=DRM_HANDSHAKE_PATH), "activation refused"),
+    (Hang(5.0), "no network"),
+], ids=["activation-503", "handshake-503", "timeout"])
+async def test_network_failure_is_unknown_never_clear(tmp_path, monkeypatch, fault, reason):
+    real_post = requests.post
+    monkeypatch.setattr(mobile_activation.requests, "post",
+                        lambda *a, **k: real_post(*a, **{**k, "timeout": 0.5}))
+    sim = phone(activation_lock=True)  # locked: a wrong "clear" here would be a disaster
+    async with running_layer(tmp_path, monkeypatch) as h:
+        h.bench.activation.set_fault(fault)
+        h.plug(sim, 1)
+        arrived = await h.until(lambda e: isinstance(e, PhoneArrived))
+        result = await h.layer.check_lock(await h.layer.identify(arrived.device))
+    assert result.lock is Lock.UNKNOWN
+    assert reason in result.reason
+
+
+async def test_no_usbmuxd_is_a_fault_that_clears_when_it_returns(tmp_path, monkeypatch):
+    async with running_layer(tmp_path, monkeypatch) as h:
+        await h.until(lambda e: e == LayerFault("usbmuxd", None))
+        h.bench.usbmuxd.stop()
+        await h.until(lambda e: e == LayerFault("usbmuxd", "NO USBMUXD"))
+        h.events.clear()
+        h.bench.usbmuxd.start()
+        await h.until(lambda e: e == LayerFault("usbmuxd", None))
+        h.plug(phone(), 2)
+        arrived = await h.until(lambda e: isinstance(e, PhoneArrived))
+        assert arrived.slot == 2
+
+
+async def test_hotplug_storm_leaves_no_phone_task_thread_or_socket(tmp_path, monkeypatch):
+    sim = phone()
+    async with running_layer(tmp_path, monkeypatch) as h:
+        await h.until(lambda e: e == LayerFault("usbmuxd", None))
+        await asyncio.sleep(0.6)
+        fds, threads = len(os.listdir("/proc/self/fd")), threading.active_count()
+        tasks = len(asyncio.all_tasks())
+        for _ in range(50):  # 50 plug/unplug cycles in about 10 s
+            h.plug(sim, 4)
+            await asyncio.sleep(0.1)
+            h.bench.world.detach(sim)
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.2)  # two USB scans and the last usbmuxd events
+        arrivals = sum(isinstance(e, PhoneArrived) for e in h.events)
+        departures = sum(isinstance(e, PhoneLeft) for e in h.events)
+        assert arrivals == departures >= 1  # every arrival the station heard of, it saw leave
+        assert not h.layer._told
+        assert len(asyncio.all_tasks()) == tasks
+        assert threading.active_count() <= threads
+        assert len(os.listdir("/proc/self/fd")) <= fds
+
+
+async def test_a_strange_usb_serial_is_one_log_line_and_no_phone(tmp_path, monkeypatch, caplog):
+    sim = phone(mode=SimMode.RECOVERY)
+    monkeypatch.setattr(usb_backend, "iboot_serial", lambda phone, mode: "NO SERIAL HERE")
+    async with running_layer(tmp_path, monkeypatch) as h:
+        h.plug(sim, 5)
+        await asyncio.sleep(1.2)
+    assert not [e for e in h.events if isinstance(e, PhoneArrived)]
+    lines = [r.getMessage() for r in caplog.records if "USB port 1-1.5" in r.getMessage()]
+    assert len(lines) == 1 and "no CPID" in lines[0]
