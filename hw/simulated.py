@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 SIM_BUS = 1
 USBMUX_ENV = "USBMUXD_SOCKET_ADDRESS"
-RESTORE_GRACE_S = 5.0  # the sim engine does not re-enumerate the phone mid-restore
+RESTORE_GRACE_S = 1.0  # the sim engine does not re-enumerate the phone mid-restore
 HELLO_WAIT_S = 60.0
 
 
@@ -84,6 +84,7 @@ class SimulatedPhones(UsbPhoneLayer):
 
     async def _play(self, emit: Callable[[PhoneEvent], None]) -> None:
         """Plug and unplug the scenario's phones, and cut the network, when it says."""
+        self.clock.start()  # the bench is up: this is the scenario's second 0
         timeline: list[tuple[float, Callable[[], object]]] = []
         for spec in self.scenario.phones:
             timeline.append((spec.attach, lambda s=spec: self.plug(s)))

@@ -50,7 +50,7 @@ async def run_station(config: Config, options: RunOptions) -> tuple[Port, ...]:
     """Run until stopped (SIGINT/SIGTERM) or, in a simulation, until the scenario ends."""
     loop = asyncio.get_running_loop()
     backend = BACKENDS[options.backend]
-    clock = Clock(options.speed)
+    clock = Clock(options.speed, started=options.scenario is None)
     terminal = _terminal_view() if options.interactive else None
     display = backend.open_display(config.display, terminal)
     phones = backend.open_phones(config, options.scenario, clock)
@@ -132,6 +132,7 @@ async def _play(scenario: Scenario, station: Station, panel: object, config: Con
                 clock: Clock, duration: float | None, stop: asyncio.Event) -> None:
     """Press the scripted buttons, then stop once the scenario is over."""
     press = _presser(station, panel, config)
+    await clock.sleep_until(0.0)  # the simulated bench is up
     for item in sorted(scenario.presses, key=lambda p: p.at):
         await clock.sleep_until(item.at)
         if item.slot is not None:

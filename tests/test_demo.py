@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,14 +10,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_scenario(tmp_path: Path, scenario: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_scenario(tmp_path: Path, scenario: str, speed: int = 300) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "station.toml"
     config.write_text(f'[station]\nstate_dir = "{tmp_path / "state"}"\n'
                       f'[ipsw]\ncache_dir = "{tmp_path / "ipsw"}"\n'
                       f'[display]\nframes_dir = "{tmp_path / "frames"}"\n')
     return subprocess.run(
         [sys.executable, "-m", "station.cli", "run", "--config", str(config),
-         "--sim", str(ROOT / scenario), "--speed", "300", *extra],
+         "--sim", str(ROOT / scenario), "--speed", str(speed)],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
@@ -50,3 +51,28 @@ def station(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "station.cli", *args, "--config",
                            str(tmp_path / "station.toml")],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+
+def test_a_pulled_cable_stops_that_restore_only(tmp_path):
+    # Slower, so the pull lands in the middle of the OS image (the USB scan runs twice a second).
+    result = run_scenario(tmp_path, "config/sim/detach-mid-restore.toml", speed=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("slot 1: EMPTY") and "slot 2: DONE" in result.stdout
+    log = result.stderr
+    assert "slot 1 [F2LXQ0J1PUL1] RESTORING -> EMPTY" in log
+    assert re.search(r"slot1: worker \d+ stopped \((exit code 143|killed by SIG\w+)\)", log), log
+    records = station(tmp_path, "records", "list", "--json")
+    outcomes = [(r["slot"], r["outcome"]) for r in map(json.loads, records.stdout.splitlines())]
+    assert sorted(outcomes) == [(1, "detached"), (2, "done")]
+
+
+def test_no_network_holds_restores_until_the_link_is_back(tmp_path):
+    result = run_scenario(tmp_path, "config/sim/no-network.toml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = result.stderr
+    assert "network: NO NETWORK" in log and "network is back" in log
+    queued = log.index("CHECKING_LOCK -> QUEUED")
+    assert log.index("network is back") < log.index("QUEUED -> RESTORING") and queued < log.index(
+        "network is back")
+    frames = sorted((tmp_path / "frames").glob("*.png"))
+    assert frames  # the NO NETWORK line itself is checked by the reference images
