@@ -32,7 +32,8 @@ class CommandError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="station", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="station", description="iPhone restore station: detect, lock-check, restore, record.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

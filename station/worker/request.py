@@ -26,7 +26,7 @@ class SimParams:
 
     usb_rate: float = 35e6  # bytes/s of the simulated USB 2 link (ASR reaches ~35 MB/s)
     speed: float = 1.0  # time scale: 10 runs ten times faster than a real phone
-    image_bytes: int = 4 << 30  # synthetic OS image size when the request names no IPSW
+    image_bytes: int = 8_700_000_000  # synthetic OS image when no IPSW is named: an iOS 18 restore
     fail: InjectedFailure | None = None
 
 

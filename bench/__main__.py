@@ -1,0 +1,21 @@
+"""`make bench`: every benchmark, one after the other (`python -m bench.ipsw` etc. run one)."""
+from __future__ import annotations
+
+import sys
+
+from bench import ipsw, records
+
+BENCHMARKS = (("IPSW cache: reader, seeks, digests, memory", ipsw.main),
+              ("Records: CSV export, event-loop lag", records.main))
+
+
+def main() -> int:
+    status = 0
+    for title, run in BENCHMARKS:
+        print(f"== {title}", flush=True)
+        status |= run([])
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
