@@ -68,6 +68,7 @@ class Station:
         self._counts = Counters()
         self._queue: deque[int] = deque()
         self._restoring: dict[int, asyncio.Task[None]] = {}
+        self._stopping = False
         self._work: dict[int, asyncio.Task[None]] = {}
         # Bumped when a phone leaves: work started for the old phone can't touch the new one.
         self._generation = dict.fromkeys(self.ports, 0)
@@ -82,6 +83,7 @@ class Station:
             await self.stop_work()
 
     async def stop_work(self) -> None:
+        self._stopping = True  # a restore cancelled now must not make room for the next one
         tasks = list(self._work.values())
         for task in tasks:
             task.cancel()
@@ -173,7 +175,7 @@ class Station:
 
     def _schedule(self) -> None:
         """Start queued restores while there is room and the network is there."""
-        if "network" in self.faults:
+        if "network" in self.faults or self._stopping:
             return
         while self._queue and len(self._restoring) < self.max_parallel:
             slot = self._queue.popleft()
