@@ -29,7 +29,7 @@ from station.snapshot import Counters, Snapshot
 log = logging.getLogger("station.core")
 
 # Station-level faults, most urgent first: the display shows the first present.
-FAULT_ORDER = ("usbmuxd", "libusb", "network", "ipsw", "disk", "records", "display", "panel")
+FAULT_ORDER = ("usbmuxd", "libusb", "usb-access", "network", "records", "panel")
 
 OPERATOR_EVENTS = (machine.Confirm, machine.Cancel, machine.Abort)
 

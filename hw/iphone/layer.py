@@ -123,6 +123,8 @@ class UsbPhoneLayer:
                 self._emit(LayerFault("libusb", error.fault))
             else:
                 self._emit(LayerFault("libusb", None))
+                # Usually missing udev rules: the phone is there but cannot be identified.
+                self._emit(LayerFault("usb-access", "USB NO ACCESS" if problems else None))
                 for problem in problems:
                     if problem not in self._bad_serials:
                         self._bad_serials.add(problem)

@@ -22,6 +22,9 @@ from hw.iphone.layer import UsbPhoneLayer
 from hw.iphone.restore import WorkerSetup
 from hw.iphone.slots import SlotMap
 from hw.phones import LayerFault, Lock, Mode, PhoneArrived, PhoneLeft
+from station.config import Config, RestoreSection
+from station.core import Station
+from station.machine import State
 from hw.sim import (ACTIVATED, UNACTIVATED, Hang, Pairing, Refuse, SimPhone, SimulatedBench,
                     point_activation_at)
 from hw.sim import Mode as SimMode
@@ -149,6 +152,24 @@ async def test_network_failure_is_unknown_never_clear(tmp_path, monkeypatch, fau
     assert reason in result.reason
 
 
+async def test_recovery_and_dfu_phones_come_and_go_within_a_second(tmp_path, monkeypatch):
+    sim = phone(product_type="iPhone14,7", mode=SimMode.RECOVERY)
+    async with running_layer(tmp_path, monkeypatch) as h:
+        await asyncio.sleep(0.6)
+        loop = asyncio.get_running_loop()
+        plugged = loop.time()
+        h.plug(sim, 6)
+        arrived = await h.until(lambda e: isinstance(e, PhoneArrived), timeout=1.0)
+        assert loop.time() - plugged < 1.0
+        assert (arrived.slot, arrived.device.mode, arrived.device.product_type) == (
+            6, Mode.RECOVERY, "iPhone14,7")
+        assert arrived.device.serial == sim.serial  # SRNM, only in recovery strings
+        unplugged = loop.time()
+        h.bench.world.detach(sim)
+        await h.until(lambda e: isinstance(e, PhoneLeft), timeout=1.0)
+        assert loop.time() - unplugged < 1.0
+
+
 async def test_no_usbmuxd_is_a_fault_that_clears_when_it_returns(tmp_path, monkeypatch):
     async with running_layer(tmp_path, monkeypatch) as h:
         await h.until(lambda e: e == LayerFault("usbmuxd", None))
@@ -162,26 +183,48 @@ async def test_no_usbmuxd_is_a_fault_that_clears_when_it_returns(tmp_path, monke
         assert arrived.slot == 2
 
 
-async def test_hotplug_storm_leaves_no_phone_task_thread_or_socket(tmp_path, monkeypatch):
+async def test_hotplug_storm_ends_empty_with_nothing_leaked(tmp_path, monkeypatch):
+    """One phone plugged and unplugged 50 times in about 10 s, with the station listening."""
     sim = phone()
     async with running_layer(tmp_path, monkeypatch) as h:
+        station = Station(Config(restore=RestoreSection(mode="counter")), h.layer,
+                          clock=asyncio.get_running_loop().time)
+        h.layer._emit = lambda event: (h.events.append(event), station.on_phone_event(event))
         await h.until(lambda e: e == LayerFault("usbmuxd", None))
         await asyncio.sleep(0.6)
-        fds, threads = len(os.listdir("/proc/self/fd")), threading.active_count()
-        tasks = len(asyncio.all_tasks())
-        for _ in range(50):  # 50 plug/unplug cycles in about 10 s
+        fds, threads, tasks = open_fds(), threading.active_count(), len(asyncio.all_tasks())
+        children = child_processes()
+        for _ in range(50):
             h.plug(sim, 4)
             await asyncio.sleep(0.1)
             h.bench.world.detach(sim)
             await asyncio.sleep(0.1)
-        await asyncio.sleep(1.2)  # two USB scans and the last usbmuxd events
+        await asyncio.sleep(1.5)  # the last USB scans, usbmuxd events and lock checks
         arrivals = sum(isinstance(e, PhoneArrived) for e in h.events)
         departures = sum(isinstance(e, PhoneLeft) for e in h.events)
         assert arrivals == departures >= 1  # every arrival the station heard of, it saw leave
-        assert not h.layer._told
+        assert all(port.state is State.EMPTY for port in station.ports.values())
+        assert not station._work and not h.layer._told
         assert len(asyncio.all_tasks()) == tasks
         assert threading.active_count() <= threads
-        assert len(os.listdir("/proc/self/fd")) <= fds
+        assert open_fds() <= fds
+        assert child_processes() == children
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def child_processes() -> set[int]:
+    me = str(os.getpid())
+    return {int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _parent(pid) == me}
+
+
+def _parent(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    except (OSError, IndexError):
+        return ""
 
 
 async def test_a_strange_usb_serial_is_one_log_line_and_no_phone(tmp_path, monkeypatch, caplog):
@@ -193,3 +236,21 @@ async def test_a_strange_usb_serial_is_one_log_line_and_no_phone(tmp_path, monke
     assert not [e for e in h.events if isinstance(e, PhoneArrived)]
     lines = [r.getMessage() for r in caplog.records if "USB port 1-1.5" in r.getMessage()]
     assert len(lines) == 1 and "no CPID" in lines[0]
+
+
+async def test_an_unreadable_usb_device_is_a_station_fault(tmp_path, monkeypatch):
+    """No udev permission: pyusb cannot read the serial (no langid); the display must say so."""
+    sim = phone(mode=SimMode.DFU)
+
+    def no_access(self):
+        raise ValueError("The device has no langid (permission issue, no string descriptors)")
+
+    import usb.core
+    monkeypatch.setattr(usb.core.Device, "serial_number", property(no_access))
+    async with running_layer(tmp_path, monkeypatch) as h:
+        h.plug(sim, 2)
+        await h.until(lambda e: e == LayerFault("usb-access", "USB NO ACCESS"))
+        monkeypatch.undo()
+        monkeypatch.setenv("USBMUXD_SOCKET_ADDRESS", h.bench.usbmuxd_address)
+        await h.until(lambda e: e == LayerFault("usb-access", None))
+        await h.until(lambda e: isinstance(e, PhoneArrived))
