@@ -13,6 +13,7 @@ import pytest
 from pymobiledevice3.restore.asr import ASR_PAYLOAD_CHUNK_SIZE, ASRClient
 
 from station.ipsw.errors import IpswError
+from station.ipsw import reader
 from station.ipsw.reader import IpswArchive, open_for_restore, open_member
 
 from .factory import build_ipsw, os_bytes, os_member, synthetic_manifest
@@ -54,7 +55,7 @@ def pread_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         counted.append(got)
         return got
 
-    monkeypatch.setattr(os, "pread", pread)
+    monkeypatch.setattr(reader, "_pread", pread)
     monkeypatch.setattr(os, "preadv", preadv)
     return counted
 
