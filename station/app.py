@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from hw.backends import BACKENDS
@@ -19,7 +19,7 @@ from station.records.recorder import Recorder
 from station.records.statedir import RecordsUnavailable
 from station.machine import WORKING, Port, State
 from station.scenario import Scenario
-from station.snapshot import Snapshot
+from station.snapshot import Screen, Snapshot
 from station.ui.render import render
 
 log = logging.getLogger("station")
@@ -83,7 +83,7 @@ async def run_station(config: Config, options: RunOptions) -> tuple[Port, ...]:
         tasks.append(asyncio.create_task(keys.read_keys(panel, stop), name="keys"))
     if options.scenario is not None:
         tasks.append(asyncio.create_task(
-            _play(options.scenario, station, panel, config, clock, options.duration, stop),
+            _play(options.scenario, station, panel, clock, options.duration, stop),
             name="scenario"))
     try:
         await stop.wait()
@@ -128,15 +128,19 @@ def _terminal_view() -> TerminalView:
     return TerminalView(log_lines=lambda: list(recent.lines), help_line=keys.HELP)
 
 
-async def _play(scenario: Scenario, station: Station, panel: object, config: Config,
-                clock: Clock, duration: float | None, stop: asyncio.Event) -> None:
+async def _play(scenario: Scenario, station: Station, panel: object, clock: Clock,
+                duration: float | None, stop: asyncio.Event) -> None:
     """Press the scripted buttons, then stop once the scenario is over."""
-    press = _presser(station, panel, config)
+    press = _presser(station, panel)
     await clock.sleep_until(0.0)  # the simulated bench is up
     for item in sorted(scenario.presses, key=lambda p: p.at):
         await clock.sleep_until(item.at)
+        if item.slot is not None and item.slot not in station.ports:
+            log.error("scenario %s: a press on slot %d, but this station has %d slots",
+                      scenario.name, item.slot, len(station.ports))
+            continue
         if item.slot is not None:
-            while (station.view.screen.value, station.view.selected) != ("detail", item.slot):
+            while (station.view.screen, station.view.selected) != (Screen.DETAIL, item.slot):
                 await press("select", False)
         await press(item.button, item.long)
     limit = duration if duration is not None else scenario.info.duration
@@ -152,7 +156,7 @@ def _scenario_over(station: Station, scenario: Scenario, now: float) -> bool:
     return now >= scenario.last_event and not any(p.state in WORKING for p in station.ports.values())
 
 
-def _presser(station: Station, panel: object, config: Config) -> Callable[[str, bool], object]:
+def _presser(station: Station, panel: object) -> Callable[[str, bool], Awaitable[None]]:
     """Presses go through the panel's (mock) pins when there is a panel, as a finger would."""
     async def press(button: str, long: bool) -> None:
         if panel is None:

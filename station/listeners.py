@@ -12,7 +12,7 @@ from station.snapshot import Counters
 
 
 class Listener(Protocol):
-    def on_transition(self, old: Port, new: Port, event: object, at: float) -> None:
+    def on_transition(self, old: Port, new: Port, event: Event, at: float) -> None:
         """Every state change of a port (and operator actions on it), in order."""
 
     def on_firmware(self, slot: int, build: str, version: str, sha256: str) -> None:
@@ -23,5 +23,3 @@ class CounterSource(Protocol):
     def counters(self) -> Counters:
         """Today's restored / failed / locked counts (local day)."""
 
-
-__all__ = ["Listener", "CounterSource", "Event"]

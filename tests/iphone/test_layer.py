@@ -25,7 +25,7 @@ from hw.phones import LayerFault, Lock, Mode, PhoneArrived, PhoneLeft
 from station.config import Config, RestoreSection
 from station.core import Station
 from station.machine import State
-from hw.sim import (ACTIVATED, UNACTIVATED, Hang, Pairing, Refuse, SimPhone, SimulatedBench,
+from hw.sim import (ACTIVATED, Hang, Pairing, Refuse, SimPhone, SimulatedBench,
                     point_activation_at)
 from hw.sim import Mode as SimMode
 from hw.sim import usb_backend
