@@ -76,3 +76,13 @@ def test_no_network_holds_restores_until_the_link_is_back(tmp_path):
         "network is back")
     frames = sorted((tmp_path / "frames").glob("*.png"))
     assert frames  # the NO NETWORK line itself is checked by the reference images
+
+
+def test_a_phone_still_locked_after_its_restore_ends_locked_without_certificate(tmp_path):
+    result = run_scenario(tmp_path, "config/sim/locked-after-restore.toml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("slot 1: LOCKED")
+    assert "still locked after restore: Activation Lock" in result.stdout
+    assert "VERIFYING -> LOCKED" in result.stderr
+    verify = station(tmp_path, "records", "verify")
+    assert verify.returncode == 0 and "0 certificates" in verify.stdout, verify.stdout
