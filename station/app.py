@@ -46,7 +46,13 @@ class RunOptions:
     interactive: bool = False
 
 
-async def run_station(config: Config, options: RunOptions) -> tuple[Port, ...]:
+@dataclass(frozen=True)
+class RunResult:
+    ports: tuple[Port, ...]
+    scenario_over: bool  # False when stopped early (a signal, `q` in the terminal)
+
+
+async def run_station(config: Config, options: RunOptions) -> RunResult:
     """Run until stopped (SIGINT/SIGTERM) or, in a simulation, until the scenario ends."""
     loop = asyncio.get_running_loop()
     backend = BACKENDS[options.backend]
@@ -74,7 +80,7 @@ async def run_station(config: Config, options: RunOptions) -> tuple[Port, ...]:
     redrawer = Redrawer(display, station.snapshot, render, config.display.min_redraw_s,
                         idle_s=IDLE_REDRAW_S, also=views)
     station.on_change = redrawer.request
-    stop = asyncio.Event()
+    stop, scenario_over = asyncio.Event(), asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     tasks = [asyncio.create_task(station.run(), name="phones"),
@@ -83,7 +89,7 @@ async def run_station(config: Config, options: RunOptions) -> tuple[Port, ...]:
         tasks.append(asyncio.create_task(keys.read_keys(panel, stop), name="keys"))
     if options.scenario is not None:
         tasks.append(asyncio.create_task(
-            _play(options.scenario, station, panel, clock, options.duration, stop),
+            _play(options.scenario, station, panel, clock, options.duration, scenario_over, stop),
             name="scenario"))
     try:
         await stop.wait()
@@ -99,7 +105,7 @@ async def run_station(config: Config, options: RunOptions) -> tuple[Port, ...]:
             panel.close()
         if recorder is not None:
             recorder.stop()
-    return tuple(station.ports.values())
+    return RunResult(tuple(station.ports.values()), scenario_over.is_set())
 
 
 def _open_records(config: Config) -> Recorder | None:
@@ -129,8 +135,8 @@ def _terminal_view() -> TerminalView:
 
 
 async def _play(scenario: Scenario, station: Station, panel: object, clock: Clock,
-                duration: float | None, stop: asyncio.Event) -> None:
-    """Press the scripted buttons, then stop once the scenario is over."""
+                duration: float | None, over: asyncio.Event, stop: asyncio.Event) -> None:
+    """Press the scripted buttons, then stop once the scenario is over (or out of time)."""
     press = _presser(station, panel)
     await clock.sleep_until(0.0)  # the simulated bench is up
     for item in sorted(scenario.presses, key=lambda p: p.at):
@@ -149,6 +155,7 @@ async def _play(scenario: Scenario, station: Station, panel: object, clock: Cloc
             log.warning("scenario %s: stopped at its time limit (%.0f s)", scenario.name, limit)
             break
         await asyncio.sleep(POLL_S)
+    over.set()
     stop.set()
 
 

@@ -38,13 +38,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
     options = RunOptions(backend=backend, scenario=scenario, speed=args.speed,
                          duration=args.duration,
                          interactive=sys.stdout.isatty() and sys.stdin.isatty())
-    ports = asyncio.run(run_station(config, options))
+    result = asyncio.run(run_station(config, options))
     if scenario is None:
         return 0
-    return _summarise(ports, scenario)
+    if not result.scenario_over:
+        _summarise(result.ports, scenario, judge=False)
+        print("stopped before the scenario ended", file=sys.stderr)
+        return 130
+    return _summarise(result.ports, scenario)
 
 
-def _summarise(ports: tuple[Port, ...], scenario: Scenario) -> int:
+def _summarise(ports: tuple[Port, ...], scenario: Scenario, judge: bool = True) -> int:
     """One line per port; a port that ended other than the scenario expects makes the run fail."""
     expected = {}
     for phone in scenario.phones:  # the last phone on a slot is the one still there
@@ -55,7 +59,7 @@ def _summarise(ports: tuple[Port, ...], scenario: Scenario) -> int:
         if port.state is State.EMPTY and not want:
             continue
         line = _summary_line(port)
-        if want and port.state.value != want:
+        if judge and want and port.state.value != want:
             unexpected += 1
             line += f"  UNEXPECTED (scenario expects {want.upper()})"
         print(line)
