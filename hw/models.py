@@ -6,9 +6,17 @@ from functools import cache
 from pymobiledevice3.irecv_devices import IRECV_DEVICES, IRecvDevice
 
 
+def all_models() -> tuple[IRecvDevice, ...]:
+    """Every Apple device pymobiledevice3 knows, in its table's order."""
+    return IRECV_DEVICES
+
+
 @cache
 def _by_product_type() -> dict[str, IRecvDevice]:
-    return {d.product_type: d for d in IRECV_DEVICES}
+    table: dict[str, IRecvDevice] = {}
+    for device in IRECV_DEVICES:
+        table.setdefault(device.product_type, device)  # the table's first row, as before
+    return table
 
 
 @cache
@@ -17,6 +25,7 @@ def _by_chip_board() -> dict[tuple[int, int], IRecvDevice]:
 
 
 def by_product_type(product_type: str) -> IRecvDevice | None:
+    """One board of the ProductType (iPhone8,1 has two; boards differ only in the chip's maker)."""
     return _by_product_type().get(product_type)
 
 

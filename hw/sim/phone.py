@@ -19,7 +19,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from pymobiledevice3.irecv_devices import IRECV_DEVICES, IRecvDevice
+from hw import models
+from hw.models import IRecvDevice
 
 
 class Mode(enum.Enum):
@@ -51,9 +52,9 @@ def _luhn_check_digit(digits: str) -> int:
 
 def irecv_device(product_type: str) -> IRecvDevice:
     """pymobiledevice3's chip/board/model row for a ProductType (``KeyError`` if it has none)."""
-    for device in IRECV_DEVICES:
-        if device.product_type == product_type:
-            return device
+    device = models.by_product_type(product_type)
+    if device is not None:
+        return device
     raise KeyError(f"{product_type} is not in pymobiledevice3.irecv_devices.IRECV_DEVICES")
 
 

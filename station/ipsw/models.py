@@ -1,7 +1,8 @@
 """Which phone is which: ProductType <-> (chip id, board id, board config).
 
 The table is pymobiledevice3's ``IRECV_DEVICES`` (the one its own restore uses),
-so the station and the restore library never disagree about a board.
+read through ``hw.models``, so the station and the restore library never disagree
+about a board.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from pymobiledevice3.irecv_devices import IRECV_DEVICES
+from hw import models
 
 # The station restores iPhones from the iPhone 8 (iPhone10,1) on.
 FIRST_MODEL = (10, 1)
@@ -24,10 +25,14 @@ class Board:
     name: str
 
 
+def _board(model: models.IRecvDevice) -> Board:
+    return Board(model.product_type, model.hardware_model.lower(), model.chip_id, model.board_id,
+                 model.display_name)
+
+
 @cache
 def _boards() -> tuple[Board, ...]:
-    return tuple(Board(d.product_type, d.hardware_model.lower(), d.chip_id, d.board_id, d.display_name)
-                 for d in IRECV_DEVICES)
+    return tuple(map(_board, models.all_models()))
 
 
 def boards_for(product_type: str) -> tuple[Board, ...]:
@@ -37,7 +42,8 @@ def boards_for(product_type: str) -> tuple[Board, ...]:
 
 def board_at(chip_id: int, board_id: int) -> Board | None:
     """The board a phone in recovery/DFU reports as CPID/BDID; the pair is unique in the table."""
-    return next((b for b in _boards() if (b.chip_id, b.board_id) == (chip_id, board_id)), None)
+    model = models.by_chip_board(chip_id, board_id)
+    return _board(model) if model else None
 
 
 def model_number(product_type: str) -> tuple[int, int] | None:
