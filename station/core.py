@@ -16,8 +16,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from hw.phones import (Device, LayerFault, Lock, PhoneArrived, PhoneError, PhoneEvent,
-                       PhoneLayer, PhoneLeft, RestoreError, RestoreProgress, RestoreReport, TrustRequest)
+from hw.phones import (Device, LayerFault, PhoneArrived, PhoneError, PhoneEvent, PhoneLayer,
+                       PhoneLeft, RestoreError, RestoreProgress, RestoreReport, TrustRequest)
 from station import machine, navigation
 from station.config import Config
 from station.listeners import CounterSource, Listener
@@ -308,5 +308,3 @@ def _isolated(listener: object):  # type: ignore[no-untyped-def]
     except Exception:  # noqa: BLE001
         log.exception("listener %s failed", type(listener).__name__)
 
-
-__all__ = ["Station", "FirmwareSource", "NoFirmware", "Lock"]

@@ -129,15 +129,19 @@ class UsbPhoneLayer:
                     if problem not in self._bad_serials:
                         self._bad_serials.add(problem)
                         log.error(problem)
-                self._usb = phones
-                for phone in phones:
-                    if phone.mode is Mode.NORMAL:
-                        self._port_of.pop(phone.serial, None)
-                        self._port_of[phone.serial] = phone.port_path
-                while len(self._port_of) > PORT_MEMORY:  # oldest first: a busy line sees thousands
-                    del self._port_of[next(iter(self._port_of))]
+                self._take_scan(phones)
                 self._reconcile()
             await asyncio.sleep(USB_POLL_S)
+
+    def _take_scan(self, phones: list[UsbPhone]) -> None:
+        """The bus as the last scan saw it, and the port where each normal-mode serial was last."""
+        self._usb = phones
+        for phone in phones:
+            if phone.mode is Mode.NORMAL:
+                self._port_of.pop(phone.serial, None)
+                self._port_of[phone.serial] = phone.port_path
+        while len(self._port_of) > PORT_MEMORY:  # oldest first: a busy line sees thousands
+            del self._port_of[next(iter(self._port_of))]
 
     def _present(self) -> dict[int, Device]:
         """Which phone is on which slot, from the latest usbmuxd and USB pictures.
@@ -216,8 +220,7 @@ class UsbPhoneLayer:
             notes.append(f"usbmuxd: {error or 'not running'} (normal-mode phones not listed)")
         phones, problems = await asyncio.to_thread(scan, self.usb_backend)  # raises UsbUnavailable
         notes.extend(problems)
-        self._usb = phones
-        self._port_of.update((p.serial, p.port_path) for p in phones if p.mode is Mode.NORMAL)
+        self._take_scan(phones)
         present = self._present()
         for slot, device in present.items():
             try:
