@@ -4,8 +4,10 @@ A scenario's phones become ``hw.sim`` phones that speak usbmuxd, lockdownd,
 iBoot-over-pyusb and Apple's activation server; the station then finds,
 identifies and lock-checks them with the same pymobiledevice3 and pyusb code
 it uses on a Pi. Restores run in worker processes with the sim engine (the
-real phase sequence, paced at a simulated USB rate). When a simulated restore
-succeeds, the phone is erased and reboots to the Hello screen, as a real one does.
+real phase sequence, paced at a simulated USB rate). The phone moves between
+modes as a real restore moves it (iOS -> recovery -> the restore ramdisk on
+usbmuxd), each move a re-enumeration; when the restore succeeds the phone is
+erased and reboots to the Hello screen, and when it fails it stays in recovery.
 """
 from __future__ import annotations
 
@@ -19,23 +21,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hw.iphone import layer
 from hw.iphone.layer import UsbPhoneLayer
 from hw.iphone.restore import WorkerSetup, restore_in_worker
 from hw.iphone.slots import SlotMap
-from hw.phones import Device, LayerFault, PhoneEvent, RestoreReport
+from hw.iphone.usb_topology import PortPeers
+from hw.phones import Device, LayerFault, PhoneEvent, RestoreProgress, RestoreReport
 from hw.sim import ACTIVATED, UNACTIVATED, Pairing, SimPhone, SimulatedBench, point_activation_at
 from hw.sim import Mode as SimMode
+from hw.sim.phone import FindMyAnswer
+from hw.sim.world import SimWorld
 from station.clock import Clock
 from station.config import Config
 from station.scenario import Scenario, ScenarioInfo, ScenarioPhone
 from station.worker import InjectedFailure, Kind, SimParams
+from station.worker import phases
 
 log = logging.getLogger(__name__)
 
 SIM_BUS = 1
 USBMUX_ENV = "USBMUXD_SOCKET_ADDRESS"
-RESTORE_GRACE_S = 1.0  # the sim engine does not re-enumerate the phone mid-restore
 HELLO_WAIT_S = 60.0
+ENUMERATION_GAP_S = 8.0  # a phone is off the bus this long between two restore stages
 
 
 class SimulatedPhones(UsbPhoneLayer):
@@ -43,15 +50,21 @@ class SimulatedPhones(UsbPhoneLayer):
         self.scenario = scenario
         self.clock = clock
         state = config.station.state_dir
-        self.bench = SimulatedBench([], state / "sim")
-        self.phones = {phone.name: _sim_phone(phone) for phone in scenario.phones}
+        self.bench = SimulatedBench([], state / "sim", hub_ports=config.hub.slots,
+                                    usbmuxd_on_demand=scenario.info.usbmuxd == "on-demand")
+        self.phones = {phone.name: _sim_phone(phone, clock.speed) for phone in scenario.phones}
         setup = WorkerSetup(home=state / "pymobiledevice3-home", log_dir=state / "restore-logs",
                             timeout_s=config.restore.timeout_s,
                             environment={USBMUX_ENV: self.bench.usbmuxd_address})
         natural = {f"{SIM_BUS}-1.{slot}": slot for slot in range(1, config.hub.slots + 1)}
-        super().__init__(SlotMap(config.hub.ports or natural, config.hub.slots), setup,
-                         usb_backend=self.bench.usb_backend, restore_grace_s=RESTORE_GRACE_S,
-                         hello_wait_s=HELLO_WAIT_S)
+        slots = SlotMap(config.hub.ports or natural, config.hub.slots,
+                        peer=PortPeers(self.bench.sysfs_root).peer)
+        # The phones' own waits pass in scenario time; a simulated daemon answers at once.
+        speed = clock.speed
+        super().__init__(slots, setup, usb_backend=self.bench.usb_backend,
+                         restore_grace_s=max(1.0, layer.RESTORE_GRACE_S / speed),
+                         hello_wait_s=HELLO_WAIT_S, ready_wait_s=max(2.0, layer.READY_WAIT_S / speed),
+                         retry_s=max(0.2, layer.RETRY_S / speed))
         self._failures: Counter[str] = Counter()
 
     async def watch(self, emit: Callable[[PhoneEvent], None]) -> None:
@@ -93,6 +106,9 @@ class SimulatedPhones(UsbPhoneLayer):
         for change in self.scenario.network:
             fault = None if change.up else "NO NETWORK"
             timeline.append((change.at, lambda f=fault: emit(LayerFault("network", f))))
+        usbmuxd = self.bench.usbmuxd
+        for daemon in self.scenario.usbmuxd:
+            timeline.append((daemon.at, usbmuxd.start if daemon.running else usbmuxd.stop))
         for at, action in sorted(timeline, key=lambda item: item[0]):
             await self.clock.sleep_until(at)
             action()
@@ -107,13 +123,44 @@ class SimulatedPhones(UsbPhoneLayer):
             self._failures[spec.name] += 1
             failure = InjectedFailure(spec.fail.phase, spec.fail.percent, Kind(spec.fail.kind))
         sim = SimParams(speed=self.clock.speed, fail=failure)
-        await restore_in_worker(device, getattr(firmware, "path", None), report,
-                                label=f"slot{slot}", setup=self.setup, sim=sim)
+        stages = _Stages(self.bench.world, phone, ENUMERATION_GAP_S / self.clock.speed)
+
+        def follow(item: RestoreReport) -> None:
+            if isinstance(item, RestoreProgress):
+                stages.enter(item.phase)
+            report(item)
+
+        try:
+            await restore_in_worker(device, getattr(firmware, "path", None), follow,
+                                    label=f"slot{slot}", setup=self.setup, sim=sim)
+        except BaseException:
+            stages.move(SimMode.RECOVERY)  # a failed or stopped restore leaves the phone in iBoot
+            raise
         _erase(phone)
         self.bench.world.reboot(phone, SimMode.NORMAL, delay=REBOOT_S / self.clock.speed)
 
 
 REBOOT_S = 30.0  # a restored phone takes this long to reach the Hello screen
+
+
+class _Stages:
+    """Moves a phone between modes as a real restore does: recovery for iBEC, the ramdisk for restored."""
+
+    MODES = {phases.SEND_IBEC: SimMode.RECOVERY, phases.PREPARE_DISK: SimMode.RESTORE}
+
+    def __init__(self, world: SimWorld, phone: SimPhone, gap_s: float) -> None:
+        self.world, self.phone, self.gap_s = world, phone, gap_s
+        self._phase = ""
+
+    def enter(self, phase: str) -> None:
+        if phase != self._phase:
+            self._phase = phase
+            if phase in self.MODES:
+                self.move(self.MODES[phase])
+
+    def move(self, mode: SimMode) -> None:
+        if self.phone.mode is not mode and self.world.device_of(self.phone) is not None:
+            self.world.reboot(self.phone, mode, delay=self.gap_s)
 
 
 def _erase(phone: SimPhone) -> None:
@@ -127,7 +174,7 @@ def _erase(phone: SimPhone) -> None:
     phone.pairing = Pairing.AUTO_ACCEPT
 
 
-def _sim_phone(spec: ScenarioPhone) -> SimPhone:
+def _sim_phone(spec: ScenarioPhone, speed: float) -> SimPhone:
     digest = hashlib.sha256(spec.name.encode()).digest()
     ecid = spec.ecid if spec.ecid is not None else int.from_bytes(digest[:7], "big")
     serial = spec.serial or "".join("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"[b % 34] for b in digest[8:20])
@@ -137,7 +184,10 @@ def _sim_phone(spec: ScenarioPhone) -> SimPhone:
         build=spec.build or "21F90", mode=SimMode(spec.mode),
         activation_state=ACTIVATED if activated else UNACTIVATED,
         activation_lock=spec.activation_lock, find_my=spec.find_my,
-        pairing=Pairing(spec.pairing), bus=SIM_BUS, port_path=(1, spec.slot))
+        pairing=Pairing(spec.pairing), bus=SIM_BUS, port_path=(1, spec.slot),
+        find_my_answer=FindMyAnswer(spec.find_my_answer), activation_answer=spec.activation_answer,
+        activation_ready_after=spec.activation_ready_after / speed, lockdown_stalls=spec.lockdown_stalls,
+        usb3=spec.usb3, vanish_on_scan=spec.vanish_on_scan)
 
 
 def open_simulated_phones(config: Config, scenario: Scenario | None, clock: Clock) -> SimulatedPhones:

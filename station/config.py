@@ -82,20 +82,22 @@ class LedsSection:
 @dataclass(frozen=True)
 class HubSection:
     slots: int = field(default=7, metadata=bounded(1, 64))
-    # USB port path (as sysfs names it, e.g. "1-1.3") -> station slot number.
+    # USB port path (as sysfs names it, e.g. "1-1.3") -> station slot number. A USB 3 hub port
+    # has one path on each bus (USB 2 and SuperSpeed): both may name the same slot.
     ports: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        seen: dict[int, str] = {}
+        seen: dict[tuple[int, str], str] = {}
         for path, slot in self.ports.items():
             where = f"[hub] ports.{path} = {slot}"
             if not re.fullmatch(r"\d+-\d+(\.\d+)*", path):
                 raise ConfigError(f"[hub] ports.{path}: not a USB port path like \"1-1.3\"")
             if not 1 <= slot <= self.slots:
                 raise ConfigError(f"{where}: must be 1..{self.slots} ([hub] slots)")
-            if slot in seen:
-                raise ConfigError(f"{where}: slot {slot} is also {seen[slot]}")
-            seen[slot] = path
+            bus = path.split("-", 1)[0]
+            if (slot, bus) in seen:
+                raise ConfigError(f"{where}: slot {slot} is also {seen[slot, bus]} on the same bus")
+            seen[slot, bus] = path
 
 
 @dataclass(frozen=True)

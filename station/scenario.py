@@ -6,6 +6,7 @@ and the benchmarks::
     [scenario]
     description = "..."
     duration = 900            # optional hard stop, scenario seconds
+    usbmuxd = "on-demand"     # as on Debian: runs only while a phone runs iOS | "always"
 
     [config.restore]          # optional: config keys this scenario needs
     mode = "line"
@@ -22,7 +23,15 @@ and the benchmarks::
     detach = 500              # optional
     pairing = "auto"          # auto (Hello screen) | dialog | passcode | denied
     fail = { phase = "restore_image", percent = 60, times = 1, kind = "usb" }
-    expect = "done"           # what the port must show at the end
+    expect = "done"           # what the port must show at the end ("done": verified at Hello)
+    # Quirks of real phones and of Apple's server (hw/sim/phone.py cites each one's source):
+    find_my_answer = "honest" # what IsAssociated says: honest | false | absent
+    activation_answer = "auto"  # Apple's page: auto | record | record-html | form | form-html |
+                              #   error | ack | ack-plist | error-html | http-500 | wrong-type
+    activation_ready_after = 0  # s after each boot before the activation daemon answers
+    lockdown_stalls = false   # lockdownd takes connections and never answers
+    usb3 = false              # USB-C phone on a USB 3 hub: SuperSpeed path in iOS, USB 2 in iBoot
+    vanish_on_scan = 0        # the next N USB scans catch it re-enumerating
 
     [[press]]
     at = 30
@@ -34,6 +43,10 @@ and the benchmarks::
     at = 200
     up = false
 
+    [[usbmuxd]]               # usbmuxd stops (a crash, an upgrade) / starts again
+    at = 30
+    running = false
+
 A failure's ``percent`` is within its phase (``restore_image`` at 60: 60% of the OS image sent).
 """
 from __future__ import annotations
@@ -44,10 +57,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hw.sim.activation_pages import ANSWERS, GIVES_A_RECORD
 from station.config import ConfigError, bounded, parse_table, toml_value
 from station.worker.phases import TYPICAL_SECONDS
 
 PHASES = tuple(TYPICAL_SECONDS)
+ActivationAnswerName = Literal[("auto", *ANSWERS)]  # type: ignore[valid-type]
 
 class ScenarioError(ConfigError):
     prefix = "scenario error"
@@ -78,7 +93,14 @@ class ScenarioPhone:
     serial: str = ""
     ecid: int | None = None
     fail: Failure | None = None
-    expect: Literal["", "empty", "done", "locked", "refused", "failed", "needs_confirm"] = ""
+    expect: Literal["", "empty", "done", "done_unverified", "locked", "refused", "failed",
+                    "needs_confirm"] = ""
+    find_my_answer: Literal["honest", "false", "absent"] = "honest"
+    activation_answer: ActivationAnswerName = "auto"
+    activation_ready_after: float = field(default=0.0, metadata=bounded(0, 3600))
+    lockdown_stalls: bool = False
+    usb3: bool = False
+    vanish_on_scan: int = field(default=0, metadata=bounded(0, 100))
 
 
 @dataclass(frozen=True)
@@ -96,9 +118,16 @@ class NetworkChange:
 
 
 @dataclass(frozen=True)
+class UsbmuxdChange:
+    at: float = field(metadata=bounded(0, 86400))
+    running: bool
+
+
+@dataclass(frozen=True)
 class ScenarioInfo:
     description: str = ""
     duration: float | None = None
+    usbmuxd: Literal["on-demand", "always"] = "on-demand"
 
 
 @dataclass(frozen=True)
@@ -110,11 +139,13 @@ class Scenario:
     config: dict[str, Any]  # overrides, validated against the config schema by the caller
     base_dir: Path
     network: tuple[NetworkChange, ...] = ()
+    usbmuxd: tuple[UsbmuxdChange, ...] = ()
 
     @property
     def last_event(self) -> float:
         times = [p.attach for p in self.phones] + [p.detach or 0.0 for p in self.phones]
         times += [p.at for p in self.presses] + [n.at for n in self.network]
+        times += [u.at for u in self.usbmuxd]
         return max(times, default=0.0)
 
 
@@ -139,7 +170,7 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def _parse(path: Path, data: dict[str, Any]) -> Scenario:
-    known = {"scenario", "config", "phone", "press", "network"}
+    known = {"scenario", "config", "phone", "press", "network", "usbmuxd"}
     for key in data:
         if key not in known:
             raise ConfigError(f"[{key}]: unknown table (expected one of {', '.join(sorted(known))})")
@@ -150,10 +181,13 @@ def _parse(path: Path, data: dict[str, Any]) -> Scenario:
                     for i, raw in enumerate(_array(data, "press"), 1))
     network = tuple(parse_table(f"[[network]] #{i}", NetworkChange, raw, path.parent)
                     for i, raw in enumerate(_array(data, "network"), 1))
+    usbmuxd = tuple(parse_table(f"[[usbmuxd]] #{i}", UsbmuxdChange, raw, path.parent)
+                    for i, raw in enumerate(_array(data, "usbmuxd"), 1))
     for phone in phones:
         _check_phone(phone)
     _check_slots(phones)
-    return Scenario(path.stem, info, phones, presses, _table(data, "config"), path.parent, network)
+    return Scenario(path.stem, info, phones, presses, _table(data, "config"), path.parent, network,
+                    usbmuxd)
 
 
 def _check_phone(phone: ScenarioPhone) -> None:
@@ -170,6 +204,9 @@ def _check_phone(phone: ScenarioPhone) -> None:
                           f"must be one of {', '.join(PHASES)}")
     if phone.detach is not None and phone.detach < phone.attach:
         raise ConfigError(f"{where} detach = {phone.detach}: before attach = {phone.attach}")
+    if phone.activation_lock and phone.activation_answer in GIVES_A_RECORD:
+        raise ConfigError(f"{where} activation_answer = {toml_value(phone.activation_answer)}: "
+                          "Apple never sends an activation record for a locked phone")
 
 
 def _check_slots(phones: tuple[ScenarioPhone, ...]) -> None:

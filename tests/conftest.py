@@ -6,6 +6,7 @@ import inspect
 import os
 from pathlib import Path
 
+import pymobiledevice3.common
 import pytest
 
 SHARED = Path(os.environ.get("STATION_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -18,6 +19,20 @@ def shared_data() -> Path:
     if not data.is_dir():
         pytest.skip(f"reference data not found at {data} (only present beside the project's own checkout)")
     return data
+
+
+@pytest.fixture
+def pmd3_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """pymobiledevice3's pair records go to this test's folder, not the user's home.
+
+    pymobiledevice3 fixes its home folder when ``pymobiledevice3.common`` is imported, and
+    another test module may import it first, so the folder itself is patched per test.
+    """
+    home = tmp_path / "pmd3-home"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(pymobiledevice3.common, "_HOMEFOLDER", home)
+    return home
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -39,7 +39,7 @@ def test_demo_has_the_four_phones_the_readme_promises():
      "[[phone]] b slot = 1: a is still plugged in there"),
     ('[[press]]\nat = 3\nbutton = "menu"\n',
      '[[press]] #1 button = "menu": must be one of "select", "ok", "back"'),
-    ('[phones]\n', "[phones]: unknown table (expected one of config, network, phone, press, scenario)"),
+    ('[phones]\n', "[phones]: unknown table (expected one of config, network, phone, press, scenario, usbmuxd)"),
 ])
 def test_bad_scenario_is_one_line(tmp_path, body, message):
     path = tmp_path / "bad.toml"

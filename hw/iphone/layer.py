@@ -2,13 +2,24 @@
 
 Presence comes from two sources, reconciled into one picture per slot:
 - one long-lived usbmuxd Listen subscription (a normal-mode phone is usable
-  only once usbmuxd announces it);
+  only once usbmuxd announces it), applied event by event;
 - a pyusb scan every ``USB_POLL_S`` (pyusb exposes no hotplug callbacks; a
   scan of a few devices is cheap and notices a change within a second), which
   gives every phone's physical port path and finds recovery/DFU phones.
-A phone being restored re-enumerates several times (normal -> recovery ->
-restore ramdisk -> normal); while its restore runs, its slot keeps the phone
-unless the slot stays empty for ``RESTORE_GRACE_S``.
+
+What real usbmuxd does that shapes this code (usbmuxd @2efa75a):
+- on every (re)connect, Listen replays one Attached per phone (client.c
+  ``start_listen``): events are applied one at a time, never as a new list;
+- on Debian it runs only while a phone runs iOS and numbers devices from 1 again
+  when it restarts (see ``hw.sim.udev``): a DeviceID says nothing about which
+  enumeration it is, so each usbmuxd entry gets a sighting number of our own,
+  new for every entry on every new connection;
+- its absence is a fault only while a phone running iOS is on the bus.
+
+A phone is followed across modes by its ECID: from the UDID on A12 and later,
+from lockdownd's ``UniqueChipID`` on older phones (their UDID has no ECID in it),
+from the iBoot serial string in recovery and DFU. While a restore runs, its
+slot keeps the phone unless the slot stays empty for ``RESTORE_GRACE_S``.
 """
 from __future__ import annotations
 
@@ -16,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pymobiledevice3 import usbmux
@@ -27,20 +38,26 @@ from hw.iphone import lockdown_ops
 from hw.iphone.iboot import BadSerialString, parse_iboot_serial
 from hw.iphone.restore import WorkerSetup, fork_server, pairing_dir, restore_in_worker
 from hw.iphone.slots import SlotMap
-from hw.iphone.usb_scan import UsbPhone, UsbUnavailable, scan
+from hw.iphone.usb_scan import Scan, UsbPhone, UsbScanner, UsbUnavailable
+from hw.iphone.usb_topology import PortPeers
 from hw.network import watch_network
-from station.config import Config
 from hw.phones import (Device, LayerFault, Lock, LockCheck, Mode, PhoneArrived, PhoneError,
                        PhoneEvent, PhoneLeft, RestoreReport)
 
 log = logging.getLogger(__name__)
 
 USB_POLL_S = 0.5
-USBMUXD_RETRY_S = 2.0
+USBMUXD_RETRY_S = 1.0
+USBMUXD_ANSWER_S = 10.0  # connect, Listen and ListDevices take milliseconds on a healthy usbmuxd
+USBMUXD_START_S = 5.0  # udev + systemd start usbmuxd well within this once a phone runs iOS
 RESTORE_GRACE_S = 120.0  # a real restore leaves USB for tens of seconds between stages
 HELLO_WAIT_S = 600.0  # after a restore: wait this long for the phone to boot to Hello
+READY_WAIT_S = 30.0  # a phone just plugged in or booted: its daemons may need this long
+RETRY_S = 3.0  # between two questions to a phone that could not answer yet
+VERIFY_UNKNOWN_TRIES = 3  # post-restore: an UNKNOWN right after the reboot is not the answer
 SETTLE_S = 3 * USB_POLL_S  # long enough for the next USB scan to see a phone usbmuxd announced
-PORT_MEMORY = 512  # normal-mode serials whose last port is remembered
+BUSY_GRACE_S = 2.0  # a phone caught re-enumerating is off the bus about this long (a DFU reset)
+PORT_MEMORY = 512  # normal-mode serials whose last port (and ECID) is remembered
 
 
 @dataclass
@@ -49,24 +66,45 @@ class _Held:
 
     grace_s: float
     since_gone: float | None = None
-    ends_when_seen: bool = False  # a last hold: until the USB scan has caught up with usbmuxd
+    # A last hold: it ends once a USB scan newer than this one has seen the phone (what usbmuxd
+    # said before then may be stale: a failed restore often leaves the phone re-enumerating).
+    until_scan: int | None = None
+
+
+@dataclass(frozen=True)
+class _Sighting:
+    """One usbmuxd entry, numbered when first seen: the number never repeats, DeviceIDs do."""
+
+    device: usbmux.MuxDevice
+    number: int
 
 
 class UsbPhoneLayer:
     def __init__(self, slot_map: SlotMap, setup: WorkerSetup, usb_backend: object | None = None,
-                 restore_grace_s: float = RESTORE_GRACE_S, hello_wait_s: float = HELLO_WAIT_S) -> None:
+                 restore_grace_s: float = RESTORE_GRACE_S, hello_wait_s: float = HELLO_WAIT_S,
+                 ready_wait_s: float = READY_WAIT_S, retry_s: float = RETRY_S) -> None:
         self.slot_map = slot_map
         self.setup = setup
         self.pairing_dir = pairing_dir(setup.home)
-        self.usb_backend = usb_backend
+        self.scanner = UsbScanner(usb_backend)
         self.restore_grace_s = restore_grace_s
         self.hello_wait_s = hello_wait_s
-        self._mux: dict[str, usbmux.MuxDevice] = {}  # by UDID, as usbmuxd spells it
+        self.ready_wait_s = ready_wait_s
+        self.retry_s = retry_s
+        self._mux: dict[int, _Sighting] = {}  # by usbmuxd DeviceID
+        self._mux_up = False
+        self._mux_problem = "NO USBMUXD"
+        self._sightings = 0
         self._usb: list[UsbPhone] = []
+        self._usb_ok: bool | None = None  # None until the first scan
+        self._scans = 0
+        self._busy_until: dict[str, float] = {}  # port path -> until when its phone counts as there
+        self._ios_on_usb_since: float | None = None
         self._port_of: dict[str, str] = {}  # normal-mode USB serial (UDID without dash) -> port path
+        self._ecid_of: dict[str, int] = {}  # UDID without dash -> ECID (lockdownd UniqueChipID)
         self._told: dict[int, Device] = {}  # what the station has been told is on each slot
         self._held: dict[int, _Held] = {}
-        self._restore_mux_ids: dict[int | None, set[int]] = {}
+        self._restore_began: dict[int, int] = {}  # ECID -> sighting number when its restore began
         self._bad_serials: set[str] = set()
         self._emit: Callable[[PhoneEvent], None] = lambda event: None
         self._changed = asyncio.Event()
@@ -88,75 +126,124 @@ class UsbPhoneLayer:
 
     async def _watch_usbmux(self) -> None:
         while True:
-            mux = None
+            listener = None
             try:
-                mux = await usbmux.create_mux()
-                await mux.get_device_list(0.1)
-                self._set_mux({d.serial: d for d in mux.devices if d.is_usb})
-                await mux.close()
-                mux = await usbmux.create_mux()
-                await mux.listen()
-                self._emit(LayerFault("usbmuxd", None))
+                async with asyncio.timeout(USBMUXD_ANSWER_S):  # a hung daemon must not hang us
+                    listener = await usbmux.create_mux()
+                    await listener.listen()
+                    # The replayed Attached events come next on the Listen socket; a list taken now
+                    # also drops what left while we were away.
+                    self._take_mux_list(await _list_mux_devices())
+                self._set_mux_up(True)
                 while True:
-                    await mux.receive_device_state_update()
-                    self._set_mux({d.serial: d for d in mux.devices if d.is_usb})
+                    before = {d.devid: d for d in listener.devices}
+                    await listener.receive_device_state_update()
+                    self._apply_mux_changes(before, {d.devid: d for d in listener.devices})
             except ConnectionFailedToUsbmuxdError:
-                self._emit(LayerFault("usbmuxd", "NO USBMUXD"))
-            except (MuxException, OSError) as error:
-                log.warning("usbmuxd connection lost: %s", error)
-                self._emit(LayerFault("usbmuxd", "USBMUXD ERROR"))
+                self._set_mux_up(False, "NO USBMUXD")
+            except (MuxException, OSError, TimeoutError) as error:
+                log.warning("usbmuxd connection lost: %s", error or "no answer in time")
+                self._set_mux_up(False, "USBMUXD ERROR")
             finally:
-                if mux is not None:
-                    await mux.close()
+                if listener is not None:
+                    await listener.close()
             await asyncio.sleep(USBMUXD_RETRY_S)
 
-    def _set_mux(self, devices: dict[str, usbmux.MuxDevice]) -> None:
-        self._mux = devices
+    def _take_mux_list(self, devices: list[usbmux.MuxDevice]) -> None:
+        """usbmuxd's list on a new connection. Whether the daemon restarted in between (and gave
+        another enumeration the same DeviceID) cannot be told, so every entry is a new sighting;
+        what is present on which slot does not change for it."""
+        self._mux = {}
+        for device in devices:
+            self._sight(device)
         self._reconcile()
+
+    def _apply_mux_changes(self, before: dict[int, usbmux.MuxDevice],
+                           after: dict[int, usbmux.MuxDevice]) -> None:
+        for devid in set(before) - set(after):
+            sighting = self._mux.get(devid)
+            if sighting is not None and sighting.device == before[devid]:
+                del self._mux[devid]
+        for device in after.values():
+            if device.is_usb:
+                self._sight(device)
+        self._reconcile()
+
+    def _sight(self, device: usbmux.MuxDevice) -> None:
+        known = self._mux.get(device.devid)
+        if known is None or known.device != device:
+            self._sightings += 1
+            self._mux[device.devid] = _Sighting(device, self._sightings)
+
+    def _set_mux_up(self, up: bool, problem: str = "") -> None:
+        self._mux_up = up
+        self._mux_problem = problem or self._mux_problem
+        self._report_usbmuxd()
+        self._reconcile()
+
+    def _report_usbmuxd(self) -> None:
+        """usbmuxd missing is a fault only while a phone running iOS waits for it (or the bus is unseen)."""
+        ios_on_usb = any(p.mode is Mode.NORMAL for p in self._usb)
+        now = time.monotonic()
+        self._ios_on_usb_since = (self._ios_on_usb_since or now) if ios_on_usb else None
+        fault = None
+        if not self._mux_up:
+            if self._usb_ok is False:
+                fault = self._mux_problem
+            elif self._ios_on_usb_since is not None and now - self._ios_on_usb_since > USBMUXD_START_S:
+                fault = self._mux_problem
+        self._emit(LayerFault("usbmuxd", fault))
 
     async def _poll_usb(self) -> None:
         while True:
             try:
-                phones, problems = await asyncio.to_thread(scan, self.usb_backend)
+                scan = await asyncio.to_thread(self.scanner.scan)
             except UsbUnavailable as error:
                 log.debug("USB scan: %s", error)
+                self._usb_ok = False
                 self._emit(LayerFault("libusb", error.fault))
             else:
+                self._usb_ok = True
                 self._emit(LayerFault("libusb", None))
                 # Usually missing udev rules: the phone is there but cannot be identified.
-                self._emit(LayerFault("usb-access", "USB NO ACCESS" if problems else None))
-                for problem in problems:
-                    if problem not in self._bad_serials:
-                        self._bad_serials.add(problem)
-                        log.error(problem)
-                self._take_scan(phones)
+                self._emit(LayerFault("usb-access", "USB NO ACCESS" if scan.problems else None))
+                self._log_once(scan.problems)
+                self._take_scan(scan)
                 self._reconcile()
+            self._report_usbmuxd()
             await asyncio.sleep(USB_POLL_S)
 
-    def _take_scan(self, phones: list[UsbPhone]) -> None:
+    def _take_scan(self, scan: Scan) -> None:
         """The bus as the last scan saw it, and the port where each normal-mode serial was last."""
-        self._usb = phones
-        for phone in phones:
+        self._usb = scan.phones
+        self._scans += 1
+        now = time.monotonic()
+        self._busy_until = {path: until for path, until in self._busy_until.items() if until > now}
+        self._busy_until.update(dict.fromkeys(scan.busy_ports, now + BUSY_GRACE_S))
+        for phone in scan.phones:
             if phone.mode is Mode.NORMAL:
                 self._port_of.pop(phone.serial, None)
                 self._port_of[phone.serial] = phone.port_path
-        while len(self._port_of) > PORT_MEMORY:  # oldest first: a busy line sees thousands
-            del self._port_of[next(iter(self._port_of))]
+        _forget_oldest(self._port_of)
 
     def _present(self) -> dict[int, Device]:
         """Which phone is on which slot, from the latest usbmuxd and USB pictures.
 
         A normal-mode phone is present while usbmuxd lists it (it is usable only then), at
         the port where the USB scan last saw its serial: usbmuxd often announces a phone
-        before the next scan does.
+        before the next scan does. While usbmuxd is away, only what the bus still shows.
         """
         present: dict[int, Device] = {}
-        for mux in self._mux.values():
-            path = self._port_of.get(mux.serial.replace("-", ""))
-            slot = self.slot_map.slot_for(path) if path else None
+        on_usb = {p.serial for p in self._usb if p.mode is Mode.NORMAL}
+        for sighting in self._mux.values():
+            serial = sighting.device.serial.replace("-", "")
+            path = self._port_of.get(serial)
+            if path is None or not (self._mux_up or serial in on_usb):
+                continue
+            slot = self.slot_map.slot_for(path)
             if slot is not None:
-                present[slot] = Device(key=mux.serial, mode=Mode.NORMAL, udid=mux.serial,
-                                       ecid=mux.ecid)
+                present[slot] = Device(key=sighting.device.serial, mode=Mode.NORMAL,
+                                       udid=sighting.device.serial, ecid=self._ecid(sighting.device))
         for phone in self._usb:
             if phone.mode is Mode.NORMAL:
                 continue
@@ -164,16 +251,31 @@ class UsbPhoneLayer:
             device = self._boot_device(phone)
             if slot is not None and device is not None:
                 present[slot] = device
+        for path in self._busy_until:  # caught re-enumerating: it is still there
+            slot = self.slot_map.slot_for(path)
+            if slot is not None and slot not in present and slot in self._told:
+                present[slot] = self._told[slot]
+        return self._keep_held_phones(present)
+
+    def _keep_held_phones(self, present: dict[int, Device]) -> dict[int, Device]:
+        """A phone being restored stays on its slot, whatever port path it shows up on."""
+        for slot in self._held:
+            told = self._told.get(slot)
+            if told is None or told.ecid is None or (slot in present and _same_phone(told, present[slot])):
+                continue
+            elsewhere = [s for s, d in present.items() if s not in self._told and d.ecid == told.ecid]
+            if elsewhere:
+                present[slot] = present.pop(elsewhere[0])
         return present
+
+    def _ecid(self, device: usbmux.MuxDevice) -> int | None:
+        return device.ecid if device.ecid is not None else self._ecid_of.get(device.serial.replace("-", ""))
 
     def _boot_device(self, phone: UsbPhone) -> Device | None:
         try:
             serial = parse_iboot_serial(phone.serial)
         except BadSerialString as error:
-            line = f"USB port {phone.port_path}: {error}"
-            if line not in self._bad_serials:
-                self._bad_serials.add(line)
-                log.error(line)
+            self._log_once([f"USB port {phone.port_path}: {error}"])
             return None
         model = models.by_chip_board(serial.chip_id, serial.board_id)
         return Device(
@@ -183,6 +285,12 @@ class UsbPhoneLayer:
             ecid=serial.ecid, serial=serial.serial_number,
             chip_id=serial.chip_id, board_id=serial.board_id)
 
+    def _log_once(self, lines: list[str]) -> None:
+        for line in lines:
+            if line not in self._bad_serials:
+                self._bad_serials.add(line)
+                log.error(line)
+
     def _reconcile(self) -> None:
         present = self._present()
         now = time.monotonic()
@@ -190,10 +298,12 @@ class UsbPhoneLayer:
             told, seen = self._told.get(slot), present.get(slot)
             held = self._held.get(slot)
             if told is not None and seen is not None and _same_phone(told, seen):
+                if seen.ecid is None and told.ecid is not None:
+                    seen = replace(seen, ecid=told.ecid)
                 self._told[slot] = seen  # the same phone, perhaps in another mode: no news
                 if held is not None:
                     held.since_gone = None
-                    if held.ends_when_seen:
+                    if held.until_scan is not None and self._scans > held.until_scan:
                         del self._held[slot]
                 continue
             if told is not None and seen is None and held is not None:
@@ -202,11 +312,21 @@ class UsbPhoneLayer:
                     continue  # re-enumerating between restore stages, or rebooting to Hello
             if told is not None:
                 del self._told[slot]
+                self._held.pop(slot, None)
                 self._emit(PhoneLeft(slot))
             if seen is not None:
                 self._told[slot] = seen
                 self._emit(PhoneArrived(slot, seen))
         self._changed.set()
+
+    async def _changes(self, timeout: float | None = None) -> None:
+        """Until the picture changes (or ``timeout`` passes)."""
+        self._changed.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
 
     async def survey(self) -> tuple[dict[int, Device], list[str]]:
         """One look at usbmuxd and the bus, each phone identified; and what could not be seen.
@@ -215,12 +335,14 @@ class UsbPhoneLayer:
         """
         notes: list[str] = []
         try:
-            self._mux = {d.serial: d for d in await usbmux.list_devices() if d.is_usb}
-        except (ConnectionFailedToUsbmuxdError, MuxException, OSError) as error:
-            notes.append(f"usbmuxd: {error or 'not running'} (normal-mode phones not listed)")
-        phones, problems = await asyncio.to_thread(scan, self.usb_backend)  # raises UsbUnavailable
-        notes.extend(problems)
-        self._take_scan(phones)
+            async with asyncio.timeout(USBMUXD_ANSWER_S):
+                self._take_mux_list(await _list_mux_devices())
+            self._mux_up = True
+        except (ConnectionFailedToUsbmuxdError, MuxException, OSError, TimeoutError) as error:
+            notes.append(f"usbmuxd: {error or 'no answer'} (normal-mode phones not listed)")
+        scan = await asyncio.to_thread(self.scanner.scan)  # raises UsbUnavailable
+        notes.extend(scan.problems)
+        self._take_scan(scan)
         present = self._present()
         for slot, device in present.items():
             try:
@@ -233,10 +355,22 @@ class UsbPhoneLayer:
 
     async def identify(self, device: Device) -> Device:
         if device.mode is Mode.NORMAL:
-            return await lockdown_ops.read_identity(device.udid, self.pairing_dir)
+            identity = await lockdown_ops.read_identity(device.udid, self.pairing_dir)
+            self._learn_ecid(device, identity.ecid)
+            return identity
         if not device.product_type:
             raise PhoneError(f"unknown model: {device.name}")
         return device
+
+    def _learn_ecid(self, device: Device, ecid: int | None) -> None:
+        """lockdownd's UniqueChipID: an A11 phone's UDID has no ECID, and recovery shows only the ECID."""
+        if ecid is None:
+            return
+        self._ecid_of[device.udid.replace("-", "")] = ecid
+        _forget_oldest(self._ecid_of)
+        for slot, told in self._told.items():
+            if told.key == device.key and told.ecid is None:
+                self._told[slot] = replace(told, ecid=ecid)
 
     async def check_lock(self, device: Device, after_restore: bool = False) -> LockCheck:
         if after_restore:
@@ -245,40 +379,59 @@ class UsbPhoneLayer:
             finally:
                 self._release(device)
         if device.mode is not Mode.NORMAL:
-            return LockCheck(Lock.UNKNOWN, f"{device.mode.value.upper()}: lock not readable",
-                             "none")
-        try:
-            return await lockdown_ops.check_lock(device.udid, self.pairing_dir)
-        except lockdown_ops.NotReady as error:
-            return LockCheck(Lock.UNKNOWN, str(error), "none")
+            return LockCheck(Lock.UNKNOWN, f"{device.mode.value.upper()}: lock not readable", "none")
+        deadline = time.monotonic() + self.ready_wait_s
+        while True:
+            try:
+                return await lockdown_ops.check_lock(device.udid, self.pairing_dir)
+            except lockdown_ops.NotReady as error:
+                if time.monotonic() + self.retry_s > deadline:
+                    return LockCheck(Lock.UNKNOWN, str(error), "none")
+            await asyncio.sleep(self.retry_s)
 
     async def _check_at_hello(self, device: Device) -> LockCheck:
-        """Once the restored phone is back in normal mode (a new enumeration), check it again."""
-        stale = self._restore_mux_ids.pop(device.ecid, set())
-        why = "phone did not come back after the restore"
+        """Once the restored phone is back running iOS (an enumeration newer than its restore), ask again.
+
+        Just after the reboot its daemons may not answer, or answer UNKNOWN: ask again a few
+        times before taking UNKNOWN for the answer.
+        """
+        began = self._restore_began.pop(device.ecid, self._sightings) if device.ecid is not None else 0
+        last = LockCheck(Lock.UNKNOWN, "phone did not come back after the restore", "none")
+        unknowns = 0
         try:
             async with asyncio.timeout(self.hello_wait_s):
                 while True:
-                    for mux in list(self._mux.values()):
-                        if device.ecid is None or mux.ecid != device.ecid or mux.devid in stale:
-                            continue
-                        try:
-                            return await lockdown_ops.check_lock(mux.serial, self.pairing_dir)
-                        except lockdown_ops.NotReady as error:
-                            stale.add(mux.devid)  # restore mode, or gone again: wait for the next one
-                            why = str(error)
-                    self._changed.clear()
-                    await self._changed.wait()
+                    sighting = self._newest_sighting(device.ecid, after=began)
+                    if sighting is None:
+                        await self._changes()
+                        continue
+                    try:
+                        result = await lockdown_ops.check_lock(sighting.device.serial, self.pairing_dir)
+                    except lockdown_ops.NotReady as error:  # restore mode, still booting, or gone
+                        last = LockCheck(Lock.UNKNOWN, str(error), "none")
+                    else:
+                        unknowns += result.lock is Lock.UNKNOWN
+                        if result.lock is not Lock.UNKNOWN or unknowns >= VERIFY_UNKNOWN_TRIES:
+                            return result
+                        last = result
+                    await self._changes(self.retry_s)
         except TimeoutError:
-            return LockCheck(Lock.UNKNOWN, why, "none")
+            return last
+
+    def _newest_sighting(self, ecid: int | None, after: int) -> _Sighting | None:
+        mine = [s for s in self._mux.values()
+                if ecid is not None and self._ecid(s.device) == ecid and s.number > after]
+        return max(mine, key=lambda s: s.number, default=None)
 
     async def restore(self, device: Device, firmware: object,
                       report: Callable[[RestoreReport], None]) -> None:
         slot = next(s for s, d in self._told.items() if _same_phone(d, device))
+        now = self._told[slot]
+        if now.mode is not device.mode:  # a failed attempt may have left it in recovery
+            device = replace(device, mode=now.mode)
         self._held[slot] = _Held(self.restore_grace_s)
-        # The phone's usbmuxd ids before the restore: the check afterwards needs a new one.
-        self._restore_mux_ids[device.ecid] = {
-            m.devid for m in self._mux.values() if m.ecid is not None and m.ecid == device.ecid}
+        if device.ecid is not None:  # the check afterwards needs an enumeration newer than this
+            self._restore_began[device.ecid] = self._sightings
         try:
             await self._restore_in_worker(slot, device, firmware, report)
         except BaseException:
@@ -291,7 +444,7 @@ class UsbPhoneLayer:
         """Stop expecting the phone to vanish, once it is seen again (or stays gone)."""
         for slot, told in list(self._told.items()):
             if _same_phone(told, device):
-                self._held[slot] = _Held(SETTLE_S, ends_when_seen=True)
+                self._held[slot] = _Held(SETTLE_S, until_scan=self._scans)
         self._reconcile()
 
     async def _restore_in_worker(self, slot: int, device: Device, firmware: object,
@@ -300,14 +453,29 @@ class UsbPhoneLayer:
                                 label=f"slot{slot}", setup=self.setup)
 
 
+async def _list_mux_devices() -> list[usbmux.MuxDevice]:
+    """usbmuxd's list now, on a connection of its own (a Listen socket takes no other command)."""
+    mux = await usbmux.create_mux()
+    try:
+        await mux.get_device_list(0.1)
+        return [d for d in mux.devices if d.is_usb]
+    finally:
+        await mux.close()
+
+
 def _same_phone(a: Device, b: Device) -> bool:
     """One phone keeps its ECID across modes; its UDID (normal) or ECID key (recovery/DFU) does not."""
     return a.key == b.key or (a.ecid is not None and a.ecid == b.ecid)
 
 
-def open_usb_phones(config: Config, scenario: object, clock: object) -> UsbPhoneLayer:
-    """The Pi backend's phones: usbmuxd, libusb and pymobiledevice3 restores."""
+def _forget_oldest(memory: dict[str, Any]) -> None:
+    while len(memory) > PORT_MEMORY:  # oldest first: a busy line sees thousands
+        del memory[next(iter(memory))]
+
+
+def open_usb_phones(config: Any, scenario: object, clock: object) -> UsbPhoneLayer:
+    """The Pi backend's phones: usbmuxd, libusb and pymobiledevice3 restores (config: station.config.Config)."""
     state = config.station.state_dir
     setup = WorkerSetup(home=state / "pymobiledevice3-home", log_dir=state / "restore-logs",
                         timeout_s=config.restore.timeout_s, environment={})
-    return UsbPhoneLayer(SlotMap(config.hub.ports, config.hub.slots), setup)
+    return UsbPhoneLayer(SlotMap(config.hub.ports, config.hub.slots, peer=PortPeers().peer), setup)

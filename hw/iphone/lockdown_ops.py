@@ -1,130 +1,125 @@
 """Identity and Activation Lock of a normal-mode phone, through pymobiledevice3's lockdown client.
 
-The lock check follows what works on real phones:
-1. a phone at the Hello screen (ActivationState "Unactivated") pairs without a
-   dialog; Apple's activation server is asked through the phone's mobile
-   activation service. An Apple-ID form in the answer means Activation Lock.
-   (On a phone without the lock this activates it for real: there is no
-   check-only request.)
-2. an activated phone that trusts this station answers lockdown domain
-   ``com.apple.fmip`` key ``IsAssociated``: Find My on means locked.
-3. anything else is UNKNOWN with its reason; a network failure is never "not locked".
+The lock check gathers what each source says and lets ``decide`` weigh it
+(``lock_evidence`` judges each answer):
+
+1. ``com.apple.fmip``/``IsAssociated`` from a paired session: *true* is LOCKED;
+   anything else is no evidence either way.
+2. a phone at the Hello screen (ActivationState "Unactivated") pairs without a
+   dialog, and Apple's activation server is asked with the phone's own request:
+   the only source that can make a phone CLEAR.
+3. an activated phone cannot be put to Apple (it answers for activations, not
+   for phones in use), so without a *true* from Find My it stays UNKNOWN with
+   what the operator can do about it.
+
+Every lockdown conversation is bounded; a phone that cannot answer yet raises
+``NotReady`` and the caller decides whether to ask again.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-import requests
-from pymobiledevice3.exceptions import (ConnectionFailedError, MobileActivationException,
-                                        NoDeviceConnectedError, PairingDialogResponsePendingError,
-                                        PairingError, PasswordRequiredError,
-                                        PyMobileDevice3Exception, UserDeniedPairingError)
+from pymobiledevice3.exceptions import (PairingDialogResponsePendingError, PairingError,
+                                        PasswordRequiredError, PyMobileDevice3Exception,
+                                        UserDeniedPairingError)
 from pymobiledevice3.lockdown import LockdownClient, create_using_usbmux
-from pymobiledevice3.services.mobile_activation import MobileActivationService
 
 from hw import models
+from hw.iphone import activation
+from hw.iphone.activation import NotReady, one_line
+from hw.iphone.lock_evidence import FIND_MY, decide, judge_find_my
 from hw.phones import Device, Lock, LockCheck, Mode, PhoneError
 
 log = logging.getLogger(__name__)
 
 PAIR_TIMEOUT_S = 10.0  # at the Hello screen pairing needs no dialog; don't wait for one
+LOCKDOWN_TIMEOUT_S = 20.0  # one lockdown conversation (connect, pair, read)
+APPLE_TIMEOUT_S = 90.0  # the whole activation conversation: two POSTs of <= 30 s and the phone
+
+__all__ = ["NotReady", "check_lock", "read_identity"]
 
 
-async def _connect(udid: str, pairing_dir: Path, autopair: bool) -> LockdownClient:
-    return await create_using_usbmux(
-        serial=udid, autopair=autopair, connection_type="USB", pair_timeout=PAIR_TIMEOUT_S,
-        pairing_records_cache_folder=pairing_dir)
+@asynccontextmanager
+async def _lockdown(udid: str, pairing_dir: Path, autopair: bool) -> AsyncIterator[LockdownClient]:
+    """A lockdown client for ``udid`` within ``LOCKDOWN_TIMEOUT_S``; NotReady when there is none."""
+    try:
+        async with asyncio.timeout(LOCKDOWN_TIMEOUT_S):
+            lockdown = await create_using_usbmux(
+                serial=udid, autopair=autopair, connection_type="USB", pair_timeout=PAIR_TIMEOUT_S,
+                pairing_records_cache_folder=pairing_dir)
+    except TimeoutError:
+        raise NotReady(f"lockdownd did not answer within {LOCKDOWN_TIMEOUT_S:.0f} s") from None
+    except PairingError:
+        raise  # the caller tells the operator what to do on the phone
+    except (PyMobileDevice3Exception, OSError) as error:
+        raise NotReady(f"lockdownd did not answer: {one_line(error)}") from error
+    try:
+        yield lockdown
+    finally:
+        await lockdown.close()
 
 
 async def read_identity(udid: str, pairing_dir: Path) -> Device:
-    """What an unpaired phone tells anyone: model, iOS, UDID, ECID, serial."""
+    """What an unpaired phone tells anyone: model, iOS, UDID, ECID (UniqueChipID), serial."""
     try:
-        lockdown = await _connect(udid, pairing_dir, autopair=False)
-    except (ConnectionFailedError, NoDeviceConnectedError, PyMobileDevice3Exception, OSError) as error:
-        raise PhoneError(f"lockdownd did not answer: {_why(error)}") from error
-    try:
-        values = lockdown.all_values
-        product_type = values.get("ProductType", "")
-        return Device(
-            key=udid, mode=Mode.NORMAL, product_type=product_type,
-            name=models.marketing_name(product_type), ios_version=values.get("ProductVersion", ""),
-            build=values.get("BuildVersion", ""), udid=values.get("UniqueDeviceID", udid),
-            ecid=values.get("UniqueChipID"), serial=values.get("SerialNumber", ""),
-            chip_id=values.get("ChipID"), board_id=values.get("BoardId"))
-    finally:
-        await lockdown.close()
-
-
-class NotReady(Exception):
-    """lockdownd is not (yet) there: the phone is gone, rebooting or in restore mode."""
+        async with _lockdown(udid, pairing_dir, autopair=False) as lockdown:
+            values = lockdown.all_values
+    except (NotReady, PairingError) as error:
+        raise PhoneError(str(error)) from error
+    product_type = values.get("ProductType", "")
+    ecid = values.get("UniqueChipID")
+    return Device(
+        key=udid, mode=Mode.NORMAL, product_type=product_type,
+        name=models.marketing_name(product_type), ios_version=values.get("ProductVersion", ""),
+        build=values.get("BuildVersion", ""), udid=values.get("UniqueDeviceID", udid),
+        ecid=ecid if isinstance(ecid, int) else None, serial=values.get("SerialNumber", ""),
+        chip_id=values.get("ChipID"), board_id=values.get("BoardId"))
 
 
 async def check_lock(udid: str, pairing_dir: Path) -> LockCheck:
-    """The lock status; raises NotReady when the phone's lockdownd does not answer."""
+    """The lock decision; raises NotReady while the phone cannot answer."""
+    async with _lockdown(udid, pairing_dir, autopair=False) as lockdown:
+        state = lockdown.all_values.get("ActivationState")
+    if not isinstance(state, str):
+        raise NotReady("the phone does not say whether it is activated yet")
+    unactivated = state == "Unactivated"
     try:
-        lockdown = await _connect(udid, pairing_dir, autopair=False)
-    except (PyMobileDevice3Exception, OSError) as error:
-        raise NotReady(f"lockdownd did not answer: {_why(error)}") from error
-    try:
-        unactivated = lockdown.all_values.get("ActivationState") == "Unactivated"
-    finally:
-        await lockdown.close()
-    if unactivated:
-        # The activation server call is synchronous (requests, 30 s): keep it off the station loop.
-        return await asyncio.to_thread(asyncio.run, _ask_activation_server(udid, pairing_dir))
-    return await _ask_find_my(udid, pairing_dir)
-
-
-async def _ask_activation_server(udid: str, pairing_dir: Path) -> LockCheck:
-    method = "activation-server"
-    try:
-        lockdown = await _connect(udid, pairing_dir, autopair=True)
+        async with _lockdown(udid, pairing_dir, autopair=True) as lockdown:
+            find_my = await _ask_find_my(lockdown)
+            if find_my.lock is Lock.LOCKED or not unactivated:
+                return decide([find_my])
+            try:
+                async with asyncio.timeout(APPLE_TIMEOUT_S):
+                    apple = await activation.ask_apple(lockdown)
+            except TimeoutError:
+                apple = LockCheck(Lock.UNKNOWN, "no answer from Apple's activation server in time",
+                                  "activation-server")
+            return decide([find_my, apple])
     except PairingError as error:
-        return LockCheck(Lock.UNKNOWN, f"pairing refused: {_why(error)}", method)
-    except (PyMobileDevice3Exception, OSError) as error:
-        return LockCheck(Lock.UNKNOWN, f"lockdownd did not answer: {_why(error)}", method)
+        return LockCheck(Lock.UNKNOWN, _pairing_reason(error), FIND_MY)
+
+
+async def _ask_find_my(lockdown: LockdownClient) -> LockCheck:
     try:
-        await MobileActivationService(lockdown).activate(skip_apple_id_query=True)
-    except MobileActivationException as error:
-        if "locked" in str(error).lower():
-            return LockCheck(Lock.LOCKED, "Activation Lock: Apple asks for the Apple ID", method)
-        return LockCheck(Lock.UNKNOWN, f"activation refused: {_why(error)}", method)
-    except requests.RequestException as error:
-        return LockCheck(Lock.UNKNOWN, f"no network: Apple's activation server: {_why(error)}",
-                         method)
-    except (AssertionError, KeyError) as error:  # pmd3 asserts text/xml: a refusal or an error page
-        return LockCheck(Lock.UNKNOWN, f"activation server refused the request ({error!r})", method)
-    except (PyMobileDevice3Exception, OSError) as error:
-        return LockCheck(Lock.UNKNOWN, f"activation failed: {_why(error)}", method)
-    finally:
-        await lockdown.close()
-    return LockCheck(Lock.CLEAR, "Apple: no Activation Lock", method)
+        async with asyncio.timeout(LOCKDOWN_TIMEOUT_S):
+            value = await lockdown.get_value("com.apple.fmip", "IsAssociated")
+    except (TimeoutError, PyMobileDevice3Exception, OSError) as error:
+        log.info("%s: Find My not readable: %s", lockdown.identifier, one_line(error))
+        value = None
+    if value is not True:
+        log.info("%s: com.apple.fmip IsAssociated = %r: no evidence", lockdown.identifier, value)
+    return judge_find_my(value)
 
 
-async def _ask_find_my(udid: str, pairing_dir: Path) -> LockCheck:
-    method = "fmip"
-    try:
-        lockdown = await _connect(udid, pairing_dir, autopair=True)
-    except PasswordRequiredError:
-        return LockCheck(Lock.UNKNOWN, "passcode set: unlock the phone and tap Trust", method)
-    except UserDeniedPairingError:
-        return LockCheck(Lock.UNKNOWN, "Trust denied on the phone", method)
-    except PairingDialogResponsePendingError:
-        return LockCheck(Lock.UNKNOWN, "Trust dialog not answered", method)
-    except (PyMobileDevice3Exception, OSError) as error:
-        return LockCheck(Lock.UNKNOWN, f"not trusted: {_why(error)}", method)
-    try:
-        associated = await lockdown.get_value("com.apple.fmip", "IsAssociated")
-    except (PyMobileDevice3Exception, OSError) as error:
-        return LockCheck(Lock.UNKNOWN, f"Find My not readable: {_why(error)}", method)
-    finally:
-        await lockdown.close()
-    if associated:
-        return LockCheck(Lock.LOCKED, "Find My is on", method)
-    return LockCheck(Lock.CLEAR, "Find My off", method)
-
-
-def _why(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+def _pairing_reason(error: PairingError) -> str:
+    if isinstance(error, PasswordRequiredError):
+        return "passcode set: unlock the phone and tap Trust"
+    if isinstance(error, UserDeniedPairingError):
+        return "Trust denied on the phone"
+    if isinstance(error, PairingDialogResponsePendingError):
+        return "Trust dialog not answered"
+    return f"not trusted: {one_line(error)}"

@@ -47,29 +47,69 @@ def port_path(bus: int, port_numbers: tuple[int, ...] | None) -> str:
     return f"{bus}-{'.'.join(map(str, port_numbers or ()))}"
 
 
-def scan(backend: object | None = None) -> tuple[list[UsbPhone], list[str]]:
-    """Every Apple phone plugged in, and one line per phone whose strings can't be read."""
-    try:
-        devices = list(usb.core.find(find_all=True, idVendor=APPLE_VENDOR_ID, backend=backend))
-    except usb.core.NoBackendError:
-        raise UsbUnavailable("NO LIBUSB", "no libusb found (install libusb-1.0-0)") from None
-    except usb.core.USBError as error:
-        raise UsbUnavailable("USB ERROR", f"cannot list USB devices: {error}") from None
-    phones, problems = [], []
-    for device in devices:
-        mode = _mode(device.idProduct)
-        if mode is None:
-            continue
-        path = port_path(device.bus, device.port_numbers)
+@dataclass(frozen=True)
+class Scan:
+    phones: list[UsbPhone]
+    problems: list[str]  # one line per phone whose strings cannot be read (udev permissions)
+    busy_ports: frozenset[str] = frozenset()  # a phone there was re-enumerating: still there
+
+
+class UsbScanner:
+    """Scans the bus; a phone's serial is read once per enumeration (bus, address, product).
+
+    Reading strings is a control transfer to the phone; once per enumeration keeps the scan
+    off phones that are busy being restored.
+    """
+
+    def __init__(self, backend: object | None = None) -> None:
+        self.backend = backend
+        self._serials: dict[tuple[int, int, int], str] = {}
+
+    def scan(self) -> Scan:
+        devices = self._find()
+        phones, problems, busy = [], [], set()
+        serials: dict[tuple[int, int, int], str] = {}
+        for device in devices:
+            mode = _mode(device.idProduct)
+            if mode is None:
+                continue
+            path = port_path(device.bus, device.port_numbers)
+            key = (device.bus, device.address, device.idProduct)
+            try:
+                serial = self._serials.get(key)
+                if serial is None:
+                    serial = device.serial_number or ""
+            except (ValueError, usb.core.USBError, NotImplementedError) as error:
+                if not self._still_there(key):
+                    # Re-enumerating (a DFU reset, a restore stage): gone between the listing and
+                    # the read, which pyusb reports as it does a permission problem ("no langid").
+                    log.debug("USB port %s: phone re-enumerating during the scan", path)
+                    busy.add(path)
+                    continue
+                # No langid / access denied: typically missing udev rules for this product id.
+                problems.append(f"USB port {path}: cannot read the phone's serial "
+                                f"(idProduct {device.idProduct:#06x}): {error}; check udev permissions")
+                continue
+            serials[key] = serial
+            phones.append(UsbPhone(path, mode, serial, device.bus, device.address))
+        self._serials = serials  # only what is on the bus now: addresses are reused
+        return Scan(phones, problems, frozenset(busy))
+
+    def _find(self) -> list[usb.core.Device]:
         try:
-            serial = device.serial_number or ""
-        except (ValueError, usb.core.USBError, NotImplementedError) as error:
-            # No langid / access denied: typically missing udev rules for this product id.
-            problems.append(f"USB port {path}: cannot read the phone's serial "
-                            f"(idProduct {device.idProduct:#06x}): {error}; check udev permissions")
-            continue
-        phones.append(UsbPhone(path, mode, serial, device.bus, device.address))
-    return phones, problems
+            return list(usb.core.find(find_all=True, idVendor=APPLE_VENDOR_ID, backend=self.backend))
+        except usb.core.NoBackendError:
+            raise UsbUnavailable("NO LIBUSB", "no libusb found (install libusb-1.0-0)") from None
+        except usb.core.USBError as error:
+            raise UsbUnavailable("USB ERROR", f"cannot list USB devices: {error}") from None
+
+    def _still_there(self, key: tuple[int, int, int]) -> bool:
+        return any((d.bus, d.address, d.idProduct) == key for d in self._find())
+
+
+def scan(backend: object | None = None) -> Scan:
+    """One look at the bus: every Apple phone plugged in, and what could not be read."""
+    return UsbScanner(backend).scan()
 
 
 def _mode(product_id: int) -> Mode | None:

@@ -3,7 +3,8 @@
 It answers the two POSTs pymobiledevice3's ``MobileActivationService.activate`` makes
 (PROTOCOLS.md section 4): ``drmHandshake`` with a plist, ``deviceActivation`` with an
 Apple-ID form (``application/x-buddyml``) for a phone under Activation Lock, else an
-activation record (``text/xml``). It tells phones apart by decoding the activation info
+activation record (``text/xml``), or another of the answers in ``activation_pages``
+when the phone's ``activation_answer`` names one. It tells phones apart by decoding the activation info
 it is sent, as Apple does, and looks the phone up in the world: Apple's database is
 ``SimPhone.activation_lock``. Refusals (HTTP 5xx) and hangs are switched on with
 ``set_fault``.
@@ -20,10 +21,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
-from xml.sax.saxutils import quoteattr
-
 from pymobiledevice3.services import mobile_activation
 
+from hw.sim.activation_pages import answer_for
 from hw.sim.framing import plist_dict
 from hw.sim.mobileactivation import handshake_response_for
 from hw.sim.world import SimWorld
@@ -153,21 +153,7 @@ class ActivationServer:
         phone = self.world.find_phone(udid) if udid else None
         if phone is None:
             return 400, "text/html", _error_page(400)
-        if phone.activation_lock:
-            return 200, "application/x-buddyml", _apple_id_form(phone.product_type)
-        token = plistlib.dumps({"UniqueDeviceID": phone.udid, "SerialNumber": phone.serial})
-        record = {
-            "ActivationRecord": {
-                "unbrick": True,
-                "AccountToken": token,
-                "AccountTokenCertificate": os.urandom(32),
-                "AccountTokenSignature": os.urandom(32),
-                "DeviceCertificate": os.urandom(32),
-                "FairPlayKeyData": os.urandom(32),
-                "LDActivationVersion": 2,
-            }
-        }
-        return 200, "text/xml", plistlib.dumps(record)
+        return answer_for(phone)
 
 
 class _Server(ThreadingHTTPServer):
@@ -211,26 +197,6 @@ def _udid_of(path: str, body: bytes) -> str:
     device_id = xml.get("DeviceID") if xml else None
     udid = device_id.get("UniqueDeviceID") if isinstance(device_id, dict) else None
     return udid if isinstance(udid, str) else ""
-
-
-def _apple_id_form(product_type: str) -> bytes:
-    """The BuddyML page Apple sends a locked phone (the shape pymobiledevice3 and libideviceactivation parse)."""
-    footer = "This iPhone is linked to an Apple ID. Enter the Apple ID and password that were used to set up this iPhone."
-    return (
-        "<xmlui>"
-        "<page>"
-        '<navigationBar title="Activation Lock" hidesBackButton="false"/>'
-        "<tableView>"
-        "<section>"
-        '<editableTextRow id="login" label="Apple ID" placeholder="example@icloud.com" keyboardType="emailAddress"/>'
-        '<editableTextRow id="password" label="Password" placeholder="Required" secure="true"/>'
-        "</section>"
-        f"<section><footer>{footer}</footer></section>"
-        "</tableView>"
-        "</page>"
-        f"<serverInfo isAuthRequired=\"true\" product-type={quoteattr(product_type)}/>"
-        "</xmlui>"
-    ).encode()
 
 
 def _error_page(status: int) -> bytes:

@@ -3,26 +3,36 @@
 It sets nothing process-wide by itself. A caller in this process passes ``usb_backend`` to
 pyusb and points pymobiledevice3 with ``USBMUXD_SOCKET_ADDRESS`` and ``point_activation_at``;
 a child process gets the same addresses from ``environment()``.
+
+The hub is a USB 3 hub on root port 1: ``1-1.N`` on the USB 2 bus, ``2-1.N`` on its
+SuperSpeed companion, linked in a sysfs tree under ``sysfs_root``. With
+``usbmuxd_on_demand`` usbmuxd lives as on Debian: only while a phone runs iOS.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
 
 from hw.sim.activation_server import ACTIVATION_URL_ENV, ActivationServer
 from hw.sim.phone import SimPhone
+from hw.sim.udev import UsbmuxdOnDemand, write_usb3_hub
 from hw.sim.usb_backend import SimUsbBackend
-from hw.sim.usbmuxd import SimUsbmuxd
+from hw.sim.usbmuxd import USBMUX_MODES, SimUsbmuxd
 from hw.sim.world import SimWorld
 
 MAX_UNIX_PATH = 104  # sun_path is 108 bytes on Linux, 104 on macOS
+USB2_BUS, USB3_BUS, HUB_PORT = 1, 2, 1
 
 
 class SimulatedBench:
-    def __init__(self, phones: Iterable[SimPhone], state_dir: Path, *, reboot_seconds: float = 0.5) -> None:
+    def __init__(self, phones: Iterable[SimPhone], state_dir: Path, *, reboot_seconds: float = 0.5,
+                 usbmuxd_on_demand: bool = False, hub_ports: int = 16) -> None:
         self.state_dir = Path(state_dir)
-        self.world = SimWorld(reboot_seconds=reboot_seconds)
+        self.world = SimWorld(reboot_seconds=reboot_seconds, superspeed={USB2_BUS: USB3_BUS})
+        self.sysfs_root = self.state_dir / "sysfs"
+        self.hub_ports = hub_ports
         self._phones = list(phones)
         socket_path = self.state_dir / "usbmuxd"
         if len(str(socket_path)) > MAX_UNIX_PATH:
@@ -30,6 +40,7 @@ class SimulatedBench:
         self.usbmuxd = SimUsbmuxd(self.world, socket_path, pair_record_dir=self.state_dir / "lockdown")
         self.activation = ActivationServer(self.world)
         self.usb_backend = SimUsbBackend(self.world)
+        self._on_demand = UsbmuxdOnDemand(self.world, self.usbmuxd) if usbmuxd_on_demand else None
 
     @property
     def usbmuxd_address(self) -> str:
@@ -43,12 +54,24 @@ class SimulatedBench:
         """What a child process needs to reach this bench."""
         return {"USBMUXD_SOCKET_ADDRESS": self.usbmuxd_address, ACTIVATION_URL_ENV: self.activation_url}
 
+    def settle(self, timeout: float = 5.0) -> None:
+        """Until udev has started usbmuxd for the phones running iOS (on demand only)."""
+        deadline = time.monotonic() + timeout
+        while self._on_demand is not None and not self.usbmuxd.running and time.monotonic() < deadline:
+            if not any(d.mode in USBMUX_MODES for d in self.world.usb_devices()):
+                return
+            time.sleep(0.01)
+
     def __enter__(self) -> Self:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        write_usb3_hub(self.sysfs_root, USB2_BUS, USB3_BUS, HUB_PORT, self.hub_ports)
         try:
             for phone in self._phones:
                 self.world.attach(phone)
-            self.usbmuxd.start()
+            if self._on_demand is not None:
+                self._on_demand.start()
+            else:
+                self.usbmuxd.start()
             self.activation.start()
         except BaseException:
             self.close()
@@ -60,5 +83,7 @@ class SimulatedBench:
 
     def close(self) -> None:
         self.activation.stop()
+        if self._on_demand is not None:
+            self._on_demand.stop()
         self.usbmuxd.stop()
         self.world.close()

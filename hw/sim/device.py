@@ -11,6 +11,7 @@ import logging
 import os
 import ssl
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 
 from hw.sim.lockdownd import Lockdownd
@@ -35,6 +36,11 @@ class SimDevice:
         self._writers: set[asyncio.StreamWriter] = set()
         self._ssl: dict[str, ssl.SSLContext] = {}
         self.drm_handshake: bytes | None = None  # mobileactivationd's last HandshakeRequestMessage
+        self._booted = time.monotonic()
+
+    def uptime(self) -> float:
+        """Seconds since this enumeration: daemons come up one after another after a boot."""
+        return time.monotonic() - self._booted
 
     @property
     def phone(self) -> SimPhone:

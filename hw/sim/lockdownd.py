@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from hw.sim.framing import FrameError, read_plist, write_plist
 from hw.sim.mobileactivation import MobileActivationd
-from hw.sim.phone import ACTIVATED, Mode, Pairing
+from hw.sim.phone import ACTIVATED, FindMyAnswer, Mode, Pairing
 
 if TYPE_CHECKING:
     from hw.sim.device import SimDevice
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOCKDOWN_TYPE = "com.apple.mobile.lockdown"
+RESTORED_TYPE = "com.apple.mobile.restored"  # the restore ramdisk answers on the same port
+RESTORE_PROTOCOL_VERSION = 14
 # iOS 14.5 started refusing EnterRecovery outside a paired session (idevicerestore commit 6d3b6bb).
 RECOVERY_NEEDS_SESSION_FROM = (14, 5)
 
@@ -36,6 +38,7 @@ UNPAIRED_KEYS = frozenset({
     "ProtocolVersion", "SerialNumber", "TelephonyCapability", "TimeIntervalSince1970", "UniqueChipID",
     "UniqueDeviceID", "WiFiAddress",
 })
+_NO_VALUE = object()  # a key lockdownd answers for, with no Value in the reply
 PAIR_RECORD_KEYS = ("DeviceCertificate", "HostCertificate", "HostID", "RootCertificate", "SystemBUID")
 
 
@@ -69,6 +72,9 @@ class Lockdownd:
         }
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.phone.lockdown_stalls:  # a hung daemon: takes the connection, never answers
+            await reader.read()
+            return
         conn = _Connection()
         while True:
             try:
@@ -92,6 +98,8 @@ class Lockdownd:
 
     def _answer(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
         name = request.get("Request")
+        if self.device.usb.mode is Mode.RESTORE:
+            return self._restored(name)
         handler = self._handlers.get(name) if isinstance(name, str) else None
         if handler is None:
             return _error(name, "InvalidRequest")  # unverified name; no client depends on it
@@ -102,6 +110,14 @@ class Lockdownd:
 
     def _query_type(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
         return {"Request": "QueryType", "Type": LOCKDOWN_TYPE}
+
+    def _restored(self, name: Any) -> dict[str, Any]:
+        """restored on port 62078: a lockdown client learns the mode from QueryType and stops
+        (pymobiledevice3 ``LockdownClient._initialize`` raises IncorrectModeError)."""
+        if name == "QueryType":
+            return {"Request": "QueryType", "Type": RESTORED_TYPE,
+                    "RestoreProtocolVersion": RESTORE_PROTOCOL_VERSION}
+        return _error(name, "InvalidRequest")  # unverified name; no lockdown client gets this far
 
     def _get_value(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
         domain, key = request.get("Domain"), request.get("Key")
@@ -118,11 +134,13 @@ class Lockdownd:
                 return reply | {"Error": "GetProhibited"}
             values = {k: v for k, v in values.items() if k in UNPAIRED_KEYS}
         if key is None:
-            return reply | {"Value": values}
+            # Some domains are not listed whole (libimobiledevice #275: com.apple.fmip reads empty).
+            return reply | {"Value": {} if domain == "com.apple.fmip" else values}
         if not isinstance(key, str) or key not in values:
             prohibited = conn.session_id is None and key in (self._domain_values(domain) or {})
             return reply | {"Error": "GetProhibited" if prohibited else "MissingValue"}
-        return reply | {"Value": values[key]}
+        value = values[key]
+        return reply if value is _NO_VALUE else reply | {"Value": value}
 
     def _set_value(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
         key, domain = request.get("Key"), request.get("Domain")
@@ -239,8 +257,16 @@ class Lockdownd:
                 "WiFiAddress": phone.wifi_address,
             }
         if domain == "com.apple.fmip":
-            return {"IsAssociated": phone.find_my}
+            return self._find_my_values()
         return None
+
+    def _find_my_values(self) -> dict[str, Any]:
+        """``IsAssociated``: believed by nobody when false (libimobiledevice #275: false on a phone
+        with Find My on; libideviceactivation #2: always false in Setup Assistant)."""
+        answer = self.phone.find_my_answer
+        if answer is FindMyAnswer.ABSENT:
+            return {"IsAssociated": _NO_VALUE}
+        return {"IsAssociated": self.phone.find_my and answer is FindMyAnswer.HONEST}
 
 
 def _error(request: Any, error: str) -> dict[str, Any]:

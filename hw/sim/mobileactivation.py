@@ -58,6 +58,10 @@ class MobileActivationd:
         if command == "GetActivationStateRequest":
             return {"Value": self.phone.activation_state}
         if command == "CreateTunnel1SessionInfoRequest":
+            if self.device.uptime() < self.phone.activation_ready_after:
+                # Just after a boot the daemon refuses (libideviceactivation #42 shows the refusal
+                # on a real phone; the length of the window here is the scenario's choice).
+                return {"Error": "Failed to create activation session info: not ready"}
             return {"Value": self._session_info()}
         if command == "CreateTunnel1ActivationInfoRequest":
             return self._activation_info(value)

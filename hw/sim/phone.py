@@ -1,9 +1,14 @@
 """The model of one simulated iPhone: its identity and the state a restore station can observe.
 
 Identity follows what real phones report: the UDID of an A12-or-later phone is
-``<CPID:08X>-<ECID:016X>``, and the chip/board ids come from pymobiledevice3's own
-``IRECV_DEVICES`` table so that every view of the phone (lockdownd, usbmuxd, iBoot
-serial string) agrees with what pymobiledevice3 derives from it.
+``<CPID:08X>-<ECID:016X>``; an A11 or older phone's UDID is 40 hex digits with no
+ECID in it (a SHA-1 of hardware ids; pymobiledevice3 ``MuxDevice.ecid`` is then None).
+The chip/board ids come from pymobiledevice3's own ``IRECV_DEVICES`` table so that
+every view of the phone (lockdownd, usbmuxd, iBoot serial string) agrees with what
+pymobiledevice3 derives from it.
+
+The quirk fields below make the phone behave as real ones do where the station's
+promises live; each names its source.
 
 The daemons in this package mutate the runtime fields (mode, activation, pairing
 progress) while holding the world's lock; tests read them.
@@ -27,6 +32,15 @@ class Mode(enum.Enum):
     NORMAL = "normal"
     RECOVERY = "recovery"
     DFU = "dfu"
+    RESTORE = "restore"  # the restore ramdisk: on usbmuxd like iOS, but lockdownd is restored
+
+
+class FindMyAnswer(enum.Enum):
+    """What lockdownd answers for ``com.apple.fmip``/``IsAssociated``."""
+
+    HONEST = "honest"  # the phone's Find My state
+    FALSE = "false"  # false whatever the state: libimobiledevice #275, libideviceactivation #2
+    ABSENT = "absent"  # a reply with no Value: pymobiledevice3 get_value returns None
 
 
 class Pairing(enum.Enum):
@@ -39,6 +53,7 @@ class Pairing(enum.Enum):
 
 
 UNACTIVATED = "Unactivated"
+FIRST_ECID_UDID_CHIP = 0x8020  # A12: the first chip whose UDID is <CPID>-<ECID>
 ACTIVATED = "Activated"
 
 
@@ -77,6 +92,14 @@ class SimPhone:
     bus: int = 1
     port_path: tuple[int, ...] = (1,)  # sysfs "1-1"; (1, 3) is "1-1.3"
 
+    # Quirks of real phones and of Apple's server (see each type for its source).
+    find_my_answer: FindMyAnswer = FindMyAnswer.HONEST
+    activation_answer: str = "auto"  # hw.sim.activation_pages.ANSWERS: what Apple's server sends
+    activation_ready_after: float = 0.0  # s after a boot before mobileactivationd gives session info
+    lockdown_stalls: bool = False  # lockdownd takes connections and never answers
+    usb3: bool = False  # USB-C phone on a USB 3 hub: SuperSpeed bus in iOS, USB 2 bus in iBoot
+    vanish_on_scan: int = 0  # the next N descriptor reads find the phone re-enumerating
+
     # What happened to the phone: written by the simulated daemons.
     paired_hosts: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     pair_attempts: int = field(default=0, repr=False)
@@ -104,7 +127,10 @@ class SimPhone:
 
     @property
     def udid(self) -> str:
-        return f"{self.chip_id:08X}-{self.ecid:016X}"
+        if self.chip_id >= FIRST_ECID_UDID_CHIP:
+            return f"{self.chip_id:08X}-{self.ecid:016X}"
+        # Before the A12 the UDID is a SHA-1 over hardware ids; no ECID can be read from it.
+        return hashlib.sha1(f"{self.serial}{self.ecid}{self.wifi_address}".encode()).hexdigest()
 
     @property
     def wifi_address(self) -> str:

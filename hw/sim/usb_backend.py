@@ -27,9 +27,12 @@ from hw.sim.world import SimWorld, UsbDevice
 logger = logging.getLogger(__name__)
 
 APPLE_VENDOR_ID = 0x05AC
-PRODUCT_IDS = {Mode.NORMAL: 0x12A8, Mode.RECOVERY: 0x1281, Mode.DFU: 0x1227}
+# The restore ramdisk shows as the same iPhone product as iOS (PROTOCOLS.md 3.1).
+PRODUCT_IDS = {Mode.NORMAL: 0x12A8, Mode.RESTORE: 0x12A8, Mode.RECOVERY: 0x1281, Mode.DFU: 0x1227}
 LANGID_EN_US = 0x0409
-SPEED_HIGH = 3  # libusb_speed LIBUSB_SPEED_HIGH
+SPEED_HIGH, SPEED_SUPER = 3, 4  # libusb_speed LIBUSB_SPEED_HIGH, LIBUSB_SPEED_SUPER
+USBMUX_MODES = (Mode.NORMAL, Mode.RESTORE)  # iOS and the restore ramdisk: usbmuxd's devices
+VANISH_REBOOT_S = 0.3  # how long a phone caught mid-re-enumeration stays off the bus
 
 GET_DESCRIPTOR = 6
 DESC_STRING = 3
@@ -52,7 +55,7 @@ def nonce_string(phone: SimPhone) -> str:
 def string_table(usb_device: UsbDevice) -> dict[int, str]:
     """String descriptors by index (indices as public lsusb captures show them)."""
     phone, mode = usb_device.phone, usb_device.mode
-    if mode is Mode.NORMAL:
+    if mode in USBMUX_MODES:
         return {1: "Apple Inc.", 2: "iPhone", 3: phone.udid.replace("-", "")}
     product = "Apple Mobile Device (DFU Mode)" if mode is Mode.DFU else "Apple Mobile Device (Recovery Mode)"
     return {1: nonce_string(phone), 2: "Apple Inc.", 3: product, 4: iboot_serial(phone, mode)}
@@ -72,7 +75,7 @@ def _interface(number: int, alt: int, cls: int, sub: int, proto: int, endpoints:
 
 def _interfaces(mode: Mode) -> list[list[SimpleNamespace]]:
     """Per interface, its alternate settings: normal = PTP + usbmux; recovery = iBoot's two; DFU = one, no endpoints."""
-    if mode is Mode.NORMAL:
+    if mode in USBMUX_MODES:
         return [[_interface(0, 0, 0x06, 0x01, 0x01, [0x81, 0x02, 0x83])], [_interface(1, 0, 0xFF, 0xFE, 0x02, [0x84, 0x05])]]
     if mode is Mode.RECOVERY:
         return [[_interface(0, 0, 0xFF, 0xFF, 0x51, [])],
@@ -104,15 +107,15 @@ class SimUsbBackend(usb.backend.IBackend):
 
     def get_device_descriptor(self, dev: UsbDevice) -> SimpleNamespace:
         strings = string_table(dev)
-        normal = dev.mode is Mode.NORMAL
+        normal = dev.mode in USBMUX_MODES
         return SimpleNamespace(
-            bLength=18, bDescriptorType=1, bcdUSB=0x0200, bDeviceClass=0, bDeviceSubClass=0, bDeviceProtocol=0,
+            bLength=18, bDescriptorType=1, bcdUSB=0x0300 if dev.superspeed else 0x0200, bDeviceClass=0, bDeviceSubClass=0, bDeviceProtocol=0,
             bMaxPacketSize0=64, idVendor=APPLE_VENDOR_ID, idProduct=PRODUCT_IDS[dev.mode],
             bcdDevice=0x1511 if normal else 0x0000,
             iManufacturer=1 if normal else 2, iProduct=2 if normal else 3,
             iSerialNumber=max(strings), bNumConfigurations=1 if not normal else 4,
             address=dev.address, bus=dev.bus, port_number=dev.port_path[-1], port_numbers=dev.port_path,
-            speed=SPEED_HIGH,
+            speed=SPEED_SUPER if dev.superspeed else SPEED_HIGH,
         )
 
     def get_configuration_descriptor(self, dev: UsbDevice, config: int) -> SimpleNamespace:
@@ -179,8 +182,9 @@ class SimUsbBackend(usb.backend.IBackend):
         dev = dev_handle.device
         self._check(dev)
         if bmRequestType == 0x80 and bRequest == GET_DESCRIPTOR and wValue >> 8 == DESC_STRING:
+            self._maybe_vanish(dev)
             return _fill(data, self._string_descriptor(dev, wValue & 0xFF, wIndex))
-        if dev.mode is Mode.NORMAL:
+        if dev.mode in USBMUX_MODES:
             raise _stall()
         if bmRequestType == 0x40 and bRequest in (0, 1):  # iBoot command, NUL-terminated
             self._command(dev_handle, bytes(data).rstrip(b"\0").decode(errors="replace"))
@@ -221,6 +225,17 @@ class SimUsbBackend(usb.backend.IBackend):
             raise _stall()
         encoded = text.encode("utf-16-le")[:252]
         return bytes([len(encoded) + 2, DESC_STRING]) + encoded
+
+    def _maybe_vanish(self, dev: UsbDevice) -> None:
+        """A phone caught re-enumerating (a DFU reset, a restore stage) between the bus listing and
+        the read: the read fails as on a device that is gone, not as on one we may not open."""
+        phone = dev.phone
+        with self.world.lock:
+            if phone.vanish_on_scan <= 0:
+                return
+            phone.vanish_on_scan -= 1
+            self.world.reboot(phone, dev.mode, delay=VANISH_REBOOT_S)
+        raise USBError("No such device (it may have been disconnected)", errno=errno.ENODEV)
 
     def _check(self, dev: UsbDevice) -> None:
         if not self.world.is_present(dev):

@@ -8,6 +8,8 @@ ids 0x1290-0x12af; recovery and DFU phones never reach it).
 
 Everything runs on one background event loop (see ``hw.sim.loop``); ``stop()`` removes
 the socket, so a station can be shown "no usbmuxd", and ``start()`` brings it back.
+Like an exiting process, a stopped daemon leaves no socket open: every socket it
+accepted is closed once its loop has stopped, so no client waits on a dead peer.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ ENOENT = 2
 EINVAL = 22
 
 NORMAL_PRODUCT_ID = 0x12A8
-HIGH_SPEED = 480_000_000
+HIGH_SPEED, SUPER_SPEED = 480_000_000, 5_000_000_000  # ConnectionSpeed, bit/s (usb.c)
+USBMUX_MODES = (Mode.NORMAL, Mode.RESTORE)  # iOS and the restore ramdisk; never iBoot
 SAFE_RECORD_ID = re.compile(r"^[A-Za-z0-9-]+$")
 
 
@@ -57,7 +60,7 @@ class _Attached:
     def properties(self) -> dict[str, Any]:
         usb = self.device.usb
         return {
-            "ConnectionSpeed": HIGH_SPEED,
+            "ConnectionSpeed": SUPER_SPEED if usb.superspeed else HIGH_SPEED,
             "ConnectionType": "USB",
             "DeviceID": self.device_id,
             "LocationID": usb.location_id,
@@ -77,7 +80,8 @@ class SimUsbmuxd:
         self.buid = str(uuid.uuid4()).upper()
         self._records: dict[str, bytes] = {}
         self._loop = BackgroundLoop(f"sim-usbmuxd-{self.socket_path.name}")
-        self._server: asyncio.AbstractServer | None = None
+        self._server: socket.socket | None = None  # the listening socket
+        self._sockets: set[socket.socket] = set()  # every accepted socket, until the daemon stops
         self._unsubscribe = None
         self._ids = itertools.count(1)
         self._attached: dict[int, _Attached] = {}  # DeviceID -> device
@@ -113,6 +117,11 @@ class SimUsbmuxd:
             self._loop.run(self._shutdown())
         finally:
             self._loop.stop()
+            # The loop is gone: nothing else uses these now. The kernel would close them all.
+            for sock in [self._server, *self._sockets]:
+                if sock is not None:
+                    sock.close()
+            self._sockets.clear()
             self._server = None
             self.socket_path.unlink(missing_ok=True)
 
@@ -121,28 +130,45 @@ class SimUsbmuxd:
     async def _listen(self) -> None:
         self.socket_path.unlink(missing_ok=True)
         self._ids = itertools.count(1)  # a fresh daemon numbers devices from 1 again
-        self._server = await asyncio.start_unix_server(self._serve_client, path=str(self.socket_path))
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(self.socket_path))
+        server.listen()
+        server.setblocking(False)
         self.socket_path.chmod(0o666)  # as usbmuxd does: any user may connect
+        self._server = server
+        # A plain reader callback, not sock_accept: a cancelled accept future can lose a socket.
+        asyncio.get_running_loop().add_reader(server.fileno(), self._accept, server)
+
+    def _accept(self, server: socket.socket) -> None:
+        try:
+            conn, _ = server.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        conn.setblocking(False)
+        self._sockets = {sock for sock in self._sockets if sock.fileno() != -1}  # closed ones go
+        self._sockets.add(conn)
+        # A server-side stream protocol (as start_unix_server makes): lockdownd's TLS needs it.
+        protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._serve_client)
+        asyncio.ensure_future(asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock=conn))
 
     async def _shutdown(self) -> None:
-        """Close every socket, then let the connection tasks see EOF and end on their own."""
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._clients):
-            writer.close()
+        """Drop every device and client; ``stop`` closes the sockets once the loop has stopped."""
+        if self._server is not None:
+            asyncio.get_running_loop().remove_reader(self._server.fileno())
         for attached in self._attached.values():
             attached.device.close()
         self._attached.clear()
         self._listeners.clear()
+        for writer in list(self._clients):
+            writer.close()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2)
-        await self._server.wait_closed()
 
     # Devices (on the loop) -------------------------------------------------------
 
     def _on_usb(self, event: UsbEvent) -> None:
         usb = event.device
-        if usb.mode is not Mode.NORMAL:
+        if usb.mode not in USBMUX_MODES:
             return
         if isinstance(event, UsbArrived):
             device_id = self._next_id()

@@ -5,6 +5,11 @@ phone enumerates (plug-in, reboot, mode change) it gets a new USB address on its
 bus, as on Linux, and subscribers (the simulated usbmuxd) hear ``UsbArrived`` /
 ``UsbLeft``; the pyusb backend reads ``usb_devices()`` on every scan. Callbacks run
 with the world's lock held so that they see events in order: they must not block.
+
+A USB 3 hub shows each physical port twice, once on a USB 2 bus and once on its
+SuperSpeed companion bus (``superspeed``: USB 2 bus -> SuperSpeed bus). A USB-C
+phone that speaks USB 3 (``SimPhone.usb3``) enumerates on the SuperSpeed bus while
+iOS runs, and on the USB 2 bus in iBoot (recovery, DFU), whose USB stack is USB 2.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ class UsbDevice:
     bus: int
     port_path: tuple[int, ...]
     address: int
+    superspeed: bool = False
 
     @property
     def location_id(self) -> int:
@@ -60,10 +66,12 @@ class _Plug:
 
 
 class SimWorld:
-    def __init__(self, phones: Iterable[SimPhone] = (), *, reboot_seconds: float = 0.5) -> None:
+    def __init__(self, phones: Iterable[SimPhone] = (), *, reboot_seconds: float = 0.5,
+                 superspeed: dict[int, int] | None = None) -> None:
         self.lock = threading.RLock()
         self.phones: list[SimPhone] = list(phones)
         self.reboot_seconds = reboot_seconds
+        self.superspeed = dict(superspeed or {})
         self._plugs: dict[SimPhone, _Plug] = {}
         self._listeners: list[Listener] = []
         self._next_address: dict[int, int] = {}
@@ -183,9 +191,11 @@ class SimWorld:
             plug.reboot = None
 
     def _enumerate(self, phone: SimPhone, plug: _Plug) -> UsbDevice:
-        device = UsbDevice(phone, phone.mode, plug.bus, plug.port_path, self._allocate_address(plug.bus))
+        superspeed = phone.usb3 and phone.mode in (Mode.NORMAL, Mode.RESTORE) and plug.bus in self.superspeed
+        bus = self.superspeed[plug.bus] if superspeed else plug.bus
+        device = UsbDevice(phone, phone.mode, bus, plug.port_path, self._allocate_address(bus), superspeed)
         plug.device = device
-        logger.debug("enumerated %s in %s at %d-%s address %d", phone.serial, phone.mode.value, plug.bus,
+        logger.debug("enumerated %s in %s at %d-%s address %d", phone.serial, phone.mode.value, bus,
                      ".".join(map(str, plug.port_path)), device.address)
         self._notify(UsbArrived(device))
         return device
@@ -197,7 +207,7 @@ class SimWorld:
 
     def _allocate_address(self, bus: int) -> int:
         """Linux hands out the next free address on the bus, wrapping at 127 (1 is the root hub)."""
-        in_use = {p.device.address for p in self._plugs.values() if p.device is not None and p.bus == bus}
+        in_use = {p.device.address for p in self._plugs.values() if p.device is not None and p.device.bus == bus}
         start = self._next_address.get(bus, 2)
         for address in itertools.chain(range(start, MAX_USB_ADDRESS + 1), range(2, start)):
             if address not in in_use:

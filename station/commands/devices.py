@@ -64,6 +64,7 @@ async def _survey_bench(phones: Any) -> tuple[dict[int, Device], list[str]]:
     with phones.simulation():
         for spec in phones.scenario.phones:
             phones.plug(spec)
+        phones.bench.settle()
         return await _survey(phones)
 
 

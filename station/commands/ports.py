@@ -1,4 +1,8 @@
-"""`station ports learn`: build the [hub] ports table by plugging a phone into each port in turn."""
+"""`station ports learn`: build the [hub] ports table by plugging a phone into each port in turn.
+
+A USB 3 hub port has two paths, one per bus (``hw.iphone.usb_topology``); both are
+written for its slot, so a USB-C phone keeps its slot whichever bus it is on.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +12,7 @@ import time
 from pathlib import Path
 
 from hw.iphone.usb_scan import UsbUnavailable, scan
+from hw.iphone.usb_topology import PortPeers
 from station.cli import CommandError
 from station.config import Config
 
@@ -27,11 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     learn.set_defaults(handler=learn_ports)
 
 
-def learn_ports(args: argparse.Namespace, config: Config, usb_backend: object = None) -> int:
+def learn_ports(args: argparse.Namespace, config: Config, usb_backend: object = None,
+                peers: PortPeers | None = None) -> int:
+    peer = (peers or PortPeers()).peer
     wanted = args.slots or config.hub.slots
     learned: dict[str, int] = {}
     try:
-        already = {phone.port_path for phone in scan(usb_backend)[0]}
+        already = {phone.port_path for phone in scan(usb_backend).phones}
     except UsbUnavailable as error:
         raise CommandError(str(error)) from None
     if already:
@@ -45,7 +52,11 @@ def learn_ports(args: argparse.Namespace, config: Config, usb_backend: object = 
                   file=sys.stderr)
             break
         learned[path] = slot
-        print(f"slot {slot}: USB port {path}", file=sys.stderr)
+        companion = peer(path)
+        if companion is not None:
+            learned[companion] = slot
+        also = f" (and {companion}, its other half on the USB 3 hub)" if companion else ""
+        print(f"slot {slot}: USB port {path}{also}", file=sys.stderr)
     if not learned:
         raise CommandError("no port learned")
     table = "ports = { " + ", ".join(f'"{p}" = {s}' for p, s in learned.items()) + " }"
@@ -58,7 +69,7 @@ def learn_ports(args: argparse.Namespace, config: Config, usb_backend: object = 
 def _wait_for_new_port(known: set[str], timeout: float, usb_backend: object) -> str | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        new = sorted({p.port_path for p in scan(usb_backend)[0]} - known)
+        new = sorted({p.port_path for p in scan(usb_backend).phones} - known)
         if new:
             return new[0]
         time.sleep(POLL_S)

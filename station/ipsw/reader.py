@@ -25,6 +25,9 @@ _LOCAL_SIGNATURE = b"PK\x03\x04"
 
 
 _pread = os.pread
+# The most one read/pread/preadv moves on Linux, whatever is asked (read(2), NOTES): a member over
+# 2 GiB takes more than one call.
+_MAX_IO = 0x7FFFF000
 
 
 class StoredMember(io.RawIOBase):
@@ -60,10 +63,25 @@ class StoredMember(io.RawIOBase):
             size = left
         if size <= 0 or self._fd < 0:
             return self._empty_read()
-        data = _pread(self._fd, size, self._start + pos)
-        if len(data) != size:
-            self._short(pos + len(data))
-        self._pos = pos + size
+        if size <= _MAX_IO:
+            data = _pread(self._fd, size, self._start + pos)
+            if len(data) == size:
+                self._pos = pos + size
+                return data
+        return self._gather(size, pos)
+
+    def _gather(self, size: int, pos: int) -> bytes:
+        """More than one call can move, or a short read: loop through readinto (which raises at a real EOF).
+
+        io.BufferedReader reads a request larger than its buffer straight into the bytes object it
+        returns: one allocation of ``size``, where io.RawIOBase.read would hold two (2 x 2 GiB).
+        """
+        gatherer = io.BufferedReader(self)
+        try:
+            data = gatherer.read(size)
+        finally:
+            gatherer.detach()
+        self._pos = pos + len(data)  # its last block may have read ahead
         return data
 
     def _empty_read(self) -> bytes:
@@ -76,11 +94,14 @@ class StoredMember(io.RawIOBase):
         want = min(len(view), max(0, self._size - self._pos))
         if self._fd < 0:
             raise ValueError("I/O operation on closed file")
-        got = os.preadv(self._fd, [view[:want]], self._start + self._pos) if want else 0
-        if got != want:
-            self._short(self._pos + got)
-        self._pos += got
-        return got
+        done = 0
+        while done < want:  # Linux moves at most _MAX_IO bytes per call: a short count is not the end
+            got = os.preadv(self._fd, [view[done:want]], self._start + self._pos + done)
+            if got == 0:
+                self._short(self._pos + done)
+            done += got
+        self._pos += done
+        return done
 
     def close(self) -> None:
         if self._fd >= 0:

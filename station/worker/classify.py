@@ -15,7 +15,10 @@ from pymobiledevice3 import exceptions as pmd3
 from station.worker.messages import Failed, Kind, WorkerFailure
 
 _RULES: tuple[tuple[tuple[type[BaseException], ...], Kind, bool, str], ...] = (
-    ((pmd3.TSSError,), Kind.NETWORK, True, "Apple's signing server refused"),
+    # An answer with a STATUS (pymobiledevice3 raises TSSError on its MESSAGE): libtatsu (tss.c
+    # tss_request_send) stops at any STATUS, as asking again gets the same answer. Answers without
+    # one reach here as requests' HTTPError (real._TssRequests), retryable below.
+    ((pmd3.TSSError,), Kind.DEVICE_REJECTED, False, "Apple's signing server refused"),
     ((requests.exceptions.RequestException,), Kind.NETWORK, True, "cannot reach Apple"),
     ((pmd3.PasswordRequiredError, pmd3.PairingDialogResponsePendingError), Kind.TIMEOUT, True,
      "phone not trusted in time"),

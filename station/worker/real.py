@@ -3,14 +3,23 @@
 Imported by the fork server before any fork, so everything here is loaded once. What it
 changes in pymobiledevice3 (progress bars, USB waits, network timeouts) it changes in the
 worker process only, when ``run`` starts.
+
+Every wait has a bound (the constants below, each with where the real tools' bound comes
+from), and a cryptex goes to the phone from the IPSW member, never whole in memory.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from types import ModuleType
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import requests
 import usb.core
@@ -19,10 +28,12 @@ from pymobiledevice3 import irecv
 from pymobiledevice3.exceptions import PairingDialogResponsePendingError, PasswordRequiredError
 from pymobiledevice3.irecv import IRecv
 from pymobiledevice3.lockdown import LockdownClient, create_using_usbmux
+from pymobiledevice3.progress import BYTES_UNIT
 from pymobiledevice3.restore import recovery, restore, tss
 from pymobiledevice3.restore.base_restore import Behavior
 from pymobiledevice3.restore.device import Device
-from pymobiledevice3.restore.restore import Restore, known_errors
+from pymobiledevice3.restore.restore import FILE_DATA_FORMAT, Restore, known_errors
+from pymobiledevice3.service_connection import ServiceConnection
 
 from hw.phones import Mode
 from station.worker import bars, phases
@@ -35,10 +46,35 @@ log = logging.getLogger(__name__)
 PAIR_ATTEMPT = 5.0  # s of one pairing attempt while the operator unlocks and taps Trust
 TRUST_POLL = 2.0  # s between pairing attempts
 REJECTION_GRACE = 15.0  # s restored gets to drop the connection after a non-zero StatusMsg
-NETWORK_TIMEOUT = 60.0  # s for any HTTP request to Apple (pymobiledevice3 sets none on TSS)
+# s for one whole HTTP request to Apple (name lookup, connect, every read): neither pymobiledevice3
+# (tss.py TSSRequest.send_receive) nor libtatsu (tss.c tss_request_send, curl) sets any; ours, twice
+# the 30 s pymobiledevice3 gives each activation POST (services/mobile_activation.py).
+NETWORK_TIMEOUT = 60.0
+# s a DFU upload may stay short of dfuDNLOAD-IDLE: libirecovery (irecv_send_buffer) polls DFU_GETSTATUS
+# 20 times 1 s apart, then fails with IRECV_E_USB_UPLOAD; pymobiledevice3 (irecv.py send_buffer) polls for ever.
+DFU_STATUS_TIMEOUT = 20.0
+# s of Trust dialog when boot_ramdisk opens a fresh lockdown session before EnterRecovery (pymobiledevice3
+# passes pair_timeout=None: for ever). idevicerestore (normal.c normal_enter_recovery) tries one handshake
+# and gives up; the station's retry then pairs through _paired_lockdown, with the operator told.
+RECOVERY_PAIR_TIMEOUT = 0.0
+# s for the phone to appear on usbmuxd in restore mode after bootx: idevicerestore (idevicerestore.c,
+# "Waiting for device to enter restore mode", 300000 ms). pymobiledevice3 (restore.py
+# _connect_to_restored_service) retries every second for ever, and usbmuxd may never list the phone
+# again (usbmuxd issue #147).
+RESTORED_TIMEOUT = 300.0
 USB_SCAN_PAUSE = 0.1  # s between two USB bus scans while waiting for the phone
 TRANSIENT_STATUSES = {53}  # "failed to recover FDR data": restored needed Apple through the host
+# TSS answers Apple sends when it will not sign this build for this device ("This device isn't eligible
+# for the requested build."): libtatsu (tss.c tss_request_send) stops retrying at any STATUS, these included.
+NOT_SIGNED_STATUSES = {69, 94}
+DFU_DNLOAD_IDLE = 5  # DFU state after a block is taken (USB DFU 1.1, appendix A.1)
+FILE_DATA_CHUNK = 8192  # bytes per FileData plist: pymobiledevice3 send_source_boot_object_v4, idevicerestore
+SMALL_BOOT_OBJECTS = {"__GlobalManifest__", "__RestoreVersion__", "__SystemVersion__"}  # plists and tickets
 _FOREVER = 0xFFFFFFFF  # IRecv's default timeout, in seconds (136 years)
+
+
+class NotSigned(Exception):
+    """Apple's signing server will not sign this build for this phone: final, never retried."""
 
 
 class ReportingRestore(Restore):
@@ -89,6 +125,57 @@ class ReportingRestore(Restore):
             name = message.get("CHECKPOINT_NAME") or f"0x{message.get('CHECKPOINT_ID', 0):x}"
             self.reporter.status(f"restored checkpoint {name} failed", result)
 
+    async def _connect_to_restored_service(self) -> None:
+        try:
+            await asyncio.wait_for(super()._connect_to_restored_service(), RESTORED_TIMEOUT)
+        except TimeoutError:
+            raise WorkerFailure(Failed(f"phone did not come back in restore mode within {RESTORED_TIMEOUT:g} s "
+                                       "(usbmuxd does not list it)", Kind.USB, True)) from None
+
+    async def send_source_boot_object_v4(self, message: dict[str, Any]) -> None:
+        """A component (a cryptex: 1.6 GB in idevicerestore issue #736) streamed from its IPSW member.
+
+        pymobiledevice3 reads it whole first, which ran hosts with several restores out of memory
+        (idevicerestore issues #529, #521); idevicerestore now streams it too (restore.c
+        restore_send_source_boot_object_v4, ipsw_extract_send). The plists on the wire are the same.
+        """
+        image_name = message["Arguments"]["ImageName"]
+        if image_name in SMALL_BOOT_OBJECTS:
+            await super().send_source_boot_object_v4(message)
+            return
+        service = await self._get_service_for_data_request(message)
+        identity = await self.get_build_identity_from_request(message)
+        path = identity.get_component(image_name, tss=self.recovery.tss).path
+        self.logger.info(f"Sending {image_name} now...")
+        with self.ipsw.open_path(path) as member:
+            await self._send_file_data(service, member, image_name)
+        await service.send_plist({"FileDataDone": True})
+        self.logger.info(f"Done sending {image_name}")
+
+    async def _send_file_data(self, service: ServiceConnection, member: BinaryIO, name: str) -> None:
+        """pymobiledevice3's FileData loop (send_source_boot_object_v4), fed from ``member``."""
+        size = member.seek(0, os.SEEK_END)  # O(1) on a stored member (station.ipsw.reader)
+        member.seek(0)
+        sent = 0
+        with restore.ProgressBar(total=size, desc=name, unit=BYTES_UNIT) as bar:
+            while chunk := member.read(FILE_DATA_CHUNK):
+                await service.send_plist({"FileData": chunk}, fmt=FILE_DATA_FORMAT)
+                bar.update(len(chunk))
+                if sent == 0 and chunk.startswith(b"AEA1"):
+                    await self._answer_url_asset(service)
+                sent += len(chunk)
+
+    async def _answer_url_asset(self, service: ServiceConnection) -> None:
+        # As pymobiledevice3 does after an Apple Encrypted Archive's first chunk: restored may ask
+        # for the URLAsset that holds its key, within 3 s; anything else is taken as "not needed".
+        try:
+            message = await asyncio.wait_for(service.recv_plist(), timeout=3)
+            if message["MsgType"] != "URLAsset":
+                raise TimeoutError
+            await self.send_url_asset(message)
+        except TimeoutError:
+            self.logger.debug("No URLAsset was requested. Assuming it is not necessary")
+
 
 async def run(request: RestoreRequest, reporter: Reporter) -> None:
     if request.ecid is None or request.ipsw is None:
@@ -96,7 +183,18 @@ async def run(request: RestoreRequest, reporter: Reporter) -> None:
     _adapt_pymobiledevice3(reporter, request.usb_timeout)
     ipsw = open_ipsw(request.ipsw)
     device = await _connect(request, reporter)
-    await _update(ReportingRestore(ipsw, device, reporter), request.label)
+    restoring = ReportingRestore(ipsw, device, reporter)
+    try:
+        await _update(restoring, request.label)
+    except NotSigned:
+        raise WorkerFailure(await _not_signed(restoring)) from None
+
+
+async def _not_signed(restoring: ReportingRestore) -> Failed:
+    build = restoring.ipsw.build_manifest.product_build_version
+    product_type = await restoring.device.get_product_type()
+    return Failed(f"NOT SIGNED {build}: Apple no longer signs it; add a signed IPSW for {product_type} "
+                  "(station ipsw add)", Kind.DEVICE_REJECTED, False)
 
 
 def open_ipsw(path: str) -> IPSW:
@@ -160,13 +258,38 @@ async def _update(restore: ReportingRestore, label: str) -> None:
 
 
 class _BoundedIRecv(IRecv):
-    """IRecv whose waits for the phone end after ``limit`` seconds (pmd3 passes no timeout)."""
+    """IRecv whose waits for the phone end after ``limit`` seconds (pmd3 passes no timeout), and
+    whose DFU uploads end after DFU_STATUS_TIMEOUT if the phone never reports the block taken."""
 
     limit: float = 120.0
+    _busy_since: float | None
 
     def _reinit(self, ecid: int | None = None, timeout: float = _FOREVER, is_recovery: bool | None = None) -> None:
+        self._busy_since = None  # every upload (and send_buffer's final reset) starts a fresh wait
         super()._reinit(ecid=ecid, timeout=self.limit if timeout == _FOREVER else timeout,  # type: ignore[arg-type]
                         is_recovery=is_recovery)
+
+    @property
+    def status(self) -> int:
+        # send_buffer reads this every second "until 5"; the clock starts at the first other state.
+        state = int(super().status)
+        if state == DFU_DNLOAD_IDLE:
+            self._busy_since = None
+        elif self._busy_since is None:
+            self._busy_since = time.monotonic()
+        elif time.monotonic() - self._busy_since >= DFU_STATUS_TIMEOUT:
+            raise WorkerFailure(Failed(f"phone in DFU mode did not take the upload (still in DFU state {state} "
+                                       f"after {DFU_STATUS_TIMEOUT:g} s)", Kind.USB, True))
+        return state
+
+
+async def _lockdown_for_recovery(*args: Any, **kwargs: Any) -> LockdownClient:
+    """What Recovery.boot_ramdisk calls as create_using_usbmux, with its Trust wait bounded."""
+    try:
+        return await create_using_usbmux(*args, **{**kwargs, "pair_timeout": RECOVERY_PAIR_TIMEOUT})
+    except PairingDialogResponsePendingError:
+        raise WorkerFailure(Failed("phone no longer trusts this station (Trust dialog on the way to recovery): "
+                                   "unlock it and tap Trust", Kind.TIMEOUT, True)) from None
 
 
 def _paced_find(*args: Any, **kwargs: Any) -> Any:
@@ -175,8 +298,30 @@ def _paced_find(*args: Any, **kwargs: Any) -> Any:
     return usb.core.find(*args, **kwargs)
 
 
-class _RequestsWithTimeout(ModuleType):
-    """``requests`` as pymobiledevice3's restore modules see it: every call gets a timeout."""
+def _bounded(call: Callable[..., requests.Response], url: str, **kwargs: Any) -> requests.Response:
+    """``call(url, ...)`` given up after NETWORK_TIMEOUT s, however slowly the server trickles its answer.
+
+    requests' own timeout bounds each read, not the request. The call runs in a daemon thread;
+    one given up on ends at its own per-read timeout.
+    """
+    answer: Future[requests.Response] = Future()
+
+    def attempt() -> None:
+        try:
+            answer.set_result(call(url, **{"timeout": NETWORK_TIMEOUT, **kwargs}))
+        except BaseException as error:  # handed to the waiting caller
+            answer.set_exception(error)
+
+    threading.Thread(target=attempt, name="bounded-http", daemon=True).start()
+    try:
+        return answer.result(timeout=NETWORK_TIMEOUT)
+    except TimeoutError:
+        raise requests.exceptions.Timeout(
+            f"no complete answer from {urlsplit(url).hostname} within {NETWORK_TIMEOUT:g} s") from None
+
+
+class _BoundedRequests(ModuleType):
+    """``requests`` as pymobiledevice3's restore modules see it: every request ends within NETWORK_TIMEOUT."""
 
     def __init__(self) -> None:
         super().__init__("requests")
@@ -185,19 +330,38 @@ class _RequestsWithTimeout(ModuleType):
         return getattr(requests, name)
 
     @staticmethod
-    def post(*args: Any, **kwargs: Any) -> requests.Response:
-        return requests.post(*args, **{"timeout": NETWORK_TIMEOUT, **kwargs})
+    def post(url: str, **kwargs: Any) -> requests.Response:
+        return _bounded(requests.post, url, **kwargs)
 
     @staticmethod
-    def get(*args: Any, **kwargs: Any) -> requests.Response:
-        return requests.get(*args, **{"timeout": NETWORK_TIMEOUT, **kwargs})
+    def get(url: str, **kwargs: Any) -> requests.Response:
+        return _bounded(requests.get, url, **kwargs)
+
+
+class _TssRequests(_BoundedRequests):
+    """``requests`` as tss.py sees it: bounded, and the answer judged as libtatsu does (tss_request_send)."""
+
+    @staticmethod
+    def post(url: str, **kwargs: Any) -> requests.Response:
+        response = _bounded(requests.post, url, **kwargs)
+        status = re.search(rb"STATUS=(\d+)", response.content)
+        if status is None:
+            # A proxy's error page, a 5xx, a cut answer: libtatsu asks again; pymobiledevice3 would
+            # fail on an IndexError.
+            raise requests.exceptions.HTTPError(
+                f"{urlsplit(url).hostname} answered HTTP {response.status_code} without a TSS status",
+                response=response)
+        if int(status.group(1)) in NOT_SIGNED_STATUSES:
+            raise NotSigned(response.content.decode(errors="replace"))
+        return response
 
 
 def _adapt_pymobiledevice3(reporter: Reporter, usb_timeout: float) -> None:
-    """Bars -> percent lines; bounded, paced USB waits; no unbounded HTTP. This process only."""
+    """Bars -> percent lines; bounded, paced USB waits; bounded pairing; bounded, judged HTTP. This process only."""
     bars.install(reporter)
     _BoundedIRecv.limit = usb_timeout
     recovery.IRecv = _BoundedIRecv  # type: ignore[misc]
+    recovery.create_using_usbmux = _lockdown_for_recovery  # type: ignore[assignment]
     irecv.find = _paced_find  # type: ignore[attr-defined]
-    for module in (tss, restore):
-        module.requests = _RequestsWithTimeout()  # type: ignore[attr-defined]
+    tss.requests = _TssRequests()  # type: ignore[attr-defined]
+    restore.requests = _BoundedRequests()  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from hw.sim import SimPhone, SimulatedBench
+from hw.iphone.usb_topology import PortPeers
 from station.commands.ports import learn_ports
 from station.config import load_config
 
@@ -66,3 +67,25 @@ def test_ports_learn_maps_each_port_to_the_next_slot_and_writes_the_table(tmp_pa
     learned = load_config(config_path)
     assert learned.hub.ports == {"1-1.4": 1, "1-1.2": 2, "1-2.7": 3}
     assert learned.restore.mode == "line" and config_path.read_text().startswith("# my station")
+
+
+def test_ports_learn_writes_both_halves_of_a_usb3_port(tmp_path, capsys):
+    config_path = tmp_path / "station.toml"
+    config_path.write_text("[hub]\nslots = 2\n")
+    usb2_phone = SimPhone(ecid=0x200, serial="F2L000000200")
+    usb3_phone = SimPhone(ecid=0x201, serial="F2L000000201", product_type="iPhone16,1", usb3=True)
+    with SimulatedBench([], tmp_path / "bench") as bench:
+        def plug_in_turn() -> None:
+            for phone, port in ((usb2_phone, 1), (usb3_phone, 2)):
+                time.sleep(0.8)
+                bench.world.attach(phone, 1, (1, port))
+
+        plugger = threading.Thread(target=plug_in_turn)
+        plugger.start()
+        args = argparse.Namespace(slots=None, timeout=5.0, write=True)
+        assert learn_ports(args, load_config(config_path), bench.usb_backend,
+                           PortPeers(bench.sysfs_root)) == 0
+        plugger.join()
+    # The USB 3 phone showed on 2-1.2; its USB 2 half 1-1.2 is the same slot. A USB 2 phone on
+    # a USB 3 hub shows on the USB 2 half, and the SuperSpeed half is written beside it.
+    assert load_config(config_path).hub.ports == {"1-1.1": 1, "2-1.1": 1, "2-1.2": 2, "1-1.2": 2}

@@ -7,78 +7,23 @@ activation server is a local HTTP server and the USB bus is a pyusb backend.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-import requests
-from pymobiledevice3.services import mobile_activation
 
-from hw.iphone.layer import UsbPhoneLayer
-from hw.iphone.restore import WorkerSetup
-from hw.iphone.slots import SlotMap
+from hw.iphone import activation
+from hw.iphone import layer as layer_module
 from hw.phones import LayerFault, Lock, Mode, PhoneArrived, PhoneLeft
-from station.config import Config, RestoreSection
-from station.core import Station
-from station.machine import State
-from hw.sim import (ACTIVATED, Hang, Pairing, Refuse, SimPhone, SimulatedBench,
-                    point_activation_at)
+from hw.sim import ACTIVATED, Hang, Pairing, Refuse
 from hw.sim import Mode as SimMode
 from hw.sim import usb_backend
 from hw.sim.activation_server import DEVICE_ACTIVATION_PATH, DRM_HANDSHAKE_PATH
-
-_ecids = itertools.count(0x00112233445566)
-
-
-def phone(**fields) -> SimPhone:
-    ecid = next(_ecids)
-    return SimPhone(ecid=ecid, serial=f"F2L{ecid % 10**9:09d}", **fields)
-
-
-class Layer:
-    """A layer on a bench, with the events it emitted."""
-
-    def __init__(self, bench: SimulatedBench, layer: UsbPhoneLayer) -> None:
-        self.bench = bench
-        self.layer = layer
-        self.events: list[object] = []
-
-    def plug(self, sim: SimPhone, slot: int) -> None:
-        self.bench.world.attach(sim, 1, (1, slot))
-
-    async def until(self, predicate, timeout: float = 5.0):
-        async with asyncio.timeout(timeout):
-            while True:
-                found = [e for e in self.events if predicate(e)]
-                if found:
-                    return found[-1]
-                await asyncio.sleep(0.02)
-
-
-@asynccontextmanager
-async def running_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Layer]:
-    bench = SimulatedBench([], tmp_path / "bench")
-    monkeypatch.setenv("USBMUXD_SOCKET_ADDRESS", bench.usbmuxd_address)
-    setup = WorkerSetup(home=tmp_path / "home", log_dir=tmp_path / "logs", timeout_s=60,
-                        environment={"USBMUXD_SOCKET_ADDRESS": bench.usbmuxd_address})
-    natural = {f"1-1.{slot}": slot for slot in range(1, 8)}
-    layer = UsbPhoneLayer(SlotMap(natural, 7), setup, usb_backend=bench.usb_backend,
-                          restore_grace_s=1.0, hello_wait_s=5.0)
-    layer._side_tasks = lambda emit: []  # no Apple reachability probe from a test
-    harness = Layer(bench, layer)
-    with bench:
-        point_activation_at(bench.activation_url)
-        task = asyncio.create_task(layer.watch(harness.events.append))
-        try:
-            yield harness
-        finally:
-            point_activation_at(None)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+from station.config import Config, RestoreSection
+from station.core import Station
+from station.machine import State
+from .harness import phone, running_layer
 
 
 async def test_a_phone_is_found_on_its_hub_port_and_identified(tmp_path, monkeypatch):
@@ -115,8 +60,10 @@ async def test_two_phones_of_one_model_in_different_modes(tmp_path, monkeypatch)
     ({}, Lock.CLEAR, "activation-server", "no Activation Lock"),
     ({"activation_lock": True}, Lock.LOCKED, "activation-server", "Apple asks for the Apple ID"),
     ({"activation_state": ACTIVATED, "find_my": True}, Lock.LOCKED, "fmip", "Find My is on"),
-    ({"activation_state": ACTIVATED}, Lock.CLEAR, "fmip", "Find My off"),
-    ({"activation_state": ACTIVATED, "pairing": Pairing.DIALOG}, Lock.CLEAR, "fmip", "Find My off"),
+    # An activated phone cannot be put to Apple; Find My off is no proof (lock_evidence).
+    ({"activation_state": ACTIVATED}, Lock.UNKNOWN, "fmip", "Find My not confirmed off"),
+    ({"activation_state": ACTIVATED, "pairing": Pairing.DIALOG}, Lock.UNKNOWN, "fmip",
+     "Find My not confirmed off"),
     ({"activation_state": ACTIVATED, "find_my": True, "pairing": Pairing.PASSCODE}, Lock.UNKNOWN,
      "fmip", "passcode"),
     ({"activation_state": ACTIVATED, "find_my": True, "pairing": Pairing.DENIED}, Lock.UNKNOWN,
@@ -134,14 +81,12 @@ async def test_lock_check_paths(tmp_path, monkeypatch, fields, lock, method, rea
 
 
 @pytest.mark.parametrize("fault, reason", [
-    (Refuse(503, path=DEVICE_ACTIVATION_PATH), "activation server refused"),
-    (Refuse(503, path=DRM_HANDSHAKE_PATH), "activation refused"),
+    (Refuse(503, path=DEVICE_ACTIVATION_PATH), "answered HTTP 503"),
+    (Refuse(503, path=DRM_HANDSHAKE_PATH), "drmHandshake answered HTTP 503"),
     (Hang(5.0), "no network"),
 ], ids=["activation-503", "handshake-503", "timeout"])
 async def test_network_failure_is_unknown_never_clear(tmp_path, monkeypatch, fault, reason):
-    real_post = requests.post
-    monkeypatch.setattr(mobile_activation.requests, "post",
-                        lambda *a, **k: real_post(*a, **{**k, "timeout": 0.5}))
+    monkeypatch.setattr(activation, "HTTP_TIMEOUT_S", 0.5)
     sim = phone(activation_lock=True)  # locked: a wrong "clear" here would be a disaster
     async with running_layer(tmp_path, monkeypatch) as h:
         h.bench.activation.set_fault(fault)
@@ -170,17 +115,29 @@ async def test_recovery_and_dfu_phones_come_and_go_within_a_second(tmp_path, mon
         assert loop.time() - unplugged < 1.0
 
 
-async def test_no_usbmuxd_is_a_fault_that_clears_when_it_returns(tmp_path, monkeypatch):
+async def test_no_usbmuxd_is_a_fault_while_a_phone_waits_for_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(layer_module, "USBMUXD_START_S", 0.5)
     async with running_layer(tmp_path, monkeypatch) as h:
-        await h.until(lambda e: e == LayerFault("usbmuxd", None))
+        h.plug(phone(), 2)
+        await h.until(lambda e: isinstance(e, PhoneArrived) and e.slot == 2)
         h.bench.usbmuxd.stop()
         await h.until(lambda e: e == LayerFault("usbmuxd", "NO USBMUXD"))
         h.events.clear()
         h.bench.usbmuxd.start()
         await h.until(lambda e: e == LayerFault("usbmuxd", None))
-        h.plug(phone(), 2)
+        assert not [e for e in h.events if isinstance(e, PhoneLeft)], "the phone stayed on its slot"
+
+
+async def test_no_usbmuxd_and_no_phone_is_how_debian_idles(tmp_path, monkeypatch):
+    """Debian's usbmuxd runs only while a phone runs iOS (hw.sim.udev): its absence alone is no fault."""
+    async with running_layer(tmp_path, monkeypatch, usbmuxd_on_demand=True) as h:
+        await asyncio.sleep(1.5)
+        assert not h.bench.usbmuxd.running
+        assert LayerFault("usbmuxd", "NO USBMUXD") not in h.events
+        h.plug(phone(), 2)  # udev starts usbmuxd, and the station finds it
         arrived = await h.until(lambda e: isinstance(e, PhoneArrived))
-        assert arrived.slot == 2
+        assert arrived.slot == 2 and h.bench.usbmuxd.running
+        assert LayerFault("usbmuxd", "NO USBMUXD") not in h.events
 
 
 async def test_hotplug_storm_ends_empty_with_nothing_leaked(tmp_path, monkeypatch):

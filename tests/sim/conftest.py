@@ -1,9 +1,4 @@
-"""Fixtures for the simulator tests: a bench per test, pymobiledevice3 pointed at it, its home isolated.
-
-pymobiledevice3 fixes its home folder (where it writes pair records) when
-``pymobiledevice3.common`` is imported, and another test module may import it first,
-so the folder itself is patched per test rather than HOME before import.
-"""
+"""Fixtures for the simulator tests: a bench per test, pymobiledevice3 pointed at it, its home isolated."""
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +13,6 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pymobiledevice3.common
 import pymobiledevice3.irecv
 import pytest
 import usb.core
@@ -52,12 +46,8 @@ def sim_threads() -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def pmd3_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "pmd3-home"
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(pymobiledevice3.common, "_HOMEFOLDER", home)
-    return home
+def isolated_pmd3_home(pmd3_home: Path) -> Path:
+    return pmd3_home
 
 
 @pytest.fixture

@@ -3,95 +3,19 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
-import zipfile
-from pathlib import Path
 
 import pytest
 import requests
 import usb.core
 from pymobiledevice3 import exceptions as pmd3
-from pymobiledevice3 import irecv, utils
+from pymobiledevice3 import irecv
 from pymobiledevice3.restore import asr, recovery, restore, tss
 
 from hw.phones import Mode
 from station.worker import bars, phases, real
 from station.worker.classify import classify
-from station.worker.messages import Done, Failed, Kind, Phase, Status, Trust, WorkerFailure, decode
-from station.worker.reporter import Reporter
+from station.worker.messages import Done, Failed, Kind, Phase, Status, Trust, WorkerFailure
 from station.worker.request import RestoreRequest
-
-MANIFEST = "iOS15.4.1_19E258_iPhone14-3.BuildManifest.plist"  # d64ap
-
-
-class Pipe:
-    def __init__(self) -> None:
-        self.read, self.write = os.pipe()
-        os.set_blocking(self.read, False)
-        self.reporter = Reporter(self.write, min_interval=0.0)
-
-    def messages(self) -> list:
-        data = b""
-        try:
-            while chunk := os.read(self.read, 65536):
-                data += chunk
-        except BlockingIOError:
-            pass
-        return [decode(line) for line in data.splitlines()]
-
-    def close(self) -> None:
-        os.close(self.read)
-        os.close(self.write)
-
-
-@pytest.fixture
-def pipe():
-    pipe = Pipe()
-    yield pipe
-    pipe.close()
-
-
-@pytest.fixture
-def pmd3_patched(monkeypatch):
-    """Let the worker's adaptations of pymobiledevice3 happen, and undo them after the test."""
-    for module in (irecv, utils, asr, restore):
-        monkeypatch.setattr(module, "ProgressBar", module.ProgressBar)
-    monkeypatch.setattr(recovery, "IRecv", recovery.IRecv)
-    monkeypatch.setattr(irecv, "find", irecv.find)
-    monkeypatch.setattr(tss, "requests", tss.requests)
-    monkeypatch.setattr(restore, "requests", restore.requests)
-    monkeypatch.setattr(bars.ReportingBar, "reporter", None)
-
-
-class FakeIRecv:
-    """What pmd3's Device reads from an IRecv in recovery mode."""
-
-    ecid = 0x1234
-    hardware_model = "d64ap"
-    is_image4_supported = True
-
-
-class FakeRestored:
-    def __init__(self) -> None:
-        self.sent: list = []
-
-    async def send(self, message) -> None:
-        self.sent.append(message)
-
-
-@pytest.fixture
-def reporting_restore(shared_data: Path, tmp_path: Path, pipe: Pipe) -> real.ReportingRestore:
-    """A real ``ReportingRestore`` on a real BuildManifest (the IPSW holds nothing else)."""
-    ipsw = tmp_path / "test.ipsw"
-    with zipfile.ZipFile(ipsw, "w") as archive:
-        archive.write(shared_data / "buildmanifests" / MANIFEST, "BuildManifest.plist")
-
-    async def create() -> real.ReportingRestore:  # pmd3 names its logger after the current task
-        return real.ReportingRestore(real.open_ipsw(str(ipsw)), real.Device(irecv=FakeIRecv()), pipe.reporter)
-
-    instance = asyncio.run(create())
-    instance._restored = FakeRestored()
-    return instance
 
 
 def test_progress_messages_become_phase_lines(reporting_restore, pipe):
@@ -219,7 +143,11 @@ def test_a_real_restore_needs_an_ecid_and_an_ipsw(pipe):
 
 
 @pytest.mark.parametrize(("error", "kind", "retryable"), [
-    (pmd3.TSSError("TSS server replied: This device isn't eligible"), Kind.NETWORK, True),
+    # Any STATUS answer is final (libtatsu tss.c tss_request_send); answers without one are HTTPErrors.
+    (pmd3.TSSError("Apple's signing server (TSS) refused the request: malformed request"), Kind.DEVICE_REJECTED,
+     False),
+    (requests.exceptions.HTTPError("gs.apple.com answered HTTP 503 without a TSS status"), Kind.NETWORK, True),
+    (requests.exceptions.ConnectionError("[Errno 111] Connection refused"), Kind.NETWORK, True),
     (requests.exceptions.ConnectionError("gs.apple.com: Name or service not known"), Kind.NETWORK, True),
     (requests.exceptions.ReadTimeout("read timed out"), Kind.NETWORK, True),
     (usb.core.USBError("Pipe error", errno.EPIPE), Kind.USB, True),

@@ -1,0 +1,194 @@
+"""Real phones, real usbmuxd and Apple's server, where they differ from what a phone layer expects.
+
+Each quirk is behaviour of the simulator (hw/sim cites its source next to it), met by the
+real phone layer through pymobiledevice3 and pyusb.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from hw.iphone import lockdown_ops
+from hw.iphone.lock_evidence import FIND_MY_UNCONFIRMED
+from hw.phones import Device, LayerFault, Lock, Mode, PhoneArrived, PhoneError, PhoneLeft
+from hw.sim import ACTIVATED, SimPhone, SimWorld
+from hw.sim import Mode as SimMode
+from hw.sim.phone import FindMyAnswer
+
+from .harness import Layer, phone, running_layer
+
+STAGE_S = 1.2  # long enough in a mode for two USB scans to see it
+
+
+async def arrive(h: Layer, sim: SimPhone, slot: int) -> Device:
+    h.plug(sim, slot)
+    arrived = await h.until(lambda e: isinstance(e, PhoneArrived) and e.slot == slot)
+    return arrived.device
+
+
+async def check(h: Layer, sim: SimPhone, slot: int = 1):
+    device = await h.layer.identify(await arrive(h, sim, slot))
+    return await h.layer.check_lock(device)
+
+
+# Section 1: the lock check fails closed -----------------------------------------------------
+
+
+@pytest.mark.parametrize("answer", [FindMyAnswer.FALSE, FindMyAnswer.ABSENT], ids=["false", "absent"])
+async def test_find_my_that_does_not_say_true_is_not_proof_of_off(tmp_path, monkeypatch, answer):
+    """IsAssociated reads false with Find My on (libimobiledevice #275), or has no value."""
+    sim = phone(activation_state=ACTIVATED, find_my=True, find_my_answer=answer)
+    async with running_layer(tmp_path, monkeypatch) as h:
+        result = await check(h, sim)
+    assert result.lock is Lock.UNKNOWN
+    assert result.reason == FIND_MY_UNCONFIRMED
+
+
+@pytest.mark.parametrize("answer, lock, words", [
+    ("record", Lock.CLEAR, "no Activation Lock"),
+    ("record-html", Lock.CLEAR, "no Activation Lock"),
+    ("form", Lock.LOCKED, "Apple asks for the Apple ID"),
+    ("form-html", Lock.LOCKED, "Apple asks for the Apple ID"),
+    ("error", Lock.UNKNOWN, "Activation Error"),
+    ("ack", Lock.UNKNOWN, "acknowledged an earlier activation"),
+    ("ack-plist", Lock.UNKNOWN, "acknowledged an earlier activation"),
+    ("error-html", Lock.UNKNOWN, "Activation Error"),
+    ("http-500", Lock.UNKNOWN, "HTTP 500"),
+    ("wrong-type", Lock.UNKNOWN, "application/json"),
+])
+async def test_apples_answer_is_judged_by_what_it_is(tmp_path, monkeypatch, answer, lock, words):
+    sim = phone(activation_answer=answer)
+    async with running_layer(tmp_path, monkeypatch) as h:
+        result = await check(h, sim)
+    assert (result.lock, result.method) == (lock, "activation-server")
+    assert words in result.reason
+
+
+async def test_the_check_leaves_the_phone_at_hello(tmp_path, monkeypatch):
+    """Asking Apple is not activating: the record is not applied, the phone stays as erased."""
+    sim = phone()
+    async with running_layer(tmp_path, monkeypatch) as h:
+        result = await check(h, sim)
+    assert result.lock is Lock.CLEAR
+    assert sim.activation_state == "Unactivated"
+    assert "HandleActivationInfoWithSessionRequest" not in sim.requests()
+    assert "ActivationStateAcknowledged" not in sim.values_set
+
+
+async def test_a_lockdownd_that_never_answers_is_a_bounded_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr(lockdown_ops, "LOCKDOWN_TIMEOUT_S", 0.5)
+    sim = phone(lockdown_stalls=True)
+    async with running_layer(tmp_path, monkeypatch, ready_wait_s=1.0) as h:
+        device = await arrive(h, sim, 1)
+        async with asyncio.timeout(10):
+            with pytest.raises(PhoneError, match="did not answer within"):
+                await h.layer.identify(device)
+            result = await h.layer.check_lock(device)
+    assert result.lock is Lock.UNKNOWN and "did not answer within" in result.reason
+
+
+# Section 2: phones that lose their slot or their verification ---------------------------------
+
+
+async def restore_like_a_phone(world: SimWorld, sim: SimPhone, gap: float = 0.1) -> None:
+    """What a real restore does to the bus: recovery for iBEC, then the restore ramdisk on usbmuxd."""
+    for mode in (SimMode.RECOVERY, SimMode.RESTORE):
+        world.reboot(sim, mode, delay=gap)
+        await asyncio.sleep(STAGE_S)
+
+
+async def restored_and_checked(h: Layer, sim: SimPhone, device: Device, hello_after: float = 0.3):
+    async def worker(slot, device, firmware, report):
+        await restore_like_a_phone(h.bench.world, sim)
+
+    h.layer._restore_in_worker = worker
+    await h.layer.restore(device, None, lambda report: None)
+    sim.activation_state, sim.paired_hosts = "Unactivated", {}  # erased: Hello, trusting nobody
+    h.bench.world.reboot(sim, SimMode.NORMAL, delay=hello_after)
+    return await h.layer.check_lock(device, after_restore=True)
+
+
+async def test_an_a11_phone_keeps_its_slot_through_a_restore(tmp_path, monkeypatch):
+    """iPhone X: a 40-hex UDID with no ECID in it; lockdownd's UniqueChipID links the modes."""
+    sim = phone(product_type="iPhone10,3")
+    assert len(sim.udid) == 40 and "-" not in sim.udid
+    async with running_layer(tmp_path, monkeypatch, restore_grace_s=3.0, hello_wait_s=10.0) as h:
+        device = await h.layer.identify(await arrive(h, sim, 2))
+        assert device.ecid == sim.ecid
+        result = await restored_and_checked(h, sim, device)
+    assert not [e for e in h.events if isinstance(e, PhoneLeft)]
+    assert [e.slot for e in h.events if isinstance(e, PhoneArrived)] == [2]
+    assert result.lock is Lock.CLEAR
+
+
+async def test_usbmuxd_restarting_with_the_same_device_id_does_not_hide_the_restored_phone(
+        tmp_path, monkeypatch):
+    """Debian's usbmuxd exits with the last phone and numbers from 1 again (hw.sim.udev)."""
+    sim = phone()
+    async with running_layer(tmp_path, monkeypatch, usbmuxd_on_demand=True,
+                             restore_grace_s=3.0, hello_wait_s=10.0) as h:
+        device = await h.layer.identify(await arrive(h, sim, 1))
+        result = await restored_and_checked(h, sim, device)
+    attached = [e for e in h.events if isinstance(e, PhoneArrived)]
+    assert [e.slot for e in attached] == [1]
+    assert result.lock is Lock.CLEAR, result
+
+
+async def test_a_phone_whose_activation_daemon_is_slow_after_the_reboot_is_asked_again(
+        tmp_path, monkeypatch):
+    """Just after the boot mobileactivationd refuses session info (libideviceactivation #42)."""
+    sim = phone(activation_ready_after=1.0)
+    async with running_layer(tmp_path, monkeypatch, restore_grace_s=3.0, hello_wait_s=10.0) as h:
+        device = await h.layer.identify(await arrive(h, sim, 1))
+        await asyncio.sleep(1.0)  # ready by now: the first check is answered
+        assert (await h.layer.check_lock(device)).lock is Lock.CLEAR
+        result = await restored_and_checked(h, sim, device)
+    assert result.lock is Lock.CLEAR, result
+
+
+async def test_listen_replay_on_reconnect_does_not_make_phones_leave(tmp_path, monkeypatch):
+    """usbmuxd replays one Attached per phone to a new Listen (client.c start_listen)."""
+    async with running_layer(tmp_path, monkeypatch) as h:
+        for slot in (1, 2, 3):
+            await arrive(h, phone(), slot)
+        h.events.clear()
+        h.bench.usbmuxd.stop()
+        h.bench.usbmuxd.start()
+        await h.until(lambda e: e == LayerFault("usbmuxd", None))
+        await asyncio.sleep(1.5)
+    assert not [e for e in h.events if isinstance(e, (PhoneLeft, PhoneArrived))]
+
+
+async def test_a_usb3_phone_is_one_slot_on_both_halves_of_its_port(tmp_path, monkeypatch):
+    """iOS on the SuperSpeed bus (2-1.3), iBoot on the USB 2 bus (1-1.3): sysfs links them."""
+    sim = phone(product_type="iPhone16,1", usb3=True)
+    seen: list[Device] = []
+    async with running_layer(tmp_path, monkeypatch, restore_grace_s=3.0, hello_wait_s=10.0) as h:
+        device = await h.layer.identify(await arrive(h, sim, 3))
+        assert h.bench.world.device_of(sim).bus == 2  # the table knows only 1-1.3
+
+        async def worker(slot, device, firmware, report):
+            h.bench.world.reboot(sim, SimMode.RECOVERY, delay=0.1)
+            await asyncio.sleep(STAGE_S)
+            seen.append(h.layer._told[3])
+
+        h.layer._restore_in_worker = worker
+        await h.layer.restore(device, None, lambda report: None)
+    assert h.bench.world.device_of(sim).bus == 1
+    assert seen[0].mode is Mode.RECOVERY and seen[0].ecid == sim.ecid
+    assert [e.slot for e in h.events if isinstance(e, PhoneArrived)] == [3]
+    assert not [e for e in h.events if isinstance(e, PhoneLeft)]
+
+
+async def test_a_phone_caught_re_enumerating_mid_scan_keeps_its_slot(tmp_path, monkeypatch):
+    """Gone between the bus listing and the string read: not a udev permission problem."""
+    sim = phone(mode=SimMode.DFU)
+    async with running_layer(tmp_path, monkeypatch) as h:
+        await arrive(h, sim, 4)
+        sim.vanish_on_scan = 2
+        h.bench.world.set_mode(sim, SimMode.DFU)  # a new enumeration: its strings are read again
+        await asyncio.sleep(3.0)
+    assert sim.vanish_on_scan == 0, "the scans never caught it"
+    assert LayerFault("usb-access", "USB NO ACCESS") not in h.events
+    assert not [e for e in h.events if isinstance(e, PhoneLeft)]
