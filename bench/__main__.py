@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import sys
 
-from bench import ipsw, records
+from bench import ipsw, records, restore_memory
 
 BENCHMARKS = (("IPSW cache: reader, seeks, digests, memory", ipsw.main),
-              ("Records: CSV export, event-loop lag", records.main))
+              ("Records: CSV export, event-loop lag", records.main),
+              ("Restore worker: peak memory per step", restore_memory.main))
 
 
 def main() -> int:

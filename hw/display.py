@@ -180,7 +180,10 @@ class Redrawer(Generic[S]):
     async def run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wanted.wait(), self.idle_s)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that lands
+                # with the request (CPython gh-86296), and the station would never stop.
+                async with asyncio.timeout(self.idle_s):
+                    await self._wanted.wait()
             except TimeoutError:
                 pass  # idle redraw
             self._wanted.clear()

@@ -43,6 +43,7 @@ SIM_BUS = 1
 USBMUX_ENV = "USBMUXD_SOCKET_ADDRESS"
 HELLO_WAIT_S = 60.0
 ENUMERATION_GAP_S = 8.0  # a phone is off the bus this long between two restore stages
+SIM_LOCKDOWN_TIMEOUT_S = 3.0  # simulated daemons answer in milliseconds; a stalled one is found sooner
 
 
 class SimulatedPhones(UsbPhoneLayer):
@@ -64,7 +65,8 @@ class SimulatedPhones(UsbPhoneLayer):
         super().__init__(slots, setup, usb_backend=self.bench.usb_backend,
                          restore_grace_s=max(1.0, layer.RESTORE_GRACE_S / speed),
                          hello_wait_s=HELLO_WAIT_S, ready_wait_s=max(2.0, layer.READY_WAIT_S / speed),
-                         retry_s=max(0.2, layer.RETRY_S / speed))
+                         retry_s=max(0.2, layer.RETRY_S / speed),
+                         lockdown_timeout_s=SIM_LOCKDOWN_TIMEOUT_S)
         self._failures: Counter[str] = Counter()
 
     async def watch(self, emit: Callable[[PhoneEvent], None]) -> None:

@@ -160,7 +160,11 @@ async def _play(scenario: Scenario, station: Station, panel: object, clock: Cloc
 
 
 def _scenario_over(station: Station, scenario: Scenario, now: float) -> bool:
-    return now >= scenario.last_event and not any(p.state in WORKING for p in station.ports.values())
+    """Every event has happened, every plugged-in phone has been found, and no port is busy."""
+    if now < scenario.last_event or any(p.state in WORKING for p in station.ports.values()):
+        return False
+    plugged = {p.slot for p in scenario.phones if p.attach <= now and (p.detach is None or p.detach > now)}
+    return all(station.ports[slot].state is not State.EMPTY for slot in plugged if slot in station.ports)
 
 
 def _presser(station: Station, panel: object) -> Callable[[str, bool], Awaitable[None]]:

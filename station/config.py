@@ -107,6 +107,9 @@ class RestoreSection:
     max_parallel_restores: int = field(default=2, metadata=bounded(1, 32))
     retries: int = field(default=1, metadata=bounded(0, 5))
     timeout_s: float = field(default=5400.0, metadata=bounded(10.0, 86400.0))
+    # Peak memory of one restore worker: about 7x the RestoreRamDisk while pymobiledevice3
+    # personalises it (994 MiB for iOS 18's 149 MB ramdisk; `python -m bench.restore_memory`).
+    memory_per_restore_mb: int = field(default=1100, metadata=bounded(100, 65536))
 
 
 @dataclass(frozen=True)

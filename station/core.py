@@ -16,14 +16,16 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+from hw.memory import available_bytes
 from hw.phones import (Device, LayerFault, PhoneArrived, PhoneError, PhoneEvent, PhoneLayer,
                        PhoneLeft, RestoreError, RestoreProgress, RestoreReport, TrustRequest)
 from station import machine, navigation
 from station.config import Config
 from station.listeners import CounterSource, Listener
+from station.worker.phases import MEMORY_HEAVY
 from station.machine import (Attached, Detached, Effect, Event, Identified, LockCheckStarted,
                              LockResult, Policy, Port, PortFault, Progress, RestoreFailed,
-                             RestoreFinished, RestoreStarted, State, TrustNeeded)
+                             RestoreFinished, RestoreStarted, State, TrustNeeded, Waiting)
 from station.snapshot import Counters, Snapshot
 
 log = logging.getLogger("station.core")
@@ -32,6 +34,8 @@ log = logging.getLogger("station.core")
 FAULT_ORDER = ("usbmuxd", "libusb", "usb-access", "network", "records", "panel")
 
 OPERATOR_EVENTS = (machine.Confirm, machine.Cancel, machine.Abort)
+MEMORY_RECHECK_S = 5.0  # while a restore waits for memory, look again this often
+GB = 1e9
 
 
 class FirmwareSource:
@@ -51,11 +55,15 @@ class Station:
                  listeners: tuple[Listener, ...] = (),
                  counter_source: CounterSource | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[], None] = lambda: None,
+                 free_memory: Callable[[], int | None] = available_bytes) -> None:
         self.policy = Policy(mode=config.restore.mode, unknown_lock=config.restore.unknown_lock,
                              retries=config.restore.retries)
         self.max_parallel = config.restore.max_parallel_restores
         self.restore_timeout = config.restore.timeout_s
+        self.memory_per_restore = config.restore.memory_per_restore_mb * 1024 * 1024
+        self.free_memory = free_memory
+        self._memory_recheck: asyncio.TimerHandle | None = None
         self.phones = phones
         self.firmware = firmware
         self.listeners = listeners
@@ -84,6 +92,8 @@ class Station:
 
     async def stop_work(self) -> None:
         self._stopping = True  # a restore cancelled now must not make room for the next one
+        if self._memory_recheck is not None:
+            self._memory_recheck.cancel()
         tasks = list(self._work.values())
         for task in tasks:
             task.cancel()
@@ -174,10 +184,14 @@ class Station:
     # -- scheduling restores ------------------------------------------------
 
     def _schedule(self) -> None:
-        """Start queued restores while there is room and the network is there."""
+        """Start queued restores while there is room, memory for one more, and the network."""
         if "network" in self.faults or self._stopping:
             return
         while self._queue and len(self._restoring) < self.max_parallel:
+            short = self._memory_short()
+            if short:
+                self._wait_for_memory(self._queue[0], short)
+                return
             slot = self._queue.popleft()
             self.dispatch(slot, RestoreStarted())
             port = self.ports[slot]
@@ -185,6 +199,32 @@ class Station:
                 continue
             self._start(slot, self._restore(slot, port.device))
             self._restoring[slot] = self._work[slot]
+
+    def _memory_short(self) -> str:
+        """Why one more restore would not fit in memory now; "" when it would.
+
+        Restores still before restored runs may yet reach their peak: their budget is counted
+        as taken, whatever MemAvailable says now.
+        """
+        free = self.free_memory()
+        if free is None:
+            return ""
+        climbing = sum(self.ports[slot].phase in MEMORY_HEAVY or self.ports[slot].phase == "starting"
+                       for slot in self._restoring)
+        if free - climbing * self.memory_per_restore >= self.memory_per_restore:
+            return ""
+        return (f"WAIT MEM: {free / GB:.1f} GB free, a restore needs "
+                f"{self.memory_per_restore / GB:.1f} GB")
+
+    def _wait_for_memory(self, slot: int, reason: str) -> None:
+        if not self.ports[slot].reason.startswith("WAIT MEM"):
+            log.info("slot %d: %s", slot, reason)
+        self.dispatch(slot, Waiting(reason))
+        if self._memory_recheck is None:
+            def recheck() -> None:
+                self._memory_recheck = None
+                self._schedule()
+            self._memory_recheck = asyncio.get_running_loop().call_later(MEMORY_RECHECK_S, recheck)
 
     # -- port work ----------------------------------------------------------
 

@@ -11,6 +11,7 @@ path through it can be tested exhaustively. The graph::
     CHECKING_LOCK --LockResult(unknown), policy hold--> NEEDS_CONFIRM (held: long press OK)
     CHECKING_LOCK --TrustNeeded--> NEEDS_TRUST --LockCheckStarted--> CHECKING_LOCK
     NEEDS_CONFIRM --Confirm--> QUEUED --Cancel--> NEEDS_CONFIRM
+    QUEUED --Waiting--> QUEUED (why it is not started yet: WAIT MEM)
     QUEUED --RestoreStarted--> RESTORING --Progress--> RESTORING
     RESTORING --TrustNeeded--> NEEDS_TRUST --Progress--> RESTORING
     RESTORING --RestoreFinished--> VERIFYING --LockResult(clear)--> DONE
@@ -131,6 +132,13 @@ class Abort:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """A queued phone cannot start yet, for this reason (shown to the operator)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class RestoreStarted:
     pass
 
@@ -165,7 +173,8 @@ class Detached:
 
 
 Event = (Attached | Identified | LockCheckStarted | TrustNeeded | LockResult | Confirm | Cancel
-         | Abort | RestoreStarted | Progress | RestoreFinished | RestoreFailed | PortFault | Detached)
+         | Abort | Waiting | RestoreStarted | Progress | RestoreFinished | RestoreFailed | PortFault
+         | Detached)
 
 
 # Effects: what the station must do after a transition --------------------
@@ -294,8 +303,14 @@ def _abort(port: Port, event: Abort, policy: Policy, now: float) -> Step:
 def _restore_started(port: Port, event: RestoreStarted, policy: Policy, now: float) -> Step:
     if port.state is not State.QUEUED or not _restorable(port, policy):
         return _ignore(port, event)
-    return _enter(port, State.RESTORING, now, phase="starting", percent=0.0,
+    return _enter(port, State.RESTORING, now, phase="starting", percent=0.0, reason="",
                   attempts=port.attempts + 1, restore_started=now)
+
+
+def _waiting(port: Port, event: Waiting, policy: Policy, now: float) -> Step:
+    if port.state is not State.QUEUED:
+        return _ignore(port, event)
+    return Step(replace(port, reason=event.reason))
 
 
 def _restorable(port: Port, policy: Policy) -> bool:
@@ -357,6 +372,7 @@ _HANDLERS = {
     Confirm: _confirm,
     Cancel: _cancel,
     Abort: _abort,
+    Waiting: _waiting,
     RestoreStarted: _restore_started,
     Progress: _progress,
     RestoreFinished: _restore_finished,
@@ -370,5 +386,8 @@ def describe(old: Port, new: Port) -> str:
     """The log line of a transition: ``slot 3 [F2LXXXX] CHECKING_LOCK -> LOCKED (Find My is on)``."""
     device = new.device or old.device
     who = f" [{device.label}]" if device else ""
-    why = f" ({new.reason})" if new.reason and new.reason != old.reason else ""
+    reason = new.reason if new.reason != old.reason else ""
+    if not reason and new.lock_reason != old.lock_reason:
+        reason = new.lock_reason  # why a phone waits for a person (lock unknown)
+    why = f" ({reason})" if reason else ""
     return f"slot {new.slot}{who} {old.state} -> {new.state}{why}"

@@ -41,6 +41,8 @@ def test_every_key_is_documented_in_station_toml():
     ("[display]\nrotate = 1\n", "config error: [display] rotate = 1: must be one of 0, 2"),
     ("[hub]\nports = { \"1-1.3\" = \"two\" }\n",
      'config error: [hub] ports.1-1.3 = "two": must be an integer'),
+    ("[hub]\nports = { \"1-1.3\" = 2, \"1-1.4\" = 2 }\n",
+     "config error: [hub] ports.1-1.4 = 2: slot 2 is also 1-1.3 on the same bus"),
     ("[restore\n", "config error: {path}: Expected ']' at the end of a table declaration (at line 1, column 9)"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, toml, message):
@@ -49,6 +51,12 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, toml, message):
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert str(caught.value) == message.format(path=path)
+
+
+def test_one_slot_may_name_both_halves_of_a_usb3_port(tmp_path):
+    path = tmp_path / "station.toml"
+    path.write_text('[hub]\nports = { "1-1.3" = 2, "2-1.3" = 2 }\n')
+    assert load_config(path).hub.ports == {"1-1.3": 2, "2-1.3": 2}
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):

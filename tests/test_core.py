@@ -200,3 +200,35 @@ async def test_a_failing_listener_does_not_stop_the_station():
     plug(station, 1, "p1")
     await settle(station)
     assert station.ports[1].state is State.DONE
+
+
+async def test_a_restore_waits_for_memory_and_says_so(monkeypatch):
+    """One worker peaks at about a budget while it personalises the ramdisk (bench.restore_memory)."""
+    from station import core
+    monkeypatch.setattr(core, "MEMORY_RECHECK_S", 0.02)
+    mib = 1024 * 1024
+    phones = DoublePhones({}, restore_s=0.3)
+    station = Station(Config(restore=replace(RestoreSection(), mode="line", max_parallel_restores=2,
+                                             memory_per_restore_mb=1000)),
+                      phones, clock=asyncio.get_running_loop().time, free_memory=lambda: 1500 * mib)
+    plug(station, 1, "first")
+    plug(station, 2, "second")
+    async with asyncio.timeout(2):
+        while station.ports[2].state is not State.QUEUED or not station.ports[2].reason:
+            await asyncio.sleep(0.005)
+    assert station.ports[1].state is State.RESTORING
+    assert station.ports[2].reason == "WAIT MEM: 1.6 GB free, a restore needs 1.0 GB"
+    await settle(station)  # the first is past its memory peak once restored reports progress
+    assert [station.ports[s].state for s in (1, 2)] == [State.DONE, State.DONE]
+    assert phones.restores == ["first", "second"]
+
+
+async def test_no_restore_starts_without_memory_for_one():
+    phones = DoublePhones({})
+    station = Station(Config(restore=replace(RestoreSection(), mode="line", memory_per_restore_mb=2000)),
+                      phones, clock=asyncio.get_running_loop().time, free_memory=lambda: 10**9)
+    plug(station, 1, "p1")
+    await asyncio.sleep(0.1)
+    assert station.ports[1].state is State.QUEUED and station.ports[1].reason.startswith("WAIT MEM")
+    assert phones.restores == []
+    await station.stop_work()

@@ -234,3 +234,17 @@ def test_no_display_drops_frames() -> None:
     display = NoDisplay()
     display.show(frame("x"))
     display.close()
+
+
+async def test_the_redrawer_stops_when_cancelled_just_as_a_frame_is_asked_for() -> None:
+    """Python 3.11's wait_for returns the result, swallowing the cancel, when both land together
+    (CPython gh-86296): the station then never finishes shutting down."""
+    display = CountingDisplay()
+    redrawer = Redrawer(display, lambda: 0, lambda n: frame("x"), min_interval_s=0.0, idle_s=5.0)
+    task = asyncio.create_task(redrawer.run())
+    await asyncio.sleep(0.01)
+    redrawer.request()
+    await asyncio.sleep(0)  # the wait for the request is done; the redrawer has not resumed yet
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=1.0)
+    assert task in done, "the redrawer went on after it was cancelled"

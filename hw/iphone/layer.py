@@ -82,7 +82,8 @@ class _Sighting:
 class UsbPhoneLayer:
     def __init__(self, slot_map: SlotMap, setup: WorkerSetup, usb_backend: object | None = None,
                  restore_grace_s: float = RESTORE_GRACE_S, hello_wait_s: float = HELLO_WAIT_S,
-                 ready_wait_s: float = READY_WAIT_S, retry_s: float = RETRY_S) -> None:
+                 ready_wait_s: float = READY_WAIT_S, retry_s: float = RETRY_S,
+                 lockdown_timeout_s: float = lockdown_ops.LOCKDOWN_TIMEOUT_S) -> None:
         self.slot_map = slot_map
         self.setup = setup
         self.pairing_dir = pairing_dir(setup.home)
@@ -91,6 +92,7 @@ class UsbPhoneLayer:
         self.hello_wait_s = hello_wait_s
         self.ready_wait_s = ready_wait_s
         self.retry_s = retry_s
+        self.lockdown_timeout_s = lockdown_timeout_s
         self._mux: dict[int, _Sighting] = {}  # by usbmuxd DeviceID
         self._mux_up = False
         self._mux_problem = "NO USBMUXD"
@@ -355,7 +357,8 @@ class UsbPhoneLayer:
 
     async def identify(self, device: Device) -> Device:
         if device.mode is Mode.NORMAL:
-            identity = await lockdown_ops.read_identity(device.udid, self.pairing_dir)
+            identity = await lockdown_ops.read_identity(device.udid, self.pairing_dir,
+                                                        self.lockdown_timeout_s)
             self._learn_ecid(device, identity.ecid)
             return identity
         if not device.product_type:
@@ -383,7 +386,8 @@ class UsbPhoneLayer:
         deadline = time.monotonic() + self.ready_wait_s
         while True:
             try:
-                return await lockdown_ops.check_lock(device.udid, self.pairing_dir)
+                return await lockdown_ops.check_lock(device.udid, self.pairing_dir,
+                                                     self.lockdown_timeout_s)
             except lockdown_ops.NotReady as error:
                 if time.monotonic() + self.retry_s > deadline:
                     return LockCheck(Lock.UNKNOWN, str(error), "none")
@@ -406,7 +410,8 @@ class UsbPhoneLayer:
                         await self._changes()
                         continue
                     try:
-                        result = await lockdown_ops.check_lock(sighting.device.serial, self.pairing_dir)
+                        result = await lockdown_ops.check_lock(sighting.device.serial, self.pairing_dir,
+                                                               self.lockdown_timeout_s)
                     except lockdown_ops.NotReady as error:  # restore mode, still booting, or gone
                         last = LockCheck(Lock.UNKNOWN, str(error), "none")
                     else:

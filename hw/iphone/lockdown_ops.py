@@ -44,15 +44,16 @@ __all__ = ["NotReady", "check_lock", "read_identity"]
 
 
 @asynccontextmanager
-async def _lockdown(udid: str, pairing_dir: Path, autopair: bool) -> AsyncIterator[LockdownClient]:
-    """A lockdown client for ``udid`` within ``LOCKDOWN_TIMEOUT_S``; NotReady when there is none."""
+async def _lockdown(udid: str, pairing_dir: Path, autopair: bool,
+                    timeout_s: float) -> AsyncIterator[LockdownClient]:
+    """A lockdown client for ``udid`` within ``timeout_s``; NotReady when there is none."""
     try:
-        async with asyncio.timeout(LOCKDOWN_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             lockdown = await create_using_usbmux(
                 serial=udid, autopair=autopair, connection_type="USB", pair_timeout=PAIR_TIMEOUT_S,
                 pairing_records_cache_folder=pairing_dir)
     except TimeoutError:
-        raise NotReady(f"lockdownd did not answer within {LOCKDOWN_TIMEOUT_S:.0f} s") from None
+        raise NotReady(f"lockdownd did not answer within {timeout_s:g} s") from None
     except PairingError:
         raise  # the caller tells the operator what to do on the phone
     except (PyMobileDevice3Exception, OSError) as error:
@@ -63,10 +64,10 @@ async def _lockdown(udid: str, pairing_dir: Path, autopair: bool) -> AsyncIterat
         await lockdown.close()
 
 
-async def read_identity(udid: str, pairing_dir: Path) -> Device:
+async def read_identity(udid: str, pairing_dir: Path, timeout_s: float = LOCKDOWN_TIMEOUT_S) -> Device:
     """What an unpaired phone tells anyone: model, iOS, UDID, ECID (UniqueChipID), serial."""
     try:
-        async with _lockdown(udid, pairing_dir, autopair=False) as lockdown:
+        async with _lockdown(udid, pairing_dir, False, timeout_s) as lockdown:
             values = lockdown.all_values
     except (NotReady, PairingError) as error:
         raise PhoneError(str(error)) from error
@@ -80,16 +81,16 @@ async def read_identity(udid: str, pairing_dir: Path) -> Device:
         chip_id=values.get("ChipID"), board_id=values.get("BoardId"))
 
 
-async def check_lock(udid: str, pairing_dir: Path) -> LockCheck:
+async def check_lock(udid: str, pairing_dir: Path, timeout_s: float = LOCKDOWN_TIMEOUT_S) -> LockCheck:
     """The lock decision; raises NotReady while the phone cannot answer."""
-    async with _lockdown(udid, pairing_dir, autopair=False) as lockdown:
+    async with _lockdown(udid, pairing_dir, False, timeout_s) as lockdown:
         state = lockdown.all_values.get("ActivationState")
     if not isinstance(state, str):
         raise NotReady("the phone does not say whether it is activated yet")
     unactivated = state == "Unactivated"
     try:
-        async with _lockdown(udid, pairing_dir, autopair=True) as lockdown:
-            find_my = await _ask_find_my(lockdown)
+        async with _lockdown(udid, pairing_dir, True, timeout_s) as lockdown:
+            find_my = await _ask_find_my(lockdown, timeout_s)
             if find_my.lock is Lock.LOCKED or not unactivated:
                 return decide([find_my])
             try:
@@ -103,9 +104,9 @@ async def check_lock(udid: str, pairing_dir: Path) -> LockCheck:
         return LockCheck(Lock.UNKNOWN, _pairing_reason(error), FIND_MY)
 
 
-async def _ask_find_my(lockdown: LockdownClient) -> LockCheck:
+async def _ask_find_my(lockdown: LockdownClient, timeout_s: float) -> LockCheck:
     try:
-        async with asyncio.timeout(LOCKDOWN_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             value = await lockdown.get_value("com.apple.fmip", "IsAssociated")
     except (TimeoutError, PyMobileDevice3Exception, OSError) as error:
         log.info("%s: Find My not readable: %s", lockdown.identifier, one_line(error))

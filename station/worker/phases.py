@@ -41,6 +41,11 @@ OPERATION_PHASES = {
 }
 
 
+# Until restored runs, the worker personalises the boot components whole in memory (the
+# RestoreRamDisk at about 7x its size): the phases in which a restore needs its memory budget.
+MEMORY_HEAVY = frozenset({ENTER_RECOVERY, SEND_IBSS, SEND_IBEC, BOOT_RAMDISK})
+
+
 def sequence(mode: Mode) -> tuple[str, ...]:
     """The phases a restore starting from ``mode`` goes through, in order."""
     return _START[mode] + _RESTORED

@@ -127,7 +127,8 @@ class ReportingRestore(Restore):
 
     async def _connect_to_restored_service(self) -> None:
         try:
-            await asyncio.wait_for(super()._connect_to_restored_service(), RESTORED_TIMEOUT)
+            async with asyncio.timeout(RESTORED_TIMEOUT):  # not wait_for: it can swallow a cancel
+                await super()._connect_to_restored_service()
         except TimeoutError:
             raise WorkerFailure(Failed(f"phone did not come back in restore mode within {RESTORED_TIMEOUT:g} s "
                                        "(usbmuxd does not list it)", Kind.USB, True)) from None
@@ -169,7 +170,8 @@ class ReportingRestore(Restore):
         # As pymobiledevice3 does after an Apple Encrypted Archive's first chunk: restored may ask
         # for the URLAsset that holds its key, within 3 s; anything else is taken as "not needed".
         try:
-            message = await asyncio.wait_for(service.recv_plist(), timeout=3)
+            async with asyncio.timeout(3):
+                message = await service.recv_plist()
             if message["MsgType"] != "URLAsset":
                 raise TimeoutError
             await self.send_url_asset(message)

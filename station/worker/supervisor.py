@@ -78,9 +78,15 @@ async def _follow(worker: WorkerHandle, label: str, report: Callable[[RestoreRep
 
 async def _exit_code(worker: WorkerHandle) -> int:
     try:
-        return await asyncio.wait_for(worker.wait(), EXIT_WAIT)
+        return await _wait(worker, EXIT_WAIT)
     except TimeoutError:  # it closed its pipe but lingers: the stop that follows kills it
         return -signal.SIGKILL
+
+
+async def _wait(worker: WorkerHandle, seconds: float) -> int:
+    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel (CPython gh-86296).
+    async with asyncio.timeout(seconds):
+        return await worker.wait()
 
 
 async def _stop(worker: WorkerHandle, label: str) -> None:
@@ -88,11 +94,11 @@ async def _stop(worker: WorkerHandle, label: str) -> None:
         if worker.returncode is None:
             worker.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(worker.wait(), TERM_GRACE)
+                await _wait(worker, TERM_GRACE)
             except TimeoutError:
                 log.warning("%s: worker %d ignored SIGTERM; killing it", label, worker.pid)
                 worker.send_signal(signal.SIGKILL)
-                await asyncio.wait_for(worker.wait(), EXIT_WAIT)
+                await _wait(worker, EXIT_WAIT)
             log.info("%s: worker %d stopped (%s)", label, worker.pid, _describe(worker.returncode or 0))
     except BaseException:
         # Cancelled again (or the server is stuck): no more waiting. Closing our end makes the

@@ -9,8 +9,8 @@ import asyncio
 
 import pytest
 
-from hw.iphone import lockdown_ops
 from hw.iphone.lock_evidence import FIND_MY_UNCONFIRMED
+from hw.iphone.slots import SlotMap
 from hw.phones import Device, LayerFault, Lock, Mode, PhoneArrived, PhoneError, PhoneLeft
 from hw.sim import ACTIVATED, SimPhone, SimWorld
 from hw.sim import Mode as SimMode
@@ -77,9 +77,8 @@ async def test_the_check_leaves_the_phone_at_hello(tmp_path, monkeypatch):
 
 
 async def test_a_lockdownd_that_never_answers_is_a_bounded_wait(tmp_path, monkeypatch):
-    monkeypatch.setattr(lockdown_ops, "LOCKDOWN_TIMEOUT_S", 0.5)
     sim = phone(lockdown_stalls=True)
-    async with running_layer(tmp_path, monkeypatch, ready_wait_s=1.0) as h:
+    async with running_layer(tmp_path, monkeypatch, ready_wait_s=1.0, lockdown_timeout_s=0.5) as h:
         device = await arrive(h, sim, 1)
         async with asyncio.timeout(10):
             with pytest.raises(PhoneError, match="did not answer within"):
@@ -191,4 +190,23 @@ async def test_a_phone_caught_re_enumerating_mid_scan_keeps_its_slot(tmp_path, m
         await asyncio.sleep(3.0)
     assert sim.vanish_on_scan == 0, "the scans never caught it"
     assert LayerFault("usb-access", "USB NO ACCESS") not in h.events
+    assert not [e for e in h.events if isinstance(e, PhoneLeft)]
+
+
+async def test_a_held_phone_keeps_its_slot_by_ecid_on_a_port_the_table_does_not_know(
+        tmp_path, monkeypatch):
+    """No sysfs peer link (an old kernel, an odd hub): the restore's hold follows the ECID."""
+    sim = phone(product_type="iPhone16,1", usb3=True)
+    async with running_layer(tmp_path, monkeypatch, restore_grace_s=3.0) as h:
+        h.layer.slot_map = SlotMap({"2-1.3": 3}, 7)  # the SuperSpeed half only, no peers
+        device = await h.layer.identify(await arrive(h, sim, 3))
+
+        async def worker(slot, device, firmware, report):
+            h.bench.world.reboot(sim, SimMode.RECOVERY, delay=0.1)
+            await asyncio.sleep(STAGE_S)
+
+        h.layer._restore_in_worker = worker
+        await h.layer.restore(device, None, lambda report: None)
+        assert h.layer._told[3].mode is Mode.RECOVERY
+    assert [e.slot for e in h.events if isinstance(e, PhoneArrived)] == [3]
     assert not [e for e in h.events if isinstance(e, PhoneLeft)]

@@ -1,0 +1,64 @@
+"""Each quirk scenario under config/sim/, played by `station run --sim`, ends as it expects.
+
+The runs are started together (they are mostly waiting on simulated time) and judged one
+by one: the command exits 1 when any port ends other than its phone's ``expect``.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# scenario -> (speed, what the log must say, what it must not say)
+SCENARIOS = {
+    "find-my-unproven": (300, ["slot 1 [", "Find My not confirmed off: ask the owner to sign out of "
+                               "Find My, or hold OK", "CHECKING_LOCK -> LOCKED (Find My is on)"],
+                         ["-> RESTORING"]),
+    "activation-pages": (300, ["CHECKING_LOCK -> LOCKED (Activation Lock: Apple asks for the Apple ID)",
+                               "Apple's activation server: Activation Error",
+                               "Apple acknowledged an earlier activation",
+                               "Apple's activation server answered HTTP 500"], []),
+    "a11-restore": (100, ["slot 2 [F17VX0A1JCLJ] VERIFYING -> DONE"], ["-> EMPTY"]),
+    "usbmuxd-restarts": (300, ["VERIFYING -> DONE"], ["phone did not come back"]),
+    "listen-replay": (100, ["QUEUED -> RESTORING"], ["-> EMPTY", "-> DETECTING (", "NEEDS_CONFIRM -> QUEUED\n"
+                                                      "NEEDS_CONFIRM"]),
+    "usb3-port": (100, ["slot 2 [FTA7EDRB5ERT] VERIFYING -> DONE"], ["slot 1 ", "-> EMPTY"]),
+    "re-enumerating": (300, ["VERIFYING -> DONE"], ["USB NO ACCESS", "-> EMPTY"]),
+    "slow-activation-daemon": (300, ["VERIFYING -> DONE"], ["DONE (not verified"]),
+    "lockdown-stalls": (300, ["DETECTING -> FAILED (lockdownd did not answer within 3 s)"], []),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess[str]]:
+    started = {}
+    for name, (speed, _, _) in SCENARIOS.items():
+        folder = tmp_path_factory.mktemp(name)
+        config = folder / "station.toml"
+        config.write_text(f'[station]\nstate_dir = "{folder / "state"}"\n'
+                          f'[ipsw]\ncache_dir = "{folder / "ipsw"}"\n')
+        command = [sys.executable, "-m", "station.cli", "run", "--config", str(config),
+                   "--sim", str(ROOT / "config" / "sim" / f"{name}.toml"), "--speed", str(speed)]
+        started[name] = (command, subprocess.Popen(command, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.PIPE, text=True, cwd=folder))
+    finished = {}
+    for name, (command, process) in started.items():
+        stdout, stderr = process.communicate(timeout=240)
+        finished[name] = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return finished
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_the_quirk_scenario_ends_as_it_expects(runs, name):
+    result = runs[name]
+    _, wanted, unwanted = SCENARIOS[name]
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert "UNEXPECTED" not in result.stdout and "Traceback" not in result.stderr
+    for words in wanted:
+        assert words in result.stderr, f"{name}: no {words!r} in the log"
+    for words in unwanted:
+        assert words not in result.stderr, f"{name}: {words!r} in the log"
