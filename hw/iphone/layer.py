@@ -135,7 +135,7 @@ class UsbPhoneLayer:
                     await listener.listen()
                     # The replayed Attached events come next on the Listen socket; a list taken now
                     # also drops what left while we were away.
-                    self._take_mux_list(await _list_mux_devices())
+                    self._take_mux_list(await usbmux.list_devices())
                 self._set_mux_up(True)
                 while True:
                     before = {d.devid: d for d in listener.devices}
@@ -157,8 +157,8 @@ class UsbPhoneLayer:
         what is present on which slot does not change for it."""
         self._mux = {}
         for device in devices:
-            self._sight(device)
-        self._reconcile()
+            if device.is_usb:
+                self._sight(device)
 
     def _apply_mux_changes(self, before: dict[int, usbmux.MuxDevice],
                            after: dict[int, usbmux.MuxDevice]) -> None:
@@ -338,7 +338,7 @@ class UsbPhoneLayer:
         notes: list[str] = []
         try:
             async with asyncio.timeout(USBMUXD_ANSWER_S):
-                self._take_mux_list(await _list_mux_devices())
+                self._take_mux_list(await usbmux.list_devices())
             self._mux_up = True
         except (ConnectionFailedToUsbmuxdError, MuxException, OSError, TimeoutError) as error:
             notes.append(f"usbmuxd: {error or 'no answer'} (normal-mode phones not listed)")
@@ -371,9 +371,7 @@ class UsbPhoneLayer:
             return
         self._ecid_of[device.udid.replace("-", "")] = ecid
         _forget_oldest(self._ecid_of)
-        for slot, told in self._told.items():
-            if told.key == device.key and told.ecid is None:
-                self._told[slot] = replace(told, ecid=ecid)
+        self._reconcile()  # the slot's phone now carries its ECID
 
     async def check_lock(self, device: Device, after_restore: bool = False) -> LockCheck:
         if after_restore:
@@ -456,16 +454,6 @@ class UsbPhoneLayer:
                                  report: Callable[[RestoreReport], None]) -> None:
         await restore_in_worker(device, getattr(firmware, "path", None), report,
                                 label=f"slot{slot}", setup=self.setup)
-
-
-async def _list_mux_devices() -> list[usbmux.MuxDevice]:
-    """usbmuxd's list now, on a connection of its own (a Listen socket takes no other command)."""
-    mux = await usbmux.create_mux()
-    try:
-        await mux.get_device_list(0.1)
-        return [d for d in mux.devices if d.is_usb]
-    finally:
-        await mux.close()
 
 
 def _same_phone(a: Device, b: Device) -> bool:

@@ -31,7 +31,7 @@ from pymobiledevice3.lockdown import LockdownClient, create_using_usbmux
 from hw import models
 from hw.iphone import activation
 from hw.iphone.activation import NotReady, one_line
-from hw.iphone.lock_evidence import FIND_MY, decide, judge_find_my
+from hw.iphone.lock_evidence import ACTIVATION_SERVER, FIND_MY, decide, judge_find_my
 from hw.phones import Device, Lock, LockCheck, Mode, PhoneError
 
 log = logging.getLogger(__name__)
@@ -83,22 +83,20 @@ async def read_identity(udid: str, pairing_dir: Path, timeout_s: float = LOCKDOW
 
 async def check_lock(udid: str, pairing_dir: Path, timeout_s: float = LOCKDOWN_TIMEOUT_S) -> LockCheck:
     """The lock decision; raises NotReady while the phone cannot answer."""
-    async with _lockdown(udid, pairing_dir, False, timeout_s) as lockdown:
-        state = lockdown.all_values.get("ActivationState")
-    if not isinstance(state, str):
-        raise NotReady("the phone does not say whether it is activated yet")
-    unactivated = state == "Unactivated"
     try:
         async with _lockdown(udid, pairing_dir, True, timeout_s) as lockdown:
+            state = lockdown.all_values.get("ActivationState")
+            if not isinstance(state, str):
+                raise NotReady("the phone does not say whether it is activated yet")
             find_my = await _ask_find_my(lockdown, timeout_s)
-            if find_my.lock is Lock.LOCKED or not unactivated:
+            if find_my.lock is Lock.LOCKED or state != "Unactivated":
                 return decide([find_my])
             try:
                 async with asyncio.timeout(APPLE_TIMEOUT_S):
                     apple = await activation.ask_apple(lockdown)
             except TimeoutError:
                 apple = LockCheck(Lock.UNKNOWN, "no answer from Apple's activation server in time",
-                                  "activation-server")
+                                  ACTIVATION_SERVER)
             return decide([find_my, apple])
     except PairingError as error:
         return LockCheck(Lock.UNKNOWN, _pairing_reason(error), FIND_MY)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Self
 
 from hw.sim.activation_server import ACTIVATION_URL_ENV, ActivationServer
-from hw.sim.phone import SimPhone
+from hw.sim.phone import USBMUX_MODES, SimPhone
 from hw.sim.udev import UsbmuxdOnDemand, write_usb3_hub
 from hw.sim.usb_backend import SimUsbBackend
-from hw.sim.usbmuxd import USBMUX_MODES, SimUsbmuxd
+from hw.sim.usbmuxd import SimUsbmuxd
 from hw.sim.world import SimWorld
 
 MAX_UNIX_PATH = 104  # sun_path is 108 bytes on Linux, 104 on macOS

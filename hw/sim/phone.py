@@ -35,6 +35,10 @@ class Mode(enum.Enum):
     RESTORE = "restore"  # the restore ramdisk: on usbmuxd like iOS, but lockdownd is restored
 
 
+# iOS and the restore ramdisk: the modes usbmuxd serves (0x12a8), never iBoot's.
+USBMUX_MODES = frozenset({Mode.NORMAL, Mode.RESTORE})
+
+
 class FindMyAnswer(enum.Enum):
     """What lockdownd answers for ``com.apple.fmip``/``IsAssociated``."""
 

@@ -19,7 +19,8 @@ import queue
 import threading
 from pathlib import Path
 
-from hw.sim.usbmuxd import USBMUX_MODES, SimUsbmuxd
+from hw.sim.phone import USBMUX_MODES
+from hw.sim.usbmuxd import SimUsbmuxd
 from hw.sim.world import SimWorld, UsbArrived, UsbEvent
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import usb.backend
 from usb.core import USBError
 
-from hw.sim.phone import Mode, SimPhone
+from hw.sim.phone import USBMUX_MODES, Mode, SimPhone
 from hw.sim.world import SimWorld, UsbDevice
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ APPLE_VENDOR_ID = 0x05AC
 PRODUCT_IDS = {Mode.NORMAL: 0x12A8, Mode.RESTORE: 0x12A8, Mode.RECOVERY: 0x1281, Mode.DFU: 0x1227}
 LANGID_EN_US = 0x0409
 SPEED_HIGH, SPEED_SUPER = 3, 4  # libusb_speed LIBUSB_SPEED_HIGH, LIBUSB_SPEED_SUPER
-USBMUX_MODES = (Mode.NORMAL, Mode.RESTORE)  # iOS and the restore ramdisk: usbmuxd's devices
 VANISH_REBOOT_S = 0.3  # how long a phone caught mid-re-enumeration stays off the bus
 
 GET_DESCRIPTOR = 6

@@ -28,7 +28,7 @@ from typing import Any
 from hw.sim.device import SimDevice
 from hw.sim.framing import plist_dict
 from hw.sim.loop import BackgroundLoop
-from hw.sim.phone import Mode
+from hw.sim.phone import USBMUX_MODES
 from hw.sim.world import SimWorld, UsbArrived, UsbEvent
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ EINVAL = 22
 
 NORMAL_PRODUCT_ID = 0x12A8
 HIGH_SPEED, SUPER_SPEED = 480_000_000, 5_000_000_000  # ConnectionSpeed, bit/s (usb.c)
-USBMUX_MODES = (Mode.NORMAL, Mode.RESTORE)  # iOS and the restore ramdisk; never iBoot
 SAFE_RECORD_ID = re.compile(r"^[A-Za-z0-9-]+$")
 
 

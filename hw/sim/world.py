@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from hw.sim.phone import Mode, SimPhone
+from hw.sim.phone import USBMUX_MODES, Mode, SimPhone
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class SimWorld:
             plug.reboot = None
 
     def _enumerate(self, phone: SimPhone, plug: _Plug) -> UsbDevice:
-        superspeed = phone.usb3 and phone.mode in (Mode.NORMAL, Mode.RESTORE) and plug.bus in self.superspeed
+        superspeed = phone.usb3 and phone.mode in USBMUX_MODES and plug.bus in self.superspeed
         bus = self.superspeed[plug.bus] if superspeed else plug.bus
         device = UsbDevice(phone, phone.mode, bus, plug.port_path, self._allocate_address(bus), superspeed)
         plug.device = device
