@@ -26,6 +26,10 @@ class Lock(enum.Enum):
     UNKNOWN = "unknown"  # could not tell (recovery/DFU, untrusted, no network)
 
 
+# How often the station asks again a phone that does not trust it (passcode set, Trust not tapped).
+TRUST_RECHECK_S = 3.0
+
+
 @dataclass(frozen=True)
 class Device:
     """What the station knows of one phone; the phone layer fills in what it can."""
@@ -80,9 +84,18 @@ PhoneEvent = PhoneArrived | PhoneLeft | LayerFault
 
 @dataclass(frozen=True)
 class LockCheck:
+    """The answer of a lock check.
+
+    ``needs_trust``: the phone runs iOS and would answer a host it trusts, but it does not
+    trust this one (passcode set, Trust denied or not tapped). Its lock is UNKNOWN for a
+    reason a person can remove, not by nature as in recovery or DFU: no ``unknown_lock``
+    policy decides for it, and it is asked again until it trusts the station.
+    """
+
     lock: Lock
     reason: str = ""  # shown to the operator: "Find My is on", "DFU: not checkable"
     method: str = ""  # how it was decided, for the record: "activation-server", "fmip", ...
+    needs_trust: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,7 +135,8 @@ class PhoneLayer(Protocol):
         """Fill in the identity of a phone that just arrived."""
 
     async def check_lock(self, device: Device, after_restore: bool = False) -> LockCheck:
-        """Activation Lock / Find My status; UNKNOWN with a reason when it cannot tell."""
+        """Activation Lock / Find My status; UNKNOWN with a reason when it cannot tell, and
+        ``needs_trust`` when it could tell once the phone trusts the station."""
 
     async def restore(self, device: Device, firmware: object,
                       report: Callable[[RestoreReport], None]) -> None:

@@ -8,6 +8,12 @@ real phase sequence, paced at a simulated USB rate). The phone moves between
 modes as a real restore moves it (iOS -> recovery -> the restore ramdisk on
 usbmuxd), each move a re-enumeration; when the restore succeeds the phone is
 erased and reboots to the Hello screen, and when it fails it stays in recovery.
+
+A phone running iOS is restored only over a paired lockdown session, as the real
+worker does first (station/worker/real.py ``_connect``): a real phone goes to
+recovery only for a host it trusts (lockdownd wants a paired session for
+EnterRecovery from iOS 14.5, idevicerestore commit 6d3b6bb), so a simulated
+phone that refuses trust is not restored either.
 """
 from __future__ import annotations
 
@@ -15,18 +21,23 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hw.iphone import layer
+from pymobiledevice3.exceptions import (PairingDialogResponsePendingError, PairingError,
+                                        PasswordRequiredError)
+
+from hw.iphone import layer, lockdown_ops
 from hw.iphone.layer import UsbPhoneLayer
 from hw.iphone.restore import WorkerSetup, restore_in_worker
 from hw.iphone.slots import SlotMap
 from hw.iphone.usb_topology import PortPeers
-from hw.phones import Device, LayerFault, PhoneEvent, RestoreProgress, RestoreReport
+from hw.phones import (Device, LayerFault, PhoneEvent, RestoreError, RestoreProgress, RestoreReport,
+                       TrustRequest)
 from hw.sim import ACTIVATED, UNACTIVATED, Pairing, SimPhone, SimulatedBench, point_activation_at
 from hw.sim import Mode as SimMode
 from hw.sim.phone import FindMyAnswer
@@ -44,6 +55,7 @@ USBMUX_ENV = "USBMUXD_SOCKET_ADDRESS"
 HELLO_WAIT_S = 60.0
 ENUMERATION_GAP_S = 8.0  # a phone is off the bus this long between two restore stages
 SIM_LOCKDOWN_TIMEOUT_S = 3.0  # simulated daemons answer in milliseconds; a stalled one is found sooner
+TRUST_WAIT_S = 120.0  # scenario seconds a restore waits for Trust (the real worker's trust_timeout)
 
 
 class SimulatedPhones(UsbPhoneLayer):
@@ -124,6 +136,8 @@ class SimulatedPhones(UsbPhoneLayer):
         if spec.fail is not None and self._failures[spec.name] < spec.fail.times:
             self._failures[spec.name] += 1
             failure = InjectedFailure(spec.fail.phase, spec.fail.percent, Kind(spec.fail.kind))
+        if phone.mode is SimMode.NORMAL:  # running iOS (not left in recovery by a failed attempt)
+            await self._paired(device, report)
         sim = SimParams(speed=self.clock.speed, fail=failure)
         stages = _Stages(self.bench.world, phone, ENUMERATION_GAP_S / self.clock.speed)
 
@@ -140,6 +154,31 @@ class SimulatedPhones(UsbPhoneLayer):
             raise
         _erase(phone)
         self.bench.world.reboot(phone, SimMode.NORMAL, delay=REBOOT_S / self.clock.speed)
+
+    async def _paired(self, device: Device, report: Callable[[RestoreReport], None]) -> None:
+        """A paired session with a phone running iOS, as the real worker opens one first
+        (``_paired_lockdown``): a phone locked with a passcode or showing the Trust dialog is
+        waited for (bounded, the operator asked once); one that refuses is not restored."""
+        deadline = time.monotonic() + TRUST_WAIT_S / self.clock.speed
+        asked = False
+        while True:
+            try:
+                await lockdown_ops.pair(device.udid, self.pairing_dir, self.lockdown_timeout_s)
+                return
+            except (PasswordRequiredError, PairingDialogResponsePendingError) as error:
+                reason = lockdown_ops.pairing_reason(error)
+                if time.monotonic() >= deadline:
+                    raise RestoreError(f"phone does not trust this station: {reason}", True) from None
+                if not asked:
+                    report(TrustRequest(reason))
+                    asked = True
+            except PairingError as error:
+                raise RestoreError(f"phone does not trust this station: "
+                                   f"{lockdown_ops.pairing_reason(error)}", True) from None
+            except lockdown_ops.NotReady as error:
+                raise RestoreError(f"no paired session to send the phone to recovery: {error}",
+                                   True) from None
+            await asyncio.sleep(self.retry_s)
 
 
 REBOOT_S = 30.0  # a restored phone takes this long to reach the Hello screen

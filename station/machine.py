@@ -6,6 +6,9 @@ path through it can be tested exhaustively. The graph::
 
     EMPTY --Attached--> DETECTING --Identified--> IDENTIFIED --LockCheckStarted--> CHECKING_LOCK
     any state with a phone --LockResult(locked)--> LOCKED   (never restored; work stops)
+    CHECKING_LOCK --LockResult(unknown, needs trust)--> NEEDS_TRUST   (every policy)
+    NEEDS_TRUST --LockResult(unknown, needs trust)--> NEEDS_TRUST   (asked again: still waiting)
+    NEEDS_TRUST --LockResult(any other)--> as from CHECKING_LOCK   (it trusts the station now)
     CHECKING_LOCK --LockResult(unknown), policy refuse--> REFUSED
     CHECKING_LOCK --LockResult(clear | unknown+restore)--> QUEUED (line) | NEEDS_CONFIRM (counter)
     CHECKING_LOCK --LockResult(unknown), policy hold--> NEEDS_CONFIRM (held: long press OK)
@@ -24,6 +27,17 @@ path through it can be tested exhaustively. The graph::
 The lock rule lives in two places that cannot both be wrong: LOCKED is left
 only by Detached, and RESTORING is entered only from QUEUED by a port whose
 lock status is CLEAR, or UNKNOWN under a policy that allows it.
+
+The policy (``unknown_lock``) decides only for a phone whose lock cannot be read
+by nature (recovery, DFU): ``refuse`` refuses it, ``hold`` waits for a long press,
+``restore`` restores it. A phone running iOS that trusts the station but whose
+check proved nothing (Find My not confirmed off, Apple's server unclear) is
+refused under ``refuse`` and otherwise held for a long press, as under ``hold``.
+A phone running iOS that does not trust the station (the phone layer says
+``needs_trust``) could be read once it does, and a real phone cannot be sent to
+recovery without trust: it waits in NEEDS_TRUST under every policy, and no
+button moves it on; only a lock check does. That too lives in two places: the
+port keeps ``untrusted`` until a check answers, and ``_restorable`` refuses it.
 """
 from __future__ import annotations
 
@@ -31,7 +45,7 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from hw.phones import Device, Lock
+from hw.phones import Device, Lock, Mode
 
 
 class State(enum.Enum):
@@ -75,6 +89,7 @@ class Port:
     lock: Lock = Lock.UNCHECKED
     lock_reason: str = ""
     held: bool = False  # unknown lock under "hold": only a long press on OK confirms
+    untrusted: bool = False  # lock unknown because the phone does not trust the station: no policy applies
     confirmed_by: str = ""  # "operator" or "policy" once the restore was allowed to queue
     phase: str = ""
     percent: float = 0.0
@@ -114,6 +129,7 @@ class LockResult:
     lock: Lock
     reason: str = ""
     method: str = ""  # how the phone layer decided, for the record
+    needs_trust: bool = False  # unknown only because the phone does not trust the station (yet)
 
 
 @dataclass(frozen=True)
@@ -244,14 +260,30 @@ def _lock_result(port: Port, event: LockResult, policy: Policy, now: float) -> S
         return _verified(port, event, now)
     if not checking or event.lock is Lock.UNCHECKED:
         return _ignore(port, event)
-    port = replace(port, lock=event.lock, lock_reason=event.reason, reason="")
+    if event.needs_trust:
+        return _untrusted(port, event, now)
+    port = replace(port, lock=event.lock, lock_reason=event.reason, reason="", untrusted=False)
     if event.lock is Lock.UNKNOWN and policy.unknown_lock == "refuse":
         return _enter(port, State.REFUSED, now,
                       reason=f"lock unknown ({event.reason or 'not checkable'})")
-    held = event.lock is Lock.UNKNOWN and policy.unknown_lock == "hold"
+    # "restore" decides only for a phone unreadable by nature; a phone running iOS whose check
+    # was inconclusive is held for a person (who can ask its owner), under every policy.
+    held = event.lock is Lock.UNKNOWN and (policy.unknown_lock == "hold" or not _unreadable_by_nature(port))
     if policy.mode == "line" and not held:
         return _enter(port, State.QUEUED, now, Effect.ENQUEUE, confirmed_by="policy")
     return _enter(port, State.NEEDS_CONFIRM, now, held=held)
+
+
+def _untrusted(port: Port, event: LockResult, now: float) -> Step:
+    """Not readable until the phone trusts the station: no policy decides, the phone waits.
+
+    Fails closed: an answer that says both "clear" and "needs trust" is taken as unknown.
+    """
+    port = replace(port, lock=Lock.UNKNOWN, lock_reason=event.reason, untrusted=True, held=False,
+                   confirmed_by="")
+    if port.state is State.NEEDS_TRUST:  # asked again, still not trusted
+        return Step(replace(port, reason=event.reason))
+    return _enter(port, State.NEEDS_TRUST, now, reason=event.reason)
 
 
 def _locked(port: Port, event: LockResult, now: float) -> Step:
@@ -314,14 +346,24 @@ def _waiting(port: Port, event: Waiting, policy: Policy, now: float) -> Step:
 
 
 def _restorable(port: Port, policy: Policy) -> bool:
-    """The lock rule: only a checked-clear phone, or an unknown one the policy or a held confirm allows."""
+    """The lock rule: only a checked-clear phone, or an unknown one the policy or a held confirm
+    allows; never one whose lock is unknown because it does not trust the station."""
+    if port.untrusted:
+        return False
     if port.lock is Lock.CLEAR:
         return True
     if port.lock is not Lock.UNKNOWN:
         return False
-    if policy.unknown_lock == "restore":
+    if policy.unknown_lock == "refuse":
+        return False
+    if policy.unknown_lock == "restore" and _unreadable_by_nature(port):
         return True
-    return policy.unknown_lock == "hold" and port.confirmed_by == "operator"
+    return port.confirmed_by == "operator"
+
+
+def _unreadable_by_nature(port: Port) -> bool:
+    """Recovery and DFU phones have no lockdownd to ask: the only phones ``unknown_lock`` decides for."""
+    return port.device is not None and port.device.mode is not Mode.NORMAL
 
 
 def _progress(port: Port, event: Progress, policy: Policy, now: float) -> Step:

@@ -29,6 +29,7 @@ def drive(*events, policy: Policy = COUNTER, port: Port | None = None) -> tuple[
 
 
 CHECKING = (Attached(PHONE), Identified(PHONE), LockCheckStarted())
+CHECKING_DFU = (Attached(DFU), Identified(DFU), LockCheckStarted())
 CLEAR = LockResult(Lock.CLEAR, "Find My off", "fmip")
 
 
@@ -39,11 +40,18 @@ CLEAR = LockResult(Lock.CLEAR, "Find My off", "fmip")
     (CHECKING + (LockResult(Lock.LOCKED, "Find My is on"),), LINE, State.LOCKED),
     (CHECKING + (CLEAR,), COUNTER, State.NEEDS_CONFIRM),
     (CHECKING + (CLEAR,), LINE, State.QUEUED),
-    (CHECKING + (LockResult(Lock.UNKNOWN, "DFU"),), Policy(unknown_lock="hold", mode="line"),
+    (CHECKING_DFU + (LockResult(Lock.UNKNOWN, "DFU"),), Policy(unknown_lock="hold", mode="line"),
      State.NEEDS_CONFIRM),
-    (CHECKING + (LockResult(Lock.UNKNOWN, "DFU"),), Policy(unknown_lock="refuse"), State.REFUSED),
-    (CHECKING + (LockResult(Lock.UNKNOWN, "DFU"),), Policy(unknown_lock="restore", mode="line"),
+    (CHECKING_DFU + (LockResult(Lock.UNKNOWN, "DFU"),), Policy(unknown_lock="refuse"), State.REFUSED),
+    (CHECKING_DFU + (LockResult(Lock.UNKNOWN, "DFU"),), Policy(unknown_lock="restore", mode="line"),
      State.QUEUED),
+    # A phone running iOS whose check proved nothing: "restore" does not decide for it.
+    (CHECKING + (LockResult(Lock.UNKNOWN, "Find My not confirmed off"),),
+     Policy(unknown_lock="restore", mode="line"), State.NEEDS_CONFIRM),
+    (CHECKING + (LockResult(Lock.UNKNOWN, "Find My not confirmed off"), RestoreStarted()),
+     Policy(unknown_lock="restore", mode="line"), State.NEEDS_CONFIRM),
+    (CHECKING + (LockResult(Lock.UNKNOWN, "Find My not confirmed off"), Confirm(long=True)),
+     Policy(unknown_lock="restore", mode="line"), State.QUEUED),
     (CHECKING + (CLEAR, Confirm()), COUNTER, State.QUEUED),
     (CHECKING + (CLEAR, Confirm(), Cancel()), COUNTER, State.NEEDS_CONFIRM),
     (CHECKING + (CLEAR, RestoreStarted()), LINE, State.RESTORING),
@@ -112,9 +120,12 @@ def test_describe_names_slot_device_and_both_states():
 # -- the lock rule, over thousands of random event sequences ------------------
 
 devices = st.sampled_from([PHONE, DFU])
+UNTRUSTED = LockResult(Lock.UNKNOWN, "passcode set: unlock the phone and tap Trust", "fmip",
+                       needs_trust=True)
 events = st.one_of(
     devices.map(Attached), devices.map(Identified), st.just(LockCheckStarted()),
     st.sampled_from(list(Lock)).map(lambda lock: LockResult(lock, "r")),
+    st.sampled_from(list(Lock)).map(lambda lock: LockResult(lock, "not trusted", needs_trust=True)),
     st.booleans().map(lambda long: Confirm(long=long)), st.just(Cancel()), st.just(Abort()),
     st.just(RestoreStarted()), st.floats(-10, 200).map(lambda p: Progress("restore image", p)),
     st.just(RestoreFinished()), st.booleans().map(lambda r: RestoreFailed("x", r)),
@@ -132,8 +143,9 @@ FORWARD = {
     State.EMPTY: [Attached(PHONE), Attached(DFU)],
     State.DETECTING: [Identified(PHONE), Identified(DFU)],
     State.IDENTIFIED: [LockCheckStarted()],
-    State.CHECKING_LOCK: [LockResult(lock, "r") for lock in Lock] + [TrustNeeded()],
-    State.NEEDS_TRUST: [LockCheckStarted(), Progress("restore image", 50)],
+    State.CHECKING_LOCK: [LockResult(lock, "r") for lock in Lock] + [TrustNeeded(), UNTRUSTED],
+    State.NEEDS_TRUST: [LockCheckStarted(), Progress("restore image", 50), UNTRUSTED,
+                        LockResult(Lock.CLEAR, "r"), LockResult(Lock.UNKNOWN, "r")],
     State.NEEDS_CONFIRM: [Confirm(long=False), Confirm(long=True)],
     State.QUEUED: [RestoreStarted()],
     State.RESTORING: [Progress("restore image", 50), RestoreFinished(), RestoreFailed("usb", True)],
@@ -168,6 +180,23 @@ def test_no_restore_ever_starts_for_a_locked_phone(data, policy):
         if answered_locked:
             assert port.state is State.LOCKED
         assert 0.0 <= port.percent <= 100.0
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.data(), policies)
+def test_a_phone_that_does_not_trust_the_station_waits_whatever_the_policy(data, policy):
+    untrusted = False  # the last lock answer for the phone now plugged in said "needs trust"
+    for old, event, port in run_random(data, policy):
+        if port.state is State.EMPTY:
+            untrusted = False
+        checking = old.state in (State.CHECKING_LOCK, State.NEEDS_TRUST) and old.restore_started is None
+        if isinstance(event, LockResult) and checking and event.lock is not Lock.UNCHECKED:
+            untrusted = event.needs_trust and event.lock is not Lock.LOCKED
+        if untrusted:
+            # Only a new lock answer, a detach or a fault moves it on; never a policy or a button.
+            waiting = (State.NEEDS_TRUST, State.CHECKING_LOCK, State.FAILED, State.LOCKED)
+            assert port.state in waiting, (event, port.state)
+            assert port.restore_started is None
 
 
 @settings(max_examples=2000, deadline=None)

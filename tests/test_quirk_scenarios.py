@@ -30,6 +30,15 @@ SCENARIOS = {
     "re-enumerating": (300, ["VERIFYING -> DONE"], ["USB NO ACCESS", "-> EMPTY"]),
     "slow-activation-daemon": (300, ["VERIFYING -> DONE"], ["DONE (not verified"]),
     "lockdown-stalls": (300, ["DETECTING -> FAILED (lockdownd did not answer within 3 s)"], []),
+    # unknown_lock = "restore" decides only for phones unreadable by nature (the DFU one).
+    "untrusted-phones": (300, ["slot 1 [F2LTRUST0001] CHECKING_LOCK -> NEEDS_TRUST (passcode set: "
+                               "unlock the phone and tap Trust)",
+                               "slot 2 [F17TRUST0002] CHECKING_LOCK -> NEEDS_TRUST "
+                               "(Trust denied on the phone)",
+                               "slot 3 [G6TTRUST0003] CHECKING_LOCK -> LOCKED (Find My is on)",
+                               "slot 4 [ECID 1C5B02C107ABDA] VERIFYING -> DONE"],
+                         ["slot 1 [F2LTRUST0001] NEEDS_TRUST ->", "slot 2 [F17TRUST0002] NEEDS_TRUST ->",
+                          "[F2LTRUST0001] QUEUED", "[F17TRUST0002] QUEUED", "[G6TTRUST0003] QUEUED"]),
 }
 
 

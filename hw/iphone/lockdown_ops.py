@@ -12,6 +12,9 @@ The lock check gathers what each source says and lets ``decide`` weigh it
    for phones in use), so without a *true* from Find My it stays UNKNOWN with
    what the operator can do about it.
 
+A phone that refuses to pair (passcode set, Trust denied or not tapped) cannot be
+read at all: its answer is UNKNOWN with ``needs_trust``, which no policy decides for.
+
 Every lockdown conversation is bounded; a phone that cannot answer yet raises
 ``NotReady`` and the caller decides whether to ask again.
 """
@@ -40,7 +43,7 @@ PAIR_TIMEOUT_S = 10.0  # at the Hello screen pairing needs no dialog; don't wait
 LOCKDOWN_TIMEOUT_S = 20.0  # one lockdown conversation (connect, pair, read)
 APPLE_TIMEOUT_S = 90.0  # the whole activation conversation: two POSTs of <= 30 s and the phone
 
-__all__ = ["NotReady", "check_lock", "read_identity"]
+__all__ = ["NotReady", "check_lock", "pair", "pairing_reason", "read_identity"]
 
 
 @asynccontextmanager
@@ -99,7 +102,15 @@ async def check_lock(udid: str, pairing_dir: Path, timeout_s: float = LOCKDOWN_T
                                   ACTIVATION_SERVER)
             return decide([find_my, apple])
     except PairingError as error:
-        return LockCheck(Lock.UNKNOWN, _pairing_reason(error), FIND_MY)
+        return LockCheck(Lock.UNKNOWN, pairing_reason(error), FIND_MY, needs_trust=True)
+
+
+async def pair(udid: str, pairing_dir: Path, timeout_s: float = LOCKDOWN_TIMEOUT_S) -> None:
+    """A paired lockdown session with the phone, opened and closed: what a restore of a phone
+    running iOS needs first. Raises PairingError while the phone does not trust this host,
+    NotReady while it cannot answer."""
+    async with _lockdown(udid, pairing_dir, True, timeout_s):
+        pass
 
 
 async def _ask_find_my(lockdown: LockdownClient, timeout_s: float) -> LockCheck:
@@ -114,7 +125,8 @@ async def _ask_find_my(lockdown: LockdownClient, timeout_s: float) -> LockCheck:
     return judge_find_my(value)
 
 
-def _pairing_reason(error: PairingError) -> str:
+def pairing_reason(error: PairingError) -> str:
+    """What the operator does about a refused pairing."""
     if isinstance(error, PasswordRequiredError):
         return "passcode set: unlock the phone and tap Trust"
     if isinstance(error, UserDeniedPairingError):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hw.iphone import activation
+from hw.iphone import activation, lockdown_ops
 from hw.iphone import layer as layer_module
 from hw.phones import LayerFault, Lock, Mode, PhoneArrived, PhoneLeft
 from hw.sim import ACTIVATED, Hang, Pairing, Refuse
@@ -78,6 +78,28 @@ async def test_lock_check_paths(tmp_path, monkeypatch, fields, lock, method, rea
         result = await h.layer.check_lock(await h.layer.identify(arrived.device))
     assert (result.lock, result.method) == (lock, method)
     assert reason in result.reason
+    # Passcode or "Don't Trust": unreadable until it trusts the station, which no policy stands in for.
+    assert result.needs_trust is (fields.get("pairing") in (Pairing.PASSCODE, Pairing.DENIED))
+
+
+async def test_a_trust_dialog_nobody_answers_needs_trust(tmp_path, monkeypatch):
+    monkeypatch.setattr(lockdown_ops, "PAIR_TIMEOUT_S", 0.5)
+    sim = phone(activation_state=ACTIVATED, find_my=True, pairing=Pairing.DIALOG, dialog_tries=10**6)
+    async with running_layer(tmp_path, monkeypatch) as h:
+        h.plug(sim, 1)
+        arrived = await h.until(lambda e: isinstance(e, PhoneArrived))
+        result = await h.layer.check_lock(await h.layer.identify(arrived.device))
+    assert (result.lock, result.needs_trust) == (Lock.UNKNOWN, True)
+    assert result.reason == "Trust dialog not answered"
+
+
+async def test_recovery_and_dfu_are_unreadable_by_nature_not_untrusted(tmp_path, monkeypatch):
+    async with running_layer(tmp_path, monkeypatch) as h:
+        h.plug(phone(mode=SimMode.RECOVERY), 1)
+        arrived = await h.until(lambda e: isinstance(e, PhoneArrived))
+        result = await h.layer.check_lock(await h.layer.identify(arrived.device))
+    assert (result.lock, result.needs_trust) == (Lock.UNKNOWN, False)
+    assert result.reason == "RECOVERY: lock not readable"
 
 
 @pytest.mark.parametrize("fault, reason", [

@@ -1,0 +1,82 @@
+"""The simulated backend's restore is no more permissive than a real phone.
+
+A real phone running iOS goes to recovery only for a host it trusts: lockdownd wants a
+paired session for EnterRecovery from iOS 14.5 (idevicerestore commit 6d3b6bb), and the
+station's own worker pairs first on every iOS (station/worker/real.py ``_connect``). So a
+simulated phone that refuses trust must not be restored either, whatever the station asks.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from hw.phones import PhoneArrived, RestoreError, TrustRequest
+from hw.sim import Mode as SimMode
+from hw.simulated import SimulatedPhones
+from station.clock import Clock
+from station.config import Config, RestoreSection, StationSection
+from station.scenario import Scenario, ScenarioInfo, ScenarioPhone
+
+
+async def _restore(tmp_path: Path, spec: ScenarioPhone,
+                   reports: list[object] | None = None) -> tuple[SimulatedPhones, list[object]]:
+    config = Config(station=StationSection(state_dir=tmp_path / "state"),
+                    restore=RestoreSection(timeout_s=60))
+    scenario = Scenario("trust", ScenarioInfo(), (spec,), (), {}, tmp_path)
+    layer = SimulatedPhones(config, scenario, Clock(speed=100, started=False))
+    events: list[object] = []
+    reports = [] if reports is None else reports
+    watching = asyncio.create_task(layer.watch(events.append))
+    try:
+        async with asyncio.timeout(20):
+            while not any(isinstance(e, PhoneArrived) for e in events):
+                await asyncio.sleep(0.05)
+            arrived = next(e for e in events if isinstance(e, PhoneArrived))
+            device = await layer.identify(arrived.device)
+            await layer.restore(device, None, reports.append)
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+    return layer, reports
+
+
+@pytest.mark.parametrize("pairing, reason", [
+    ("passcode", "passcode set: unlock the phone and tap Trust"),
+    ("denied", "Trust denied on the phone"),
+])
+async def test_a_phone_that_does_not_trust_the_station_is_not_restored(tmp_path, pairing, reason):
+    spec = ScenarioPhone(name="untrusting", slot=1, activated=True, find_my=True,
+                         activation_lock=True, pairing=pairing)
+    with pytest.raises(RestoreError) as failure:
+        await _restore(tmp_path, spec)
+    assert reason in failure.value.reason and failure.value.retryable
+
+
+async def test_the_restore_asks_for_trust_and_the_phone_stays_in_ios(tmp_path, monkeypatch):
+    spec = ScenarioPhone(name="untrusting", slot=1, activated=True, find_my=True, pairing="passcode")
+    captured: dict[str, SimulatedPhones] = {}
+    original = SimulatedPhones.__init__
+
+    def keep(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        captured["layer"] = self
+
+    monkeypatch.setattr(SimulatedPhones, "__init__", keep)
+    reports: list[object] = []
+    with pytest.raises(RestoreError):
+        await _restore(tmp_path, spec, reports)
+    assert reports == [TrustRequest("passcode set: unlock the phone and tap Trust")]  # asked once
+    phone = captured["layer"].phones["untrusting"]
+    assert phone.mode is SimMode.NORMAL and phone.find_my and not phone.paired_hosts
+    assert "EnterRecovery" not in phone.requests()
+
+
+async def test_a_trusting_phone_is_restored(tmp_path):
+    spec = ScenarioPhone(name="trusting", slot=1)
+    layer, reports = await _restore(tmp_path, spec)
+    phone = layer.phones["trusting"]
+    assert "StartSession" in phone.requests(), "restored over a paired session"
+    assert not phone.paired_hosts, "erased: it trusts nobody now"
+    assert not [r for r in reports if isinstance(r, TrustRequest)]
