@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,20 @@ from station.ipsw import catalog as catalogs
 from station.ipsw import models
 from station.ipsw import record as records
 from station.ipsw.digest import Digests, file_digests
-from station.ipsw.errors import IpswError, NoIpswError
+from station.ipsw.errors import IpswError, NoIpswError, printable, shown
 from station.ipsw.files import fsync_dir
 from station.ipsw.manifest import Identity, Manifest, read_manifest
+from station.ipsw.reader import IpswArchive
 from station.ipsw.record import Record
-from station.ipsw.transfer import DownloadInterrupted, Progress, copy_file, download
+from station.ipsw.transfer import DownloadInterrupted, Progress, checked_url, copy_file, download, is_url
 
 log = logging.getLogger(__name__)
 
 CATALOG_FILE = "catalog.json"
 PART_SUFFIX = ".part"
+# A name must leave room for what goes beside it within Linux's 255-byte NAME_MAX: the longest is
+# write_atomic's temp file of the record, ".NAME.verify.json.XXXXXXXX.tmp" (26 more bytes).
+NAME_MAX_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class IpswCache:
     def __init__(self, section: IpswSection) -> None:
         self.section = section
         self.dir = section.cache_dir
-        self._manifests: dict[tuple[Path, int, int], Manifest] = {}
+        self._manifests: dict[tuple[Path, int, int, int, int], Manifest] = {}
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -103,18 +107,21 @@ class IpswCache:
         return [self._entry(path) for path in sorted(self.dir.glob("*.ipsw"))]
 
     def find(self, name: str) -> Entry:
-        """A cached IPSW by file name (or a path to it in the cache)."""
-        path = self.dir / Path(name).name
+        """A cached IPSW by file name, or by a path to it in the cache (never a file of that name elsewhere)."""
+        given = Path(name)
+        if given.name != name and given.parent.resolve() != self.dir.resolve():
+            raise IpswError(f"{printable(name)}: not in the cache ({self.dir}); give the file name "
+                            f"({printable(given.name)})")
+        path = self.dir / given.name
         if path.suffix != ".ipsw" or not path.is_file():
-            raise IpswError(f"{Path(name).name}: not in the cache ({self.dir})")
+            raise IpswError(f"{printable(given.name)}: not in the cache ({self.dir})")
         return self._entry(path)
 
     def catalog(self) -> catalogs.Catalog:
         return catalogs.load(self.dir / CATALOG_FILE)
 
     def manifest(self, path: Path) -> Manifest:
-        stat = path.stat()
-        key = (path, stat.st_size, stat.st_mtime_ns)
+        key = (path, *records.fingerprint(path.stat()))
         if key not in self._manifests:
             self._manifests[key] = read_manifest(path)
         return self._manifests[key]
@@ -142,25 +149,29 @@ class IpswCache:
 
     def add(self, source: str, trust_unlisted: bool = False, progress: Progress | None = None) -> Entry:
         """Copy a file or download a URL into the cache, verified; IpswError leaves the cache unchanged."""
-        is_url = source.startswith(("http://", "https://"))
-        name = Path(urllib.parse.unquote(urllib.parse.urlsplit(source).path) if is_url else source).name
-        if not name.endswith(".ipsw"):
-            raise IpswError(f"{name or source}: not an .ipsw file name")
+        from_url = is_url(source)
+        if from_url:
+            source = checked_url(source)
+            name = Path(urllib.parse.unquote(urllib.parse.urlsplit(source).path)).name
+        else:
+            name = Path(source).name
+        _check_name(name, source)
         final = self.dir / name
         if final.exists():
             raise IpswError(f"{name} is already in the cache (station ipsw verify {name} checks it again)")
-        if not is_url:
+        if not from_url:
             self._check_source(Path(source))  # fail in a second, not after copying 8 GB
         self._make_dir()
         part = self.dir / f".{name}{PART_SUFFIX}"
         try:
-            if is_url:
+            if from_url:
                 digests = download(source, part, self.section.download_timeout_s, self.section.download_retries,
                                    progress)
             else:
                 digests = copy_file(Path(source), part, progress)
-            manifest = read_manifest(part)
-            verdict = self._judge(name, part.stat(), manifest, digests, trust_unlisted, previous=None)
+            manifest = read_manifest(part, name)
+            stat = part.stat()
+            verdict = self._judge(name, part, stat, manifest, digests, trust_unlisted, previous=None)
             if not verdict.usable:
                 raise IpswError(verdict.reason)
             records.save(final, verdict)  # the record first: the IPSW never shows up unverified
@@ -168,12 +179,15 @@ class IpswCache:
             fsync_dir(self.dir)
         except BaseException as error:
             # A broken download stays to be resumed; anything else (bad file, disk full) goes.
-            if not (is_url and isinstance(error, (DownloadInterrupted, KeyboardInterrupt))):
+            if not (from_url and isinstance(error, (DownloadInterrupted, KeyboardInterrupt))):
                 part.unlink(missing_ok=True)
                 part.with_name(part.name + ".json").unlink(missing_ok=True)
             if not final.exists():
                 records.path_for(final).unlink(missing_ok=True)
             raise
+        moved = final.stat()  # the rename set a new ctime: keep the record current (see record.py)
+        if moved.st_ctime_ns != stat.st_ctime_ns and records.fingerprint(moved)[:3] == records.fingerprint(stat)[:3]:
+            records.save(final, replace(verdict, ctime_ns=moved.st_ctime_ns))
         log.info("added %s: iOS %s (%s) for %s, %s", name, manifest.version, manifest.build,
                  ", ".join(manifest.product_types), verdict.state)
         return self._entry(final)
@@ -187,9 +201,10 @@ class IpswCache:
             digests = file_digests(entry.path, (lambda done: progress(done, stat.st_size)) if progress else None)
         except OSError as error:
             raise IpswError(f"{entry.path.name}: read error: {error.strerror or error}") from None
-        if entry.path.stat().st_mtime_ns != stat.st_mtime_ns:
+        if records.fingerprint(entry.path.stat()) != records.fingerprint(stat):
             raise IpswError(f"{entry.path.name}: changed while it was being verified")
-        verdict = self._judge(entry.path.name, stat, manifest, digests, trust_unlisted, previous=entry.record)
+        verdict = self._judge(entry.path.name, entry.path, stat, manifest, digests, trust_unlisted,
+                              previous=entry.record)
         records.save(entry.path, verdict)
         log.info("verified %s: %s", entry.path.name, verdict.state)
         if not verdict.usable:
@@ -197,6 +212,7 @@ class IpswCache:
         return self._entry(entry.path)
 
     def remove(self, name: str) -> Path:
+        """Delete a cached IPSW and its record; ``name`` as for ``find``."""
         entry = self.find(name)
         entry.path.unlink()
         records.path_for(entry.path).unlink(missing_ok=True)
@@ -282,23 +298,32 @@ class IpswCache:
     @staticmethod
     def _check_models(name: str, manifest: Manifest) -> None:
         if not any(models.is_iphone(m) for m in manifest.product_types):
-            raise IpswError(f"{name}: its BuildManifest is for {', '.join(manifest.product_types) or 'no model'}, "
+            raise IpswError(f"{name}: its BuildManifest is for {_listed(manifest.product_types) or 'no model'}, "
                             f"not an iPhone this station restores")
 
-    def _judge(self, name: str, stat: os.stat_result, manifest: Manifest, digests: Digests,
+    def _judge(self, name: str, path: Path, stat: os.stat_result, manifest: Manifest, digests: Digests,
                trust_unlisted: bool, previous: Record | None) -> Record:
         """The verification record of a hashed file: verified, unlisted (trusted) or failed with a reason."""
         self._check_models(name, manifest)
-        catalog = self.catalog()
+        catalog, not_refreshed = self.catalog(), ""
         if catalog.by_sha1(digests.sha1) is None and not catalog.for_build(manifest.build, manifest.product_types):
-            catalog = self._try_refresh(manifest.product_types, catalog)
+            catalog, not_refreshed = self._try_refresh(manifest.product_types, catalog)
+        verdict = self._verdict(name, path, stat, manifest, digests, trust_unlisted, previous, catalog,
+                                not_refreshed)
+        if not_refreshed and verdict.usable:
+            log.warning("%s; used the saved copy", not_refreshed)
+        return verdict
+
+    def _verdict(self, name: str, path: Path, stat: os.stat_result, manifest: Manifest, digests: Digests,
+                 trust_unlisted: bool, previous: Record | None, catalog: catalogs.Catalog,
+                 not_refreshed: str) -> Record:
         published = catalog.by_sha1(digests.sha1)
         listed = catalog.for_build(manifest.build, manifest.product_types)
-        what = f"iOS {manifest.version} ({manifest.build}) for {', '.join(manifest.product_types)}"
+        what = f"iOS {manifest.version} ({manifest.build}) for {_listed(manifest.product_types)}"
 
         def verdict(state: records.State, reason: str) -> Record:
-            return Record(state=state, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                          checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            return Record(state=state, size=stat.st_size, mtime_ns=stat.st_mtime_ns, inode=stat.st_ino,
+                          ctime_ns=stat.st_ctime_ns, checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
                           build=manifest.build, version=manifest.version, models=manifest.product_types,
                           sha1=digests.sha1, sha256=digests.sha256, reason=reason)
 
@@ -320,18 +345,24 @@ class IpswCache:
                                      f"{expected.sha1} for {expected.file_name}")
         trusted = previous is not None and previous.state == "unlisted" and previous.sha256 == digests.sha256
         if trust_unlisted or trusted:
+            # Nobody published these bytes: at least the files the restore reads must be in the zip.
+            missing = manifest.missing_files(set(IpswArchive(path, name).namelist()))
+            if missing:
+                more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+                return verdict("failed", f"{name}: its BuildManifest names a file the zip does not hold: "
+                                         f"{missing[0]}{more}")
             return verdict("unlisted", "not in the catalog, accepted with --trust-unlisted")
-        return verdict("failed", f"{name}: {what} is not in the catalog "
-                                 f"({catalog.fetched_text(manifest.product_types)}); "
+        # Why the catalog may be out of date goes into the one line, not on a line of its own before it.
+        fetched = catalog.fetched_text(manifest.product_types) + (f"; {not_refreshed}" if not_refreshed else "")
+        return verdict("failed", f"{name}: {what} is not in the catalog ({fetched}); "
                                  f"add --trust-unlisted to accept it anyway")
 
-    def _try_refresh(self, wanted: tuple[str, ...], catalog: catalogs.Catalog) -> catalogs.Catalog:
-        """The catalog fetched again for ``wanted`` when online; the saved copy when not."""
+    def _try_refresh(self, wanted: tuple[str, ...], catalog: catalogs.Catalog) -> tuple[catalogs.Catalog, str]:
+        """The catalog fetched again for ``wanted`` when online; the saved copy and why when not."""
         try:
-            return self.refresh_catalog(tuple(m for m in wanted if models.is_iphone(m)))[0]
+            return self.refresh_catalog(tuple(m for m in wanted if models.is_iphone(m)))[0], ""
         except IpswError as error:
-            log.warning("%s; using the saved copy", error)
-            return catalog
+            return catalog, str(error)
 
     def _boards(self, product_type: str | None, chip_id: int | None,
                 board_id: int | None) -> tuple[str, tuple[models.Board, ...]]:
@@ -372,6 +403,24 @@ class IpswCache:
         if published is None:
             return f"{wanted}; the catalog lists none: run station ipsw catalog refresh, then station ipsw add it"
         return f"{wanted}; add iOS {published.version} ({published.build}): station ipsw add {published.url}"
+
+
+def _check_name(name: str, source: str) -> None:
+    """The name a file gets in the cache: shown by `ipsw list`, so one line, visible, and short enough."""
+    if not name.endswith(".ipsw"):
+        raise IpswError(f"{printable(name or source)}: not an .ipsw file name")
+    if not name.isprintable():
+        control = any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name)
+        raise IpswError(f"{shown(name)}: a file name with {'a control' if control else 'an unprintable'} character")
+    if name.startswith("."):
+        raise IpswError(f"{shown(name)}: a hidden file name (it starts with '.')")
+    if len(name.encode()) > NAME_MAX_BYTES:
+        raise IpswError(f"{shown(name)}: a file name longer than {NAME_MAX_BYTES} bytes")
+
+
+def _listed(items: tuple[str, ...], most: int = 4) -> str:
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more
 
 
 def _release(manifest: Manifest) -> tuple[tuple[int, ...], str]:

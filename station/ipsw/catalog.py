@@ -8,6 +8,7 @@ is used as it is: each model's entry says when it was fetched.
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -120,4 +121,5 @@ def _published(firmware: dict[str, Any]) -> Published:
 
 
 def version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".") if p.isdigit())
+    # ASCII digits, and few: str.isdigit() takes "²", which int() refuses, and int() refuses over 4300 digits.
+    return tuple(int(p) for p in version.split(".") if re.fullmatch(r"[0-9]{1,9}", p))

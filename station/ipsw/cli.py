@@ -11,7 +11,7 @@ from station.cli import CommandError
 from station.config import Config
 from station.ipsw import models
 from station.ipsw.cache import Entry, IpswCache
-from station.ipsw.errors import IpswError, NoIpswError
+from station.ipsw.errors import IpswError, NoIpswError, printable
 from station.ipsw.progress import ProgressBar, gb
 
 Handler = Callable[[argparse.Namespace, Config], int]
@@ -63,7 +63,7 @@ def _one_line(handler: Handler) -> Handler:
         try:
             return handler(args, config)
         except IpswError as error:
-            raise CommandError(str(error)) from None
+            raise CommandError(printable(str(error))) from None  # one line, whatever the input held
     return run
 
 
@@ -109,7 +109,8 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_remove(args: argparse.Namespace, config: Config) -> int:
     cache = IpswCache(config.ipsw)
-    entries = [cache.find(name) for name in args.files]  # all or nothing: check every name first
+    # All or nothing: check every name first; a file named twice is removed once.
+    entries = {entry.path: entry for entry in map(cache.find, args.files)}.values()
     for entry in entries:
         print(f"removed {cache.remove(entry.path.name)}")
     return 0

@@ -13,3 +13,15 @@ class NoIpswError(IpswError):
         super().__init__(f"NO IPSW {model}")
         self.model = model
         self.log_message = log_message
+
+
+def printable(text: str) -> str:
+    """``text`` with each unprintable character escaped (a newline as ``\\n``): a message stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def shown(value: str, limit: int = 40) -> str:
+    """A value read from the input, quoted for a message: escaped, and cut after ``limit`` characters."""
+    if len(value) <= limit:
+        return f"'{printable(value)}'"
+    return f"'{printable(value[:limit])}...' ({len(value)} characters)"

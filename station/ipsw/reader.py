@@ -13,6 +13,7 @@ import io
 import os
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,6 +24,13 @@ from station.ipsw.errors import IpswError
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... file name length, extra field length
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 
+
+# What zipfile raises on a damaged archive besides BadZipFile: a bad central directory can
+# give a negative seek (ValueError) or a name that is not UTF-8 (UnicodeDecodeError, a ValueError);
+# a damaged member a zlib.error, EOFError (the stream ends early), NotImplementedError (an unknown
+# compression method) or RuntimeError (the encrypted flag).
+_ZIP_ERRORS = (zipfile.BadZipFile, ValueError, EOFError, struct.error, NotImplementedError)
+_MEMBER_ERRORS = (*_ZIP_ERRORS, zlib.error, RuntimeError, OSError)
 
 _pread = os.pread
 # The most one read/pread/preadv moves on Linux, whatever is asked (read(2), NOTES): a member over
@@ -117,18 +125,20 @@ class StoredMember(io.RawIOBase):
 class IpswArchive:
     """The member list of one IPSW; what ipsw_parser's ``IPSW`` reads an archive through."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, label: str | None = None) -> None:
+        """``label`` names the file in error messages (default: its name)."""
         self.path = Path(path)
+        self.label = label or self.path.name
         try:
             with zipfile.ZipFile(self.path) as archive:
                 self._members = {info.filename: info for info in archive.infolist()}
             size = self.path.stat().st_size
-        except zipfile.BadZipFile:
-            raise IpswError(f"{self.path.name}: not a complete zip archive (truncated, or not an IPSW)") from None
+        except _ZIP_ERRORS:
+            raise IpswError(f"{self.label}: not a complete zip archive (truncated, or not an IPSW)") from None
         except OSError as error:
-            raise IpswError(f"{self.path.name}: {error.strerror or error}") from None
+            raise IpswError(f"{self.label}: {error.strerror or error}") from None
         if any(info.header_offset + info.compress_size > size for info in self._members.values()):
-            raise IpswError(f"{self.path.name}: zip members run past the end of the file (truncated)")
+            raise IpswError(f"{self.label}: zip members run past the end of the file (truncated)")
 
     @property
     def filelist(self) -> list[zipfile.ZipInfo]:
@@ -137,17 +147,31 @@ class IpswArchive:
     def namelist(self) -> list[str]:
         return list(self._members)
 
+    def getinfo(self, name: str) -> zipfile.ZipInfo | None:
+        return self._members.get(name)
+
+    def read_small(self, name: str, limit: int) -> bytes:
+        """A small member read through zipfile (which checks its CRC, stored or deflated), at most ``limit`` + 1
+        bytes whatever its header says; IpswError when it cannot be read."""
+        try:
+            with zipfile.ZipFile(self.path) as archive, archive.open(name) as member:
+                return member.read(limit + 1)
+        except KeyError:
+            raise IpswError(f"{self.label}: no member {name}") from None
+        except _MEMBER_ERRORS as error:
+            raise IpswError(f"{self.label}: {name} cannot be read from the zip ({error})") from None
+
     def open(self, name: str) -> BinaryIO:
         info = self._members.get(name)
         if info is None:
-            raise IpswError(f"{self.path.name}: no member {name}")
+            raise IpswError(f"{self.label}: no member {name}")
         if info.compress_type != zipfile.ZIP_STORED:
             return self._open_deflated(info)
         fd = os.open(self.path, os.O_RDONLY)
         try:
             header = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
             if len(header) < _LOCAL_HEADER.size or header[:4] != _LOCAL_SIGNATURE:
-                raise IpswError(f"{self.path.name}: bad zip header for {name}")
+                raise IpswError(f"{self.label}: bad zip header for {name}")
             name_length, extra_length = _LOCAL_HEADER.unpack(header)[1:]
             start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
             return StoredMember(fd, start, info.file_size, name)  # type: ignore[return-value]

@@ -1,8 +1,12 @@
 """The verification result kept beside each cached IPSW, so a restart does not re-hash 8 GB.
 
-``NAME.ipsw.verify.json`` holds the file's size and mtime when it was checked; a
-different size or mtime makes the record stale and the file must be verified
-again before use.
+``NAME.ipsw.verify.json`` holds the file's size, mtime, inode and ctime when it
+was checked; any difference makes the record stale and the file must be verified
+again before use. The mtime alone is not enough: ``touch -r``, ``cp -p`` or an
+edit that puts the mtime back keep it, but the kernel sets the ctime on every
+change and nobody can set it back. A rename changes the ctime too, so ``add``
+saves the record again once the file has its final name. A record without these
+two fields (an older station) is stale: the file is hashed once more.
 """
 from __future__ import annotations
 
@@ -31,13 +35,20 @@ class Record:
     sha1: str = ""
     sha256: str = ""
     reason: str = ""  # why it failed, or where the published digests came from
+    inode: int = 0
+    ctime_ns: int = 0
 
     @property
     def usable(self) -> bool:
         return self.state in ("verified", "unlisted")
 
     def is_current(self, stat: os.stat_result) -> bool:
-        return (self.size, self.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+        return (self.size, self.mtime_ns, self.inode, self.ctime_ns) == fingerprint(stat)
+
+
+def fingerprint(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """What must not change between a hash and the use of its result: size, mtime, inode, ctime."""
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns
 
 
 def path_for(ipsw: Path) -> Path:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
+import re
 import socket
+import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -17,7 +20,7 @@ import pytest
 import station.cli
 from station.config import IpswSection
 
-from .factory import build_ipsw, firmware, synthetic_manifest
+from .factory import build_ipsw, firmware, synthetic_manifest, tree
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -159,6 +162,70 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         config.write_text(f'[ipsw]\ncache_dir = "{section.cache_dir}"\ncatalog_url = "{section.catalog_url}"\n'
                           f"download_timeout_s = {section.download_timeout_s}\n"
                           f"download_retries = {section.download_retries}\n[ipsw.pin]\n{pins}")
-        return station.cli.main([*argv, "--config", str(config)])
+        # Outside pytest nothing configures logging: a warning reaches stderr through logging.lastResort.
+        # pytest's own handler hides it, so this one puts it back where an operator would see it.
+        last_resort = logging.StreamHandler(sys.stderr)
+        last_resort.setLevel(logging.WARNING)
+        logging.getLogger().addHandler(last_resort)
+        try:
+            return station.cli.main([*argv, "--config", str(config)])
+        finally:
+            logging.getLogger().removeHandler(last_resort)
 
     return run
+
+
+@pytest.fixture
+def cache_with_one(cli, server: Server, section: IpswSection, tmp_path: Path, capsys) -> dict:
+    """A cache holding one verified IPSW; returns its file tree to compare with afterwards."""
+    good = build_ipsw(tmp_path / "iPhone15,4_18.0.1_22A3370_Restore.ipsw", synthetic_manifest(("iPhone15,4",)))
+    server.publish(good, ("iPhone15,4",), "18.0.1", "22A3370")
+    assert cli(section, "ipsw", "add", str(good)) == 0
+    capsys.readouterr()
+    return tree(section.cache_dir)
+
+
+def fails_one_line(capsys, code: int, pattern: str) -> None:
+    """The command failed with exactly one line on stderr, matching ``pattern``, and printed nothing else."""
+    out, err = capsys.readouterr()
+    assert code != 0
+    assert out == "" and err.count("\n") == 1 and err.endswith("\n"), err
+    assert re.match(pattern, err), err
+
+
+class _ScriptedHandler(BaseHTTPRequestHandler):
+    """Answers every GET with the server's ``steps``: bytes are sent as they are, a float is a pause."""
+
+    server: Any
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.close_connection = True
+        try:
+            for step in self.server.steps:
+                if isinstance(step, float):
+                    if self.server.stopping.wait(step):
+                        return
+                else:
+                    self.wfile.write(step)
+                    self.wfile.flush()
+        except OSError:  # the client gave up
+            pass
+
+
+@pytest.fixture
+def scripted() -> Iterator[Any]:
+    """A loopback server whose reply is written by the test (``steps``), e.g. a bad header or a slow body."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedHandler)
+    httpd.daemon_threads = True
+    httpd.steps = []  # type: ignore[attr-defined]
+    httpd.stopping = threading.Event()  # type: ignore[attr-defined]
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.stopping.set()  # type: ignore[attr-defined]
+    httpd.shutdown()
+    httpd.server_close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import plistlib
 import random
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -72,12 +73,56 @@ def firmware(path: Path, url: str, model: str, version: str, build: str, **chang
             "md5sum": hashlib.md5(data).hexdigest(), "signed": True, **changes}
 
 
-def tree(directory: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``directory`` with its size and mtime: 'the cache is left as it was'.
+def tree(directory: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under ``directory`` with its size, mtime and SHA-1: 'the cache is left as it was'.
 
     Not catalog.json: that is the publisher's list, saved again whenever an add finds the station online.
     """
     if not directory.exists():
         return {}
-    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns,
+                                            hashlib.sha1(p.read_bytes()).hexdigest())
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != "catalog.json"}
+
+
+def member_data_at(path: Path, name: str) -> tuple[int, int]:
+    """Where ``name``'s (compressed) bytes sit in the zip: (offset, length)."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(name)
+    with path.open("rb") as stream:
+        stream.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", stream.read(4))
+    return info.header_offset + 30 + name_length + extra_length, info.compress_size
+
+
+def patch_member_header(path: Path, name: str, **fields: int) -> None:
+    """Overwrite ``crc``, ``compress_size`` or ``file_size`` of ``name`` in both its local and central headers."""
+    offsets = {"crc": (14, 16), "compress_size": (18, 20), "file_size": (22, 24)}  # in the local, central header
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(name)
+        central = archive.start_dir
+    data = bytearray(path.read_bytes())
+    while data[central + 46:central + 46 + len(name.encode())] != name.encode():
+        central += 46 + sum(struct.unpack_from("<HHH", data, central + 28))
+    for field, value in fields.items():
+        local_at, central_at = offsets[field]
+        struct.pack_into("<I", data, info.header_offset + local_at, value)
+        struct.pack_into("<I", data, central + central_at, value)
+    path.write_bytes(bytes(data))
+
+
+def deep_binary_plist(depth: int) -> bytes:
+    """A binary plist of ``depth`` arrays nested in each other (plistlib.dumps itself recurses too deep)."""
+    ref_size, offset_size = 4, 8
+    objects, offsets, at = [], [], 8
+    for n in range(depth):
+        obj = b"\xa1" + struct.pack(">I", n + 1)  # an array of one reference: the next object
+        offsets.append(at)
+        objects.append(obj)
+        at += len(obj)
+    offsets.append(at)
+    objects.append(b"\x08")  # false
+    at += 1
+    table = b"".join(struct.pack(">Q", o) for o in offsets)
+    trailer = struct.pack(">6xBBQQQ", offset_size, ref_size, len(offsets), 0, at)
+    return b"bplist00" + b"".join(objects) + table + trailer

@@ -16,25 +16,8 @@ import pytest
 
 from station.config import IpswSection
 
-from .conftest import Server
+from .conftest import Server, fails_one_line as _fails
 from .factory import build_ipsw, synthetic_manifest, tree
-
-
-@pytest.fixture
-def cache_with_one(cli, server: Server, section: IpswSection, tmp_path: Path, capsys) -> dict:
-    """A cache holding one verified IPSW; returns its file tree to compare with afterwards."""
-    good = build_ipsw(tmp_path / "iPhone15,4_18.0.1_22A3370_Restore.ipsw", synthetic_manifest(("iPhone15,4",)))
-    server.publish(good, ("iPhone15,4",), "18.0.1", "22A3370")
-    assert cli(section, "ipsw", "add", str(good)) == 0
-    capsys.readouterr()
-    return tree(section.cache_dir)
-
-
-def _fails(capsys, code: int, pattern: str) -> None:
-    out, err = capsys.readouterr()
-    assert code != 0
-    assert out == "" and err.count("\n") == 1, err
-    assert re.match(pattern, err), err
 
 
 def test_truncated_zip(cli, section: IpswSection, cache_with_one: dict, ipsw14_7: Path, capsys) -> None:
@@ -196,3 +179,28 @@ def test_disk_full_during_add_on_a_small_filesystem(cli, server: Server, section
     _fails(capsys, cli(small, "ipsw", "add", str(big)),
            rf"station: disk full in {re.escape(str(small.cache_dir))} while writing {re.escape(big.name)}")
     assert tree(small.cache_dir) == before
+
+
+def test_remove_refuses_a_path_outside_the_cache(cli, section: IpswSection, cache_with_one: dict, tmp_path: Path,
+                                                 capsys) -> None:
+    (name,) = [n for n in cache_with_one if n.endswith(".ipsw")]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    other = elsewhere / name
+    other.write_bytes(b"not the cached file")
+    for command in ("remove", "verify"):
+        _fails(capsys, cli(section, "ipsw", command, str(other)),
+               rf"station: {re.escape(str(other))}: not in the cache \({re.escape(str(section.cache_dir))}\); "
+               rf"give the file name \({re.escape(name)}\)")
+    assert tree(section.cache_dir) == cache_with_one and other.exists()
+    assert cli(section, "ipsw", "remove", str(section.cache_dir / ".." / "cache" / name)) == 0  # in the cache: fine
+    assert capsys.readouterr().out == f"removed {section.cache_dir / name}\n"
+
+
+def test_remove_the_same_file_twice_in_one_command(cli, section: IpswSection, cache_with_one: dict,
+                                                   capsys) -> None:
+    (name,) = [n for n in cache_with_one if n.endswith(".ipsw")]
+    assert cli(section, "ipsw", "remove", name, name, str(section.cache_dir / name)) == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == (f"removed {section.cache_dir / name}\n", "")
+    assert tree(section.cache_dir) == {}
