@@ -1,18 +1,26 @@
 """The `station` command: subcommands register themselves from their own modules.
 
 Each module in COMMAND_MODULES has ``register(subparsers)``, which adds its
-parser and sets ``handler=fn`` where ``fn(args, config) -> int``. Every
-subcommand takes ``--config FILE``; the config is loaded once, here, before the
+parser and sets ``handler=fn`` where ``fn(args, config) -> int``. ``--config
+FILE`` may be given before the command or after it (``station --config F run``
+is ``station run --config F``); the config is loaded once, here, before the
 handler runs, so a bad key stops any command with one line.
+
+Bad input of any kind ends the same way: one line on stderr, exit 2, nothing
+changed. A usage mistake is one line too (``station run: argument --speed: ...``),
+and so is output that cannot be written (a full disk); a reader that went away
+(``station ... | head``) is a quiet exit 1.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from station.config import ConfigError, find_config, load_config
 
@@ -23,6 +31,11 @@ COMMAND_MODULES = (
     "station.commands.devices",
     "station.commands.ports",
 )
+CONFIG_HELP = ("config file (default: $STATION_CONFIG, /etc/station/station.toml, "
+               "then the checkout's config/station.toml)")
+# --config before the command has its own name: argparse copies a subcommand's values over
+# its parent's, so one shared name could not tell "before" from "after".
+CONFIG_BEFORE = "config_before_command"
 
 log = logging.getLogger("station")
 
@@ -31,9 +44,42 @@ class CommandError(Exception):
     """A command cannot do what was asked; the message is the one line shown."""
 
 
+class OutputError(Exception):
+    """Standard output cannot be written (a full disk, a closed descriptor)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (its subcommands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number above 0 (nan, inf, 0 and below are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
+    return value
+
+
+def positive_integer(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number above 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="station", description="iPhone restore station: detect, lock-check, restore, record.")
+    parser.add_argument("--config", metavar="FILE", dest=CONFIG_BEFORE, help=CONFIG_HELP)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -53,29 +99,91 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     children = [action for action in parser._actions
                 if isinstance(action, argparse._SubParsersAction)]
     if not children:
-        parser.add_argument(
-            "--config", metavar="FILE",
-            help="config file (default: $STATION_CONFIG, /etc/station/station.toml, "
-                 "then the checkout's config/station.toml)")
+        parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     for action in children:
         for child in action.choices.values():
             add_config_option(child)
 
 
+def config_name(args: argparse.Namespace) -> str | None:
+    """The one --config given, before or after the command; two different ones are an error."""
+    before, after = getattr(args, CONFIG_BEFORE, None), getattr(args, "config", None)
+    if before is not None and after is not None and before != after:
+        raise CommandError(f"--config given twice: {before} before the command, {after} after it")
+    return after if after is not None else before
+
+
+class _Stdout:
+    """sys.stdout while a command runs: a failed write is an OutputError, not an OSError that
+    a command could take for a problem with one of its own files."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._guard("write", text)
+
+    def flush(self) -> None:
+        self._guard("flush")
+
+    def _guard(self, name: str, *args: Any) -> Any:
+        if self._stream is None:  # `station ... >&-`: Python sets sys.stdout to None
+            raise OutputError("standard output is closed")
+        try:
+            return getattr(self._stream, name)(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise OutputError(error.strerror or str(error)) from None
+
+    def isatty(self) -> bool:
+        return self._stream is not None and self._stream.isatty()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stdout = sys.stdout
+    sys.stdout = _Stdout(stdout)  # type: ignore[assignment]
     try:
-        config = load_config(find_config(args.config))
-        return int(args.handler(args, config) or 0)
+        config = load_config(find_config(config_name(args)))
+        code = int(args.handler(args, config) or 0)
+        sys.stdout.flush()  # a full disk shows here, not at exit as "Exception ignored"
+        return code
     except (ConfigError, CommandError) as error:
         print(error if isinstance(error, ConfigError) else f"station: {error}", file=sys.stderr)
+        return 2
+    except OutputError as error:
+        _drop_output(stdout)
+        print(f"station: cannot write the output: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `station ... | head`: the reader left; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_output(stdout)
         return 1
+    except OSError as error:  # a file or directory the command needs (cache_dir not writable)
+        log.debug("command failed", exc_info=True)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"station: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+    finally:
+        sys.stdout = stdout
+
+
+def _drop_output(stdout: Any) -> None:
+    """Send what is still buffered for stdout nowhere, so exit does not fail writing it again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # no file descriptor (None, a test's stream)
+        pass
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the one in station.cli, not this __main__ copy: the commands raise station.cli's
+    # CommandError, which this module's except clauses would not know.
+    from station.cli import main as station_main
+
+    sys.exit(station_main())

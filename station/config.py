@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
+import pwd
 import re
 import tomllib
 import types
@@ -46,6 +48,8 @@ class StationSection:
     location: str = ""
     operator: str = ""
     state_dir: Path = Path("/var/lib/station")
+    # Free space kept for the records: below it no new restore starts (a record must fit).
+    records_reserve_mb: int = field(default=64, metadata=bounded(1, 1_000_000))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -77,6 +81,9 @@ class ButtonsSection:
 class LedsSection:
     # One BCM pin per slot, in slot order; an empty list means no LEDs.
     pins: tuple[int, ...] = ()
+
+
+BCM_PINS = (0, 27)  # the GPIO numbers on a Raspberry Pi's 40-pin header
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,7 @@ class IpswSection:
     # "{identifier}" becomes the ProductType, so a mirror or a test server can stand in.
     catalog_url: str = "https://api.ipsw.me/v4/device/{identifier}?type=ipsw"
     # ProductTypes `station ipsw catalog refresh` fetches; empty: every iPhone from iPhone10,1.
-    models: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()  # each a ProductType: it becomes part of a URL and a file name
     # ProductType -> iOS version (or build) to restore instead of the newest verified one.
     pin: dict[str, str] = field(default_factory=dict)
     download_timeout_s: float = field(default=60.0, metadata=bounded(1.0, 600.0))
@@ -130,6 +137,16 @@ class IpswSection:
         if "{identifier}" not in self.catalog_url:
             raise ConfigError(f"[ipsw] catalog_url = {toml_value(self.catalog_url)}: "
                               "must contain {identifier}")
+        for model in self.models:
+            if not PRODUCT_TYPE.fullmatch(model):
+                raise ConfigError(f"[ipsw] models = {toml_value(list(self.models))}: "
+                                  f"{toml_value(model)} is not a ProductType like \"iPhone14,2\"")
+        for model in self.pin:
+            if not PRODUCT_TYPE.fullmatch(model):
+                raise ConfigError(f"[ipsw] pin.{_key(model)}: not a ProductType like \"iPhone14,2\"")
+
+
+PRODUCT_TYPE = re.compile(r"iPhone\d{1,3},\d{1,3}")
 
 
 @dataclass(frozen=True)
@@ -144,27 +161,77 @@ class Config:
     ipsw: IpswSection = field(default_factory=IpswSection)
     source: Path | None = field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        _check_pins(self.buttons, self.leds)
+
+
+def _check_pins(buttons: ButtonsSection, leds: LedsSection) -> None:
+    """Each GPIO pin does one job. Checked on the whole config: a section alone cannot tell."""
+    owners: dict[int, str] = {}
+    for name in ("select_pin", "ok_pin", "back_pin"):
+        pin = getattr(buttons, name)
+        if pin in owners:
+            raise ConfigError(f"[buttons] {name} = {pin}: pin {pin} is also {owners[pin]}")
+        owners[pin] = name
+    where = f"[leds] pins = {toml_value(list(leds.pins))}"
+    for pin in leds.pins:
+        if not BCM_PINS[0] <= pin <= BCM_PINS[1]:
+            raise ConfigError(f"{where}: {pin} is not a BCM pin ({BCM_PINS[0]}..{BCM_PINS[1]})")
+    for i, pin in enumerate(leds.pins):
+        if pin in leds.pins[:i]:
+            raise ConfigError(f"{where}: pin {pin} is named twice")
+        if pin in owners:
+            raise ConfigError(f"{where}: pin {pin} is also [buttons] {owners[pin]}")
+
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
-    """--config, else $STATION_CONFIG, else /etc/station, else the checkout's default."""
-    for candidate in (explicit, os.environ.get("STATION_CONFIG")):
-        if candidate:
-            return Path(candidate)
+    """--config, else $STATION_CONFIG, else /etc/station, else the checkout's default.
+
+    An empty name is a mistake (an unset shell variable), not "use the default": a station
+    that silently read another config would restore with another station's settings.
+    """
+    if explicit is not None:
+        if not os.fspath(explicit):
+            raise ConfigError("--config: empty file name")
+        return Path(explicit)
+    from_env = os.environ.get("STATION_CONFIG")
+    if from_env is not None:
+        if not from_env:
+            raise ConfigError("STATION_CONFIG is set but empty: name a config file, or unset it")
+        return Path(from_env)
     return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else CHECKOUT_CONFIG
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     path = Path(path)
+    data = read_toml(path, ConfigError)
     try:
-        with path.open("rb") as stream:
-            data = tomllib.load(stream)
+        return parse_config(data, base_dir=path.resolve().parent, source=path)
+    except RecursionError:
+        raise ConfigError(f"{path}: values nested too deeply") from None
+
+
+def read_toml(path: Path, error_class: type[ConfigError]) -> dict[str, Any]:
+    """A TOML file's tables, or ``error_class`` with one line saying why not."""
+    if "\0" in str(path):
+        raise error_class(f"{toml_value(str(path))}: a path cannot contain a NUL character")
+    try:
+        text = path.read_bytes().decode("utf-8")
+        return tomllib.loads(text)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
+        raise error_class(f"{path}: no such file") from None
     except OSError as error:
-        raise ConfigError(f"{path}: {error.strerror}") from None
+        raise error_class(f"{path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        line = error.object[:error.start].count(b"\n") + 1
+        raise error_class(f"{path}: line {line}: not UTF-8 (byte 0x{error.object[error.start]:02x})") \
+            from None
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: {error}") from None
-    return parse_config(data, base_dir=path.resolve().parent, source=path)
+        raise error_class(f"{path}: {error}") from None
+    except RecursionError:
+        raise error_class(f"{path}: values nested too deeply") from None
+    except ValueError as error:  # e.g. an integer of more than 4300 digits
+        raise error_class(f"{path}: {error}") from None
 
 
 def parse_config(data: dict[str, Any], base_dir: Path, source: Path | None = None) -> Config:
@@ -177,9 +244,9 @@ def with_overrides(config: Config, data: dict[str, Any], base_dir: Path) -> Conf
     changes = {}
     for name, raw in data.items():
         if name not in sections or name == "source":
-            raise ConfigError(f"[{name}]: unknown section{_suggest(name, sections)}")
+            raise ConfigError(f"[{_key(name)}]: unknown section{_suggest(name, sections)}")
         if not isinstance(raw, dict):
-            raise ConfigError(f"[{name}]: must be a table")
+            raise ConfigError(f"[{name}] = {toml_value(raw)}: must be a table")
         current = getattr(config, name)
         update = parse_table(f"[{name}]", type(current), raw, base_dir)
         changes[name] = dataclasses.replace(current, **{k: getattr(update, k) for k in raw})
@@ -193,7 +260,7 @@ def parse_table(where: str, cls: type, raw: dict[str, Any], base_dir: Path) -> A
     values = {}
     for key, value in raw.items():
         if key not in fields:
-            raise ConfigError(f"{where} {key}: unknown key{_suggest(key, fields)}")
+            raise ConfigError(f"{where} {_key(key)}: unknown key{_suggest(key, fields)}")
         label = f"{where} {key}"
         values[key] = _coerce(label, hints[key], value, base_dir)
         bounds = fields[key].metadata.get("bounds")
@@ -212,8 +279,8 @@ def _coerce(label: str, hint: Any, value: Any, base_dir: Path) -> Any:
     origin, args = get_origin(hint), get_args(hint)
     if origin in (types.UnionType, typing.Union):  # "X | None": absent means None
         return _coerce(label, next(a for a in args if a is not type(None)), value, base_dir)
-    if origin is Literal:
-        if value not in args:
+    if origin is Literal:  # by type too: false == 0 and 2.0 == 2 in Python, not in the file
+        if not any(type(value) is type(arg) and value == arg for arg in args):
             raise ConfigError(f"{where}: must be one of {', '.join(map(toml_value, args))}")
         return value
     if origin is tuple:
@@ -223,21 +290,47 @@ def _coerce(label: str, hint: Any, value: Any, base_dir: Path) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: must be a table")
-        return {k: _coerce(f"{label}.{k}", args[1], v, base_dir) for k, v in value.items()}
+        return {k: _coerce(f"{label}.{_key(k)}", args[1], v, base_dir) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: must be a table")
         return parse_table(label, hint, value, base_dir)
     if hint is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where}: must be a path")
-        return (base_dir / Path(value).expanduser()).resolve()
+        return _path(where, value, base_dir)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     # bool is an int in Python; a config "true" where a number belongs is a mistake.
     if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
         raise ConfigError(f"{where}: must be {_type_name(hint)}")
     return value
+
+
+def _path(where: str, value: Any, base_dir: Path) -> Path:
+    """A directory or file named in the config: absolute, resolved, and not a file posing as a
+    directory (that much is cheap to know now; whether it can be created or written is said by
+    the command that writes there)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: must be a path")
+    if "\0" in value:
+        raise ConfigError(f"{where}: a path cannot contain a NUL character")
+    if value.startswith("~"):
+        user = value[1:].split("/", 1)[0]
+        try:
+            if user:
+                pwd.getpwnam(user)
+            path = Path(value).expanduser()
+        except (KeyError, RuntimeError):
+            who = f"no user {user}" if user else "no home directory ($HOME unset)"
+            raise ConfigError(f"{where}: {who} for {toml_value(value.split('/', 1)[0])}") from None
+    else:
+        path = Path(value)
+    try:
+        path = (base_dir / path).resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise ConfigError(f"{where}: {error}") from None
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{where}: {path} is a file, not a directory")
+    return path
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
@@ -249,15 +342,31 @@ def _suggest(name: str, known: typing.Iterable[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def toml_value(value: Any) -> str:
-    """A value as the operator wrote it in the file."""
+def toml_value(value: Any, depth: int = 8) -> str:
+    """A value as the operator wrote it in the file, on one line (nesting below ``depth``
+    and long lists are elided: an error message names a value, it does not dump it)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(map(toml_value, value)) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+    if isinstance(value, (list, tuple)):
+        if depth <= 0:
+            return "[...]"
+        shown = [toml_value(item, depth - 1) for item in value[:10]]
+        return "[" + ", ".join(shown + ["..."] * (len(value) > 10)) + "]"
+    if isinstance(value, dict):
+        if depth <= 0:
+            return "{...}"
+        shown = [f"{_key(k)} = {toml_value(v, depth - 1)}" for k, v in list(value.items())[:10]]
+        return "{ " + ", ".join(shown + ["..."] * (len(value) > 10)) + " }"
     return str(value)
+
+
+def _key(name: str) -> str:
+    """A key as TOML would need it written: bare if it can be, else quoted (so never two lines)."""
+    return name if re.fullmatch(r"[A-Za-z0-9_.-]+", name) else json.dumps(name)
 
 
 def _number(value: float) -> str:

@@ -52,13 +52,14 @@ A failure's ``percent`` is within its phase (``restore_image`` at 60: 60% of the
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from hw.sim.activation_pages import ANSWERS, GIVES_A_RECORD
-from station.config import ConfigError, bounded, parse_table, toml_value
+from station.config import Config, ConfigError, bounded, parse_table, read_toml, toml_value, \
+    with_overrides
+from station.ipsw.models import boards_for
 from station.worker.phases import TYPICAL_SECONDS
 
 PHASES = tuple(TYPICAL_SECONDS)
@@ -89,9 +90,9 @@ class ScenarioPhone:
     find_my: bool = False
     pairing: Literal["auto", "dialog", "passcode", "denied"] = "auto"
     attach: float = field(default=0.0, metadata=bounded(0, 86400))
-    detach: float | None = None
+    detach: float | None = field(default=None, metadata=bounded(0, 86400))
     serial: str = ""
-    ecid: int | None = None
+    ecid: int | None = field(default=None, metadata=bounded(1, 2**64 - 1))  # a 64-bit chip id
     fail: Failure | None = None
     expect: Literal["", "empty", "done", "done_unverified", "locked", "refused", "failed",
                     "needs_confirm"] = ""
@@ -108,7 +109,7 @@ class ScenarioPress:
     at: float = field(metadata=bounded(0, 86400))
     button: Literal["select", "ok", "back"]
     long: bool = False
-    slot: int | None = None
+    slot: int | None = field(default=None, metadata=bounded(1, 64))
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class UsbmuxdChange:
 @dataclass(frozen=True)
 class ScenarioInfo:
     description: str = ""
-    duration: float | None = None
+    duration: float | None = field(default=None, metadata=bounded(0, 86400))
     usbmuxd: Literal["on-demand", "always"] = "on-demand"
 
 
@@ -140,6 +141,7 @@ class Scenario:
     base_dir: Path
     network: tuple[NetworkChange, ...] = ()
     usbmuxd: tuple[UsbmuxdChange, ...] = ()
+    source: Path | None = None  # the file, named in errors found later (against the config)
 
     @property
     def last_event(self) -> float:
@@ -154,19 +156,29 @@ _SERIAL = re.compile(r"^[A-Z0-9]{8,14}$")
 
 def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
+    data = read_toml(path, ScenarioError)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
         return _parse(path, data)
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ScenarioError(f"{path}: cannot read: {error}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ScenarioError(f"{path}: {error}") from None
+    except RecursionError:
+        raise ScenarioError(f"{path.name}: values nested too deeply") from None
     except ScenarioError:
         raise
     except ConfigError as error:
         raise ScenarioError(f"{path.name}: {error.args[0]}") from None
+
+
+def configure(config: Config, scenario: Scenario) -> Config:
+    """The station's config with the scenario's [config] overrides, checked to fit the
+    scenario: every slot it names is on the hub. Done before anything starts."""
+    config = with_overrides(config, scenario.config, scenario.base_dir)
+    slots = config.hub.slots
+    named = [(f"[[phone]] {phone.name}", phone.slot) for phone in scenario.phones]
+    named += [(f"[[press]] #{i}", press.slot) for i, press in enumerate(scenario.presses, 1)]
+    for where, slot in named:
+        if slot is not None and slot > slots:
+            file = (scenario.source or Path(scenario.name)).name
+            raise ScenarioError(f"{file}: {where} slot = {slot}: beyond the hub ([hub] slots = {slots})")
+    return config
 
 
 def _parse(path: Path, data: dict[str, Any]) -> Scenario:
@@ -183,17 +195,23 @@ def _parse(path: Path, data: dict[str, Any]) -> Scenario:
                     for i, raw in enumerate(_array(data, "network"), 1))
     usbmuxd = tuple(parse_table(f"[[usbmuxd]] #{i}", UsbmuxdChange, raw, path.parent)
                     for i, raw in enumerate(_array(data, "usbmuxd"), 1))
-    for phone in phones:
-        _check_phone(phone)
+    for number, phone in enumerate(phones, 1):
+        _check_phone(number, phone)
     _check_slots(phones)
     return Scenario(path.stem, info, phones, presses, _table(data, "config"), path.parent, network,
-                    usbmuxd)
+                    usbmuxd, source=path)
 
 
-def _check_phone(phone: ScenarioPhone) -> None:
+def _check_phone(number: int, phone: ScenarioPhone) -> None:
+    if not phone.name.isprintable() or not phone.name:  # it names the phone in every message
+        raise ConfigError(f"[[phone]] #{number} name = {toml_value(phone.name)}: "
+                          "must be one line of printable characters")
     where = f"[[phone]] {phone.name}"
     if not re.fullmatch(r"iPhone\d+,\d+", phone.model):
         raise ConfigError(f"{where} model = {toml_value(phone.model)}: must look like 'iPhone14,7'")
+    if not boards_for(phone.model):  # the simulated phone takes its chip and board from there
+        raise ConfigError(f"{where} model = {toml_value(phone.model)}: "
+                          "no such iPhone (pymobiledevice3's IRECV_DEVICES)")
     if not re.fullmatch(r"\d+(\.\d+){1,2}", phone.ios):
         raise ConfigError(f"{where} ios = {toml_value(phone.ios)}: must look like '17.5.1'")
     if phone.serial and not _SERIAL.fullmatch(phone.serial):

@@ -22,6 +22,15 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def sim_config(tmp_path: Path) -> Path:
+    """A simulated station's config with its state and IPSW cache in tmp_path and a 4-port hub."""
+    path = tmp_path / "station.toml"
+    path.write_text('[station]\nstate_dir = "state"\n[hardware]\nbackend = "sim"\n'
+                    '[ipsw]\ncache_dir = "ipsw"\n[hub]\nslots = 4\n')
+    return path
+
+
+@pytest.fixture
 def pmd3_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """pymobiledevice3's pair records go to this test's folder, not the user's home.
 

@@ -88,3 +88,86 @@ def test_station_command_stops_with_one_line_and_exit_2(tmp_path):
 def test_missing_config_file_is_one_line(tmp_path, capsys):
     assert main(["run", "--config", str(tmp_path / "nope.toml")]) == 2
     assert capsys.readouterr().err == f"config error: {tmp_path / 'nope.toml'}: no such file\n"
+
+
+# Bad input (issue 9, section 5): one line, a non-zero exit, nothing changed.
+
+@pytest.mark.parametrize("toml, message", [
+    ("[display]\nrotate = false\n", "config error: [display] rotate = false: must be one of 0, 2"),
+    ("[display]\nrotate = 2.0\n", "config error: [display] rotate = 2.0: must be one of 0, 2"),
+    ("[leds]\npins = [-1]\n", "config error: [leds] pins = [-1]: -1 is not a BCM pin (0..27)"),
+    ("[leds]\npins = [5, 28]\n", "config error: [leds] pins = [5, 28]: 28 is not a BCM pin (0..27)"),
+    ("[leds]\npins = [5, 6, 5]\n", "config error: [leds] pins = [5, 6, 5]: pin 5 is named twice"),
+    ("[leds]\npins = [5, 17]\n",
+     "config error: [leds] pins = [5, 17]: pin 17 is also [buttons] select_pin"),
+    ("[leds]\npins = [true]\n", "config error: [leds] pins = true: must be an integer"),
+    ("[buttons]\nok_pin = 17\n", "config error: [buttons] ok_pin = 17: pin 17 is also select_pin"),
+    ('[ipsw]\nmodels = ["../../etc"]\n',
+     'config error: [ipsw] models = ["../../etc"]: "../../etc" is not a ProductType like "iPhone14,2"'),
+    ('[ipsw]\npin = { "../x" = "17.5.1" }\n',
+     'config error: [ipsw] pin."../x": not a ProductType like "iPhone14,2"'),
+    ('[station]\nstate_dir = "/tmp/a\\u0000b"\n',
+     'config error: [station] state_dir = "/tmp/a\\u0000b": a path cannot contain a NUL character'),
+    ('[station]\nstate_dir = "~nosuchuser9/state"\n',
+     'config error: [station] state_dir = "~nosuchuser9/state": no user nosuchuser9 for "~nosuchuser9"'),
+    ('[station]\n"a\\nb" = 1\n', 'config error: [station] "a\\nb": unknown key'),
+    ('["x\\ny"]\n', 'config error: ["x\\ny"]: unknown section'),
+    ('[hub]\nports = { "1-1.3" = [[[[[[[[[[[[1]]]]]]]]]]]] }\n',
+     'config error: [hub] ports.1-1.3 = [[[[[[[[[...]]]]]]]]]: must be an integer'),
+])
+def test_values_that_must_be_refused(tmp_path, toml, message):
+    path = tmp_path / "station.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == message.format(path=path)
+
+
+def test_non_utf8_config_is_one_line(tmp_path):
+    path = tmp_path / "station.toml"
+    path.write_bytes(b'[station]\n# caf\xe9\nid = "x"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"config error: {path}: line 2: not UTF-8 (byte 0xe9)"
+
+
+@pytest.mark.parametrize("depth", [600, 5000])
+def test_deeply_nested_value_is_one_line(tmp_path, depth):
+    path = tmp_path / "station.toml"
+    path.write_text("[leds]\npins = " + "[" * depth + "]" * depth + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith("config error: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_config_path_with_a_nul_is_one_line(capsys):
+    assert main(["run", "--config", "a\0b.toml"]) == 2
+    assert capsys.readouterr().err == 'config error: "a\\u0000b.toml": a path cannot contain a NUL character\n'
+
+
+def test_empty_config_name_is_an_error_not_unset(monkeypatch, capsys):
+    monkeypatch.delenv("STATION_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="--config: empty file name"):
+        find_config("")
+    monkeypatch.setenv("STATION_CONFIG", "")
+    with pytest.raises(ConfigError, match="STATION_CONFIG is set but empty"):
+        find_config(None)
+    assert main(["ipsw", "list"]) == 2
+    assert capsys.readouterr().err == \
+        "config error: STATION_CONFIG is set but empty: name a config file, or unset it\n"
+    monkeypatch.delenv("STATION_CONFIG")
+    assert main(["ipsw", "list", "--config", ""]) == 2
+    assert capsys.readouterr().err == "config error: --config: empty file name\n"
+
+
+@pytest.mark.parametrize("key", ["state_dir", "cache_dir", "frames_dir"])
+def test_a_directory_that_is_a_file_is_refused_at_load(tmp_path, key):
+    section = {"state_dir": "station", "cache_dir": "ipsw", "frames_dir": "display"}[key]
+    (tmp_path / "afile").write_text("x")
+    path = tmp_path / "station.toml"
+    path.write_text(f'[{section}]\n{key} = "afile"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == \
+        f'config error: [{section}] {key} = "afile": {tmp_path / "afile"} is a file, not a directory'

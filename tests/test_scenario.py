@@ -64,3 +64,83 @@ def test_scenario_config_overrides_are_validated(tmp_path, capsys):
                  "--sim", str(path)]) == 2
     assert capsys.readouterr().err == \
         'config error: [restore] mode = "turbo": must be one of "counter", "line"\n'
+
+
+# Bad input (issue 9, section 5): one line, a non-zero exit, nothing changed.
+
+PHONE = '[[phone]]\nname = "a"\nslot = 1\n'
+
+
+@pytest.mark.parametrize("body, message", [
+    (PHONE + 'model = "iPhone42,1"\n',
+     "[[phone]] a model = \"iPhone42,1\": no such iPhone (pymobiledevice3's IRECV_DEVICES)"),
+    (PHONE + "ecid = -1\n", "[[phone]] #1 ecid = -1: must be 1..18446744073709551615"),
+    (PHONE + "ecid = 0x10000000000000000\n",
+     "[[phone]] #1 ecid = 18446744073709551616: must be 1..18446744073709551615"),
+    (PHONE + "detach = inf\n", "[[phone]] #1 detach = inf: must be 0..86400"),
+    (PHONE + "detach = nan\n", "[[phone]] #1 detach = nan: must be 0..86400"),
+    (PHONE + "detach = -1\n", "[[phone]] #1 detach = -1: must be 0..86400"),
+    ('[scenario]\nduration = -1\n' + PHONE, "[scenario] duration = -1: must be 0..86400"),
+    ('[scenario]\nduration = nan\n' + PHONE, "[scenario] duration = nan: must be 0..86400"),
+    ('[scenario]\nduration = inf\n' + PHONE, "[scenario] duration = inf: must be 0..86400"),
+    (PHONE + '[[press]]\nat = 1\nbutton = "ok"\nslot = 0\n', "[[press]] #1 slot = 0: must be 1..64"),
+    ('[[phone]]\nname = "a\\nb"\nslot = 1\n',
+     '[[phone]] #1 name = "a\\nb": must be one line of printable characters'),
+    ('[[phone]]\nname = ""\nslot = 1\n',
+     '[[phone]] #1 name = "": must be one line of printable characters'),
+    ('[scenario]\ndescription = ' + '[' * 3 + ']' * 3 + '\n',
+     '[scenario] description = [[[]]]: must be a string'),
+])
+def test_bad_scenario_value_is_one_line(tmp_path, body, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert str(caught.value) == f"scenario error: bad.toml: {message}"
+
+
+@pytest.mark.parametrize("body", [
+    "[[phone]]\nname = \"a\"\nslot = 1\nfail = " + "[" * 5000 + "]" * 5000 + "\n",
+    "[scenario]\ndescription = " + "[" * 600 + "]" * 600 + "\n",
+])
+def test_deeply_nested_scenario_is_one_line(tmp_path, body):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_non_utf8_scenario_is_one_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(PHONE.encode() + b'model = "\xff"\n')
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert str(caught.value) == f"scenario error: {path}: line 4: not UTF-8 (byte 0xff)"
+
+
+@pytest.mark.parametrize("command", [["run", "--duration", "1"], ["devices"]])
+@pytest.mark.parametrize("body, message", [
+    ('[[phone]]\nname = "a"\nslot = 6\n',
+     "[[phone]] a slot = 6: beyond the hub ([hub] slots = 4)"),
+    (PHONE + '[[press]]\nat = 1\nbutton = "ok"\nslot = 5\n',
+     "[[press]] #1 slot = 5: beyond the hub ([hub] slots = 4)"),
+    ('[config.hub]\nslots = 2\n[[phone]]\nname = "a"\nslot = 3\n',
+     "[[phone]] a slot = 3: beyond the hub ([hub] slots = 2)"),
+])
+def test_a_slot_beyond_the_hub_is_refused_before_anything_starts(tmp_path, sim_config, capsys,
+                                                                command, body, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main([*command, "--config", str(sim_config), "--sim", str(path)]) == 2
+    assert capsys.readouterr().err == f"scenario error: bad.toml: {message}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no state dir, no cache dir
+
+
+def test_unknown_model_stops_the_run_with_one_line(tmp_path, sim_config, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(PHONE + 'model = "iPhone42,1"\n')
+    assert main(["devices", "--config", str(sim_config), "--sim", str(path)]) == 2
+    assert capsys.readouterr().err == ("scenario error: bad.toml: [[phone]] a model = \"iPhone42,1\": "
+                                       "no such iPhone (pymobiledevice3's IRECV_DEVICES)\n")

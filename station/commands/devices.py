@@ -13,9 +13,9 @@ from hw.iphone.usb_scan import UsbUnavailable
 from hw.phones import Device
 from station.clock import Clock
 from station.cli import CommandError
-from station.config import Config, with_overrides
+from station.config import Config
 from station.records import db
-from station.scenario import load_scenario
+from station.scenario import configure, load_scenario
 
 COLUMNS = ("slot", "mode", "model", "ios", "ecid", "serial", "lock")
 
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def list_devices(args: argparse.Namespace, config: Config) -> int:
     if args.sim:
         scenario = load_scenario(args.sim)
-        config = with_overrides(config, scenario.config, scenario.base_dir)
+        config = configure(config, scenario)
         from hw.simulated import SimulatedPhones  # the simulator only when asked for
 
         layer: UsbPhoneLayer = SimulatedPhones(config, scenario, Clock())

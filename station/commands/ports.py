@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hw.iphone.usb_scan import UsbUnavailable, scan
 from hw.iphone.usb_topology import PortPeers
-from station.cli import CommandError
+from station.cli import CommandError, positive_integer, positive_number
 from station.config import Config
 
 POLL_S = 0.5
@@ -23,9 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("ports", help="map the hub's USB ports to station slots")
     commands = parser.add_subparsers(dest="ports_command", required=True, metavar="COMMAND")
     learn = commands.add_parser("learn", help="plug a phone into each port in turn, slot 1 first")
-    learn.add_argument("--slots", type=int, metavar="N",
+    learn.add_argument("--slots", type=positive_integer, metavar="N",
                        help="how many ports to learn (default: [hub] slots)")
-    learn.add_argument("--timeout", type=float, default=120.0, metavar="S",
+    learn.add_argument("--timeout", type=positive_number, default=120.0, metavar="S",
                        help="give up when no new port shows a phone for S seconds")
     learn.add_argument("--write", action="store_true",
                        help="write the table into the config file's [hub] section")
@@ -36,6 +36,9 @@ def learn_ports(args: argparse.Namespace, config: Config, usb_backend: object = 
                 peers: PortPeers | None = None) -> int:
     peer = (peers or PortPeers()).peer
     wanted = args.slots or config.hub.slots
+    if wanted > config.hub.slots:  # the table would name slots the config then refuses
+        raise CommandError(f"--slots {wanted}: the hub has {config.hub.slots} slots "
+                           f"([hub] slots in {config.source})")
     learned: dict[str, int] = {}
     try:
         already = {phone.port_path for phone in scan(usb_backend).phones}

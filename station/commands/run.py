@@ -8,10 +8,10 @@ import sys
 
 from hw.backends import UnknownBackend, backend_name
 from station.app import RunOptions, run_station
-from station.cli import CommandError
-from station.config import Config, with_overrides
+from station.cli import CommandError, positive_number
+from station.config import Config
 from station.machine import Port, State
-from station.scenario import Scenario, load_scenario
+from station.scenario import Scenario, configure, load_scenario
 from station.ui.labels import short_state
 
 
@@ -19,23 +19,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="run the station (the appliance loop)")
     parser.add_argument("--sim", metavar="SCENARIO",
                         help="play a simulated scenario (phones, buttons) and exit when it ends")
-    parser.add_argument("--speed", type=_positive, default=1.0, metavar="FACTOR",
-                        help="simulated time runs FACTOR times faster (with --sim)")
-    parser.add_argument("--duration", type=_positive, metavar="S",
+    parser.add_argument("--speed", type=positive_number, metavar="FACTOR",
+                        help="simulated time runs FACTOR times faster (with --sim; default 1)")
+    parser.add_argument("--duration", type=positive_number, metavar="S",
                         help="stop after S seconds of scenario time (with --sim)")
+    parser.add_argument("--check", action="store_true",
+                        help="load and check the config (and the scenario), start nothing, exit")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    for option, what in (("duration", "counts"), ("speed", "speeds up")):
+        if getattr(args, option) is not None and not args.sim:
+            raise CommandError(f"--{option} needs --sim (it {what} scenario time)")
     scenario = load_scenario(args.sim) if args.sim else None
     if scenario is not None:
-        config = with_overrides(config, scenario.config, scenario.base_dir)
+        config = configure(config, scenario)
     try:
         backend = "sim" if scenario is not None else backend_name(config.hardware.backend)
     except UnknownBackend as error:
         raise CommandError(str(error)) from None
+    if args.check:  # everything above is what a real start checks first; nothing was started
+        print(f"{config.source}: OK")
+        if scenario is not None:
+            print(f"{args.sim}: OK")
+        return 0
     _configure_logging(config.station.log_level)
-    options = RunOptions(backend=backend, scenario=scenario, speed=args.speed,
+    options = RunOptions(backend=backend, scenario=scenario, speed=args.speed or 1.0,
                          duration=args.duration,
                          interactive=sys.stdout.isatty() and sys.stdin.isatty())
     result = asyncio.run(run_station(config, options))
@@ -87,13 +97,3 @@ def _configure_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     # pymobiledevice3 narrates every pairing at INFO; the station logs what matters itself.
     logging.getLogger("pymobiledevice3").setLevel(max(logging.WARNING, logging.getLogger().level))
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
-    return value
