@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from hw.backends import BACKENDS
 from hw.display import RecentLines, Redrawer, TerminalView
@@ -16,7 +18,9 @@ from station.core import Station
 from station.firmware import IpswFirmware
 from station.ipsw.cache import IpswCache
 from station.records.recorder import Recorder
-from station.records.statedir import RecordsUnavailable
+from station.records.statedir import (PRIVATE_UMASK, RecordsUnavailable, StationBusy, lock,
+                                      prepare, secure)
+from station.cli import CommandError
 from station.machine import WORKING, Port, State
 from station.scenario import Scenario
 from station.snapshot import Screen, Snapshot
@@ -56,17 +60,21 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
     """Run until stopped (SIGINT/SIGTERM) or, in a simulation, until the scenario ends."""
     loop = asyncio.get_running_loop()
     backend = BACKENDS[options.backend]
+    os.umask(PRIVATE_UMASK)  # pair records, keys, logs: nobody else's to read
+    state_lock = _claim_state_dir(config.station.state_dir, options.scenario is not None)
     clock = Clock(options.speed, started=options.scenario is None)
     terminal = _terminal_view() if options.interactive else None
     display = backend.open_display(config.display, terminal)
     phones = backend.open_phones(config, options.scenario, clock)
-    recorder = _open_records(config)
+    recorder = Recorder(config.station)  # never raises: a fault waits restores (NO RECORDS)
+    if options.scenario is not None and recorder.fault:
+        # A simulated run is a command: it would only wait for records that never come.
+        recorder.stop()
+        raise CommandError(recorder.fault)
+    recorder.start()
     firmware = IpswFirmware(IpswCache(config.ipsw), required=options.backend != "sim")
-    station = Station(config, phones, firmware=firmware,
-                      listeners=(recorder,) if recorder else (), counter_source=recorder,
-                      clock=clock.now)
-    if recorder is None:
-        station.set_fault("records", "NO RECORDS")
+    station = Station(config, phones, firmware=firmware, listeners=(recorder,),
+                      counter_source=recorder, records=recorder, clock=clock.now)
 
     def on_press(button: str, long: bool) -> None:  # called on gpiozero's threads
         loop.call_soon_threadsafe(station.press, button, long)
@@ -75,8 +83,6 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
     if panel is None:
         station.set_fault("panel", "NO BUTTONS")
     views = [lambda snapshot: _set_leds(panel, snapshot)] if panel is not None else []
-    if recorder is not None:
-        views.append(lambda snapshot: station.set_fault("records", recorder.fault))
     redrawer = Redrawer(display, station.snapshot, render, config.display.min_redraw_s,
                         idle_s=IDLE_REDRAW_S, also=views)
     station.on_change = redrawer.request
@@ -103,20 +109,29 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         display.close()
         if panel is not None:
             panel.close()
-        if recorder is not None:
-            recorder.stop()
+        recorder.stop()
+        if state_lock is not None:
+            os.close(state_lock)
     return RunResult(tuple(station.ports.values()), scenario_over.is_set())
 
 
-def _open_records(config: Config) -> Recorder | None:
-    """The station's memory; without it the station still restores, and says so."""
+def _claim_state_dir(state_dir: Path, simulated: bool) -> int | None:
+    """One station per state directory, made private; the descriptor holds the claim.
+
+    A directory that cannot be used is the records' fault to report (NO RECORDS, tried
+    again); for a simulated run, which is a command, it is one line and an exit.
+    """
     try:
-        recorder = Recorder(config.station)
-    except RecordsUnavailable as error:
+        fd = lock(prepare(state_dir))
+    except StationBusy as error:
+        raise CommandError(str(error)) from None
+    except (RecordsUnavailable, OSError) as error:
+        if simulated:
+            raise CommandError(str(error)) from None
         log.error("%s", error)
         return None
-    recorder.start()
-    return recorder
+    secure(state_dir)
+    return fd
 
 
 def _set_leds(panel: object, snapshot: Snapshot) -> None:

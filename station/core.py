@@ -16,12 +16,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+import hw.phones
 from hw.memory import available_bytes
 from hw.phones import (Device, LayerFault, PhoneArrived, PhoneError, PhoneEvent, PhoneLayer,
                        PhoneLeft, RestoreError, RestoreProgress, RestoreReport, TrustRequest)
 from station import machine, navigation
 from station.config import Config
-from station.listeners import CounterSource, Listener
+from station.listeners import CounterSource, Listener, RecordKeeper
 from station.worker.phases import MEMORY_HEAVY
 from station.machine import (Attached, Detached, Effect, Event, Identified, LockCheckStarted,
                              LockResult, Policy, Port, PortFault, Progress, RestoreFailed,
@@ -34,7 +35,7 @@ log = logging.getLogger("station.core")
 FAULT_ORDER = ("usbmuxd", "libusb", "usb-access", "network", "records", "panel")
 
 OPERATOR_EVENTS = (machine.Confirm, machine.Cancel, machine.Abort)
-MEMORY_RECHECK_S = 5.0  # while a restore waits for memory, look again this often
+RECHECK_S = 5.0  # while a restore waits for memory or record space, look again this often
 GB = 1e9
 
 
@@ -54,6 +55,7 @@ class Station:
                  firmware: FirmwareSource | None = None,
                  listeners: tuple[Listener, ...] = (),
                  counter_source: CounterSource | None = None,
+                 records: RecordKeeper | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  on_change: Callable[[], None] = lambda: None,
                  free_memory: Callable[[], int | None] = available_bytes) -> None:
@@ -63,7 +65,10 @@ class Station:
         self.restore_timeout = config.restore.timeout_s
         self.memory_per_restore = config.restore.memory_per_restore_mb * 1024 * 1024
         self.free_memory = free_memory
-        self._memory_recheck: asyncio.TimerHandle | None = None
+        self._recheck: asyncio.TimerHandle | None = None
+        # No record, no erase: the station's app always gives one; None only in loop tests.
+        self.records = records
+        self._records_problem: str | None = None
         self.phones = phones
         self.firmware = firmware
         self.listeners = listeners
@@ -85,6 +90,14 @@ class Station:
 
     async def run(self) -> None:
         """Watch the phones until cancelled; then stop all port work."""
+        if self.records is not None:
+            loop = asyncio.get_running_loop()
+
+            def written() -> None:  # on the records' writer thread
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+                    loop.call_soon_threadsafe(self.records_changed)
+            self.records.set_notify(written)
+            self.records_changed()
         try:
             await self.phones.watch(self.on_phone_event)
         finally:
@@ -92,8 +105,8 @@ class Station:
 
     async def stop_work(self) -> None:
         self._stopping = True  # a restore cancelled now must not make room for the next one
-        if self._memory_recheck is not None:
-            self._memory_recheck.cancel()
+        if self._recheck is not None:
+            self._recheck.cancel()
         tasks = list(self._work.values())
         for task in tasks:
             task.cancel()
@@ -119,16 +132,25 @@ class Station:
         self.on_change()
 
     def set_fault(self, source: str, fault: str | None) -> None:
+        if self._note_fault(source, fault):
+            self._schedule()
+
+    def records_changed(self) -> None:
+        """The records were written (or failed to be): restores waiting on them may go."""
+        self._check_records()
+        self._schedule()
+
+    def _note_fault(self, source: str, fault: str | None) -> bool:
         if self.faults.get(source) == fault:
-            return
+            return False
         if fault is None:
             log.info("%s is back", source)
             self.faults.pop(source, None)
         else:
             log.error("%s: %s", source, fault)
             self.faults[source] = fault
-        self._schedule()
         self.on_change()
+        return True
 
     def snapshot(self) -> Snapshot:
         now = self.clock()
@@ -184,13 +206,20 @@ class Station:
     # -- scheduling restores ------------------------------------------------
 
     def _schedule(self) -> None:
-        """Start queued restores while there is room, memory for one more, and the network."""
-        if "network" in self.faults or self._stopping:
+        """Start queued restores while there is room, memory for one more, the network, and
+        records: each restore only once its session is on disk (no record, no erase)."""
+        if "network" in self.faults or self._stopping or not self._queue:
             return
         while self._queue and len(self._restoring) < self.max_parallel:
+            problem = self._check_records()
+            if problem:
+                self._wait(self._queue[0], f"WAIT REC: {problem}")
+                return
+            if self.records is not None and not self.records.durable(self._queue[0]):
+                return  # being written now: the writer's notify schedules again
             short = self._memory_short()
             if short:
-                self._wait_for_memory(self._queue[0], short)
+                self._wait(self._queue[0], short)
                 return
             slot = self._queue.popleft()
             self.dispatch(slot, RestoreStarted())
@@ -216,15 +245,28 @@ class Station:
         return (f"WAIT MEM: {free / GB:.1f} GB free, a restore needs "
                 f"{self.memory_per_restore / GB:.1f} GB")
 
-    def _wait_for_memory(self, slot: int, reason: str) -> None:
-        if not self.ports[slot].reason.startswith("WAIT MEM"):
+    def _check_records(self) -> str | None:
+        """The records' problem now (its fault on the display, its detail in the log once)."""
+        if self.records is None:
+            return None
+        problem = self.records.problem()
+        if problem != self._records_problem:
+            if problem:
+                log.error("no restore starts: %s", problem)
+            self._records_problem = problem
+        self._note_fault("records", "NO RECORDS" if problem else None)
+        return problem
+
+    def _wait(self, slot: int, reason: str) -> None:
+        """The next restore waits (memory, records): say why on its port, and look again soon."""
+        if self.ports[slot].reason.split(":")[0] != reason.split(":")[0]:
             log.info("slot %d: %s", slot, reason)
         self.dispatch(slot, Waiting(reason))
-        if self._memory_recheck is None:
+        if self._recheck is None:
             def recheck() -> None:
-                self._memory_recheck = None
+                self._recheck = None
                 self._schedule()
-            self._memory_recheck = asyncio.get_running_loop().call_later(MEMORY_RECHECK_S, recheck)
+            self._recheck = asyncio.get_running_loop().call_later(RECHECK_S, recheck)
 
     # -- port work ----------------------------------------------------------
 
@@ -269,15 +311,21 @@ class Station:
         send(Identified(await self.phones.identify(_present(device))))
 
     async def _check_lock(self, slot: int, device: Device | None) -> None:
+        """One lock check; a phone that does not trust the station is asked again until it does
+        (it waits in NEEDS_TRUST meanwhile, under every policy). Leaving the slot ends it."""
         send = self._for(slot)
         send(LockCheckStarted())
-        result = await self.phones.check_lock(_present(device))
-        send(LockResult(result.lock, result.reason, result.method))
+        while True:
+            result = await self.phones.check_lock(_present(device))
+            send(LockResult(result.lock, result.reason, result.method, needs_trust=result.needs_trust))
+            if not result.needs_trust:
+                return
+            await asyncio.sleep(hw.phones.TRUST_RECHECK_S)  # read at each wait: tests shorten it
 
     async def _verify(self, slot: int, device: Device | None) -> None:
         send = self._for(slot)
         result = await self.phones.check_lock(_present(device), after_restore=True)
-        send(LockResult(result.lock, result.reason, result.method))
+        send(LockResult(result.lock, result.reason, result.method, needs_trust=result.needs_trust))
 
     async def _restore(self, slot: int, device: Device | None) -> None:
         device = _present(device)

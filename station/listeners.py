@@ -5,6 +5,7 @@ Listeners are called on the event loop and must return at once: anything slow
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from station.machine import Event, Port
@@ -23,3 +24,16 @@ class CounterSource(Protocol):
     def counters(self) -> Counters:
         """Today's restored / failed / locked counts (local day)."""
 
+
+
+class RecordKeeper(Protocol):
+    """No record, no erase: asked by the loop before every restore starts."""
+
+    def durable(self, slot: int) -> bool:
+        """Everything told about ``slot`` so far (its session, lock result, decision) is on disk."""
+
+    def problem(self) -> str | None:
+        """Why records cannot be kept now (a failing write, a full disk); None when they can."""
+
+    def set_notify(self, notify: Callable[[], None]) -> None:
+        """``notify`` is called, on any thread, after each write: ask again then."""

@@ -6,12 +6,16 @@ interface (as Mopidy's dummy backend does), preloaded with what each phone answe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from dataclasses import replace
 
 from hw.phones import (Device, LayerFault, Lock, LockCheck, Mode, PhoneArrived, PhoneLeft,
                        RestoreError, RestoreProgress)
-from station.config import Config, RestoreSection
+from station import core
+from station.config import Config, RestoreSection, StationSection
 from station.core import NoFirmware, Station
+from station.records.recorder import Recorder
 from station.machine import State
 
 
@@ -204,8 +208,7 @@ async def test_a_failing_listener_does_not_stop_the_station():
 
 async def test_a_restore_waits_for_memory_and_says_so(monkeypatch):
     """One worker peaks at about a budget while it personalises the ramdisk (bench.restore_memory)."""
-    from station import core
-    monkeypatch.setattr(core, "MEMORY_RECHECK_S", 0.02)
+    monkeypatch.setattr(core, "RECHECK_S", 0.02)
     mib = 1024 * 1024
     phones = DoublePhones({}, restore_s=0.3)
     station = Station(Config(restore=replace(RestoreSection(), mode="line", max_parallel_restores=2,
@@ -232,3 +235,86 @@ async def test_no_restore_starts_without_memory_for_one():
     assert station.ports[1].state is State.QUEUED and station.ports[1].reason.startswith("WAIT MEM")
     assert phones.restores == []
     await station.stop_work()
+
+
+# -- no record, no erase: the station's real recorder, its store made to fail -------------
+
+@contextlib.asynccontextmanager
+async def records_station(phones, state_dir, **recorder_options):
+    """A line station with the real recorder on ``state_dir``, running until the block ends."""
+    recorder = Recorder(StationSection(state_dir=state_dir), **{"retry_s": 0.05, **recorder_options})
+    recorder.start()
+    station = Station(Config(restore=RestoreSection(mode="line")), phones, listeners=(recorder,),
+                      counter_source=recorder, records=recorder,
+                      clock=asyncio.get_running_loop().time)
+    task = asyncio.create_task(station.run())
+    try:
+        yield station
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        recorder.stop()
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def stored(state_dir):
+    conn = sqlite3.connect(state_dir / "records.sqlite3")
+    try:
+        return conn.execute("SELECT serial, result, (SELECT count(*) FROM certificates c "
+                            "WHERE c.session_id = s.id) FROM sessions s ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+async def test_no_restore_while_records_cannot_be_kept_and_the_fault_clears_by_itself(tmp_path):
+    blocker = tmp_path / "disk"
+    blocker.write_text("")  # the state dir cannot be created: records cannot be kept
+    phones = DoublePhones({})
+    async with records_station(phones, blocker / "state") as station:
+        plug(station, 1, "p1")
+        await until(lambda: station.ports[1].reason.startswith("WAIT REC"))
+        await asyncio.sleep(0.2)
+        assert phones.restores == [] and station.ports[1].state is State.QUEUED
+        assert station.snapshot().faults == ("NO RECORDS",)
+        assert "cannot create" in station.ports[1].reason
+        blocker.unlink()  # the operator fixes the cause; nobody restarts anything
+        await until(lambda: station.ports[1].state is State.DONE)
+        assert station.snapshot().faults == ()
+    assert stored(blocker / "state") == [("P1", "done", 1)]  # nothing told while it failed was lost
+
+
+async def test_a_restore_starts_only_once_its_session_is_on_disk(tmp_path):
+    phones = DoublePhones({})
+    (tmp_path / "state").mkdir()
+    other = sqlite3.connect(tmp_path / "state" / "records.sqlite3", isolation_level=None)
+    async with records_station(phones, tmp_path / "state") as station:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the database: nothing commits
+        plug(station, 1, "p1")
+        await until(lambda: station.ports[1].state is State.QUEUED)
+        await asyncio.sleep(0.3)
+        assert phones.restores == []
+        other.execute("ROLLBACK")
+        await until(lambda: station.ports[1].state is State.DONE)
+        assert phones.restores == ["p1"]
+    other.close()
+
+
+async def test_no_restore_starts_below_the_records_reserve(tmp_path, monkeypatch):
+    mib = 1024 * 1024
+    free = [10 * mib]
+    phones = DoublePhones({})
+    monkeypatch.setattr(core, "RECHECK_S", 0.05)
+    async with records_station(phones, tmp_path / "state", free_space=lambda path: free[0]) as station:
+        plug(station, 1, "p1")
+        await until(lambda: station.ports[1].reason.startswith("WAIT REC"))
+        assert station.ports[1].reason == (f"WAIT REC: records: 10 MB free on {tmp_path / 'state'}, "
+                                           "64 MB kept for records ([station] records_reserve_mb)")
+        assert station.snapshot().faults == ("NO RECORDS",) and phones.restores == []
+        free[0] = 1000 * mib
+        await until(lambda: station.ports[1].state is State.DONE)
+        assert station.snapshot().faults == ()

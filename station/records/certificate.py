@@ -8,9 +8,14 @@ phone's UDID and ECID and the IPSW restored. It is signed with the station's
 Ed25519 key over the canonical JSON of everything but ``signature``; ``signer``
 names the key by fingerprint. Only sessions that reach DONE get one; a restore
 whose post-check could not tell says ``not verified`` and why.
+
+``records`` names the chain head when the certificate was issued (position,
+record and hash): every certificate a customer takes away is a witness of the
+records up to it, which ``station records verify --against`` checks.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from station.records import chain, db, keys
 
-FORMAT = "station-erasure-certificate/1"
+FORMAT = "station-erasure-certificate/2"
 METHOD_DETAIL = "Purge: cryptographic erase by iOS restore"
 VERIFICATION_METHOD = "post-restore Activation Lock / setup check"
 
@@ -49,8 +54,9 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def build(session: dict[str, Any], issuer: Issuer, signer: Ed25519PublicKey) -> dict[str, Any]:
-    """The unsigned document for a session that reached DONE."""
+def build(session: dict[str, Any], issuer: Issuer, signer: Ed25519PublicKey,
+          head: tuple[int, int | None, str] = (0, None, chain.GENESIS)) -> dict[str, Any]:
+    """The unsigned document for a session that reached DONE; ``head``: the chain head now."""
     verified = bool(session["verified"])
     return {
         "format": FORMAT,
@@ -86,6 +92,7 @@ def build(session: dict[str, Any], issuer: Issuer, signer: Ed25519PublicKey) -> 
             "result": "passed" if verified else session["reason"] or "not verified",
             "lock": session["verify_result"],
         },
+        "records": {"chain_position": head[0], "chain_record": head[1], "chain_hash": head[2]},
         "signer": {"algorithm": "Ed25519", "public_key": keys.fingerprint(signer)},
     }
 
@@ -111,15 +118,42 @@ def issue(conn: sqlite3.Connection, key: Ed25519PrivateKey, session_id: int,
     session = db.session(conn, session_id)
     if session is None:
         raise KeyError(session_id)
-    document = sign(build(session, issuer, key.public_key()), key)
+    document = sign(build(session, issuer, key.public_key(), chain.current_head(conn)), key)
     conn.execute("INSERT OR REPLACE INTO certificates VALUES (?, ?, ?, ?)",
                  (session_id, session["serial"], session["result_at"],
                   chain.canonical(document).decode("utf-8")))
     return document
 
 
+class NotItsCertificate(Exception):
+    """A stored certificate is not what its row says (edited): the message names it."""
+
+
 def latest_for(conn: sqlite3.Connection, serial: str) -> str | None:
-    """The stored text of the newest certificate of a serial number."""
-    row = conn.execute("SELECT document FROM certificates WHERE serial = ? "
+    """The stored text of the newest certificate of a serial number.
+
+    The ``serial`` and ``issued_at`` columns are an index outside the signature: the
+    document itself must name the serial and the record, or ``NotItsCertificate``.
+    """
+    row = conn.execute("SELECT session_id, document FROM certificates WHERE serial = ? "
                        "ORDER BY issued_at DESC, session_id DESC LIMIT 1", (serial,)).fetchone()
-    return row[0] if row else None
+    if row is None:
+        return None
+    problem = mismatch(row[1], row[0], serial)
+    if problem:
+        raise NotItsCertificate(f"the certificate stored for serial {serial} {problem} (edited?)")
+    return row[1]
+
+
+def mismatch(document: str, session_id: int, serial: str) -> str:
+    """How a stored document differs from the row it is filed under; "" when it does not."""
+    try:
+        parsed = json.loads(document)
+        media, record = parsed["media"], parsed["record_id"]
+    except (ValueError, KeyError, TypeError):
+        return "is not a certificate"
+    if record != session_id:
+        return f"is record #{record}'s, filed under record #{session_id}"
+    if not isinstance(media, dict) or media.get("serial") != serial:
+        return f"names serial {media.get('serial') if isinstance(media, dict) else '?'}, filed under {serial}"
+    return ""

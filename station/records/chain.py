@@ -17,7 +17,7 @@ import json
 import sqlite3
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from station.records import db, keys
 
@@ -55,19 +55,53 @@ def head_message(seq: int, session_id: int, digest: str) -> bytes:
 
 
 def parse_head(message: str) -> tuple[int, int, str]:
-    _, seq, session_id, digest = message.split(":")
+    """(seq, session id, hash) of a head message; ``ValueError`` when it is not one."""
+    if not isinstance(message, str):
+        raise ValueError("not a chain head")
+    name, seq, session_id, digest = message.split(":")
+    if name != "station-records-head":
+        raise ValueError("not a chain head")
     return int(seq), int(session_id), digest
+
+
+def current_head(conn: sqlite3.Connection) -> tuple[int, int | None, str]:
+    """(seq, session id, hash) of the newest sealed record; (0, None, GENESIS) before the first."""
+    last = conn.execute("SELECT id, seq, hash FROM sessions "
+                        "WHERE seq = (SELECT max(seq) FROM sessions)").fetchone()
+    return (last["seq"], last["id"], last["hash"]) if last else (0, None, GENESIS)
+
+
+OPENING_FIELDS = ("id", "slot", "started_at", "udid", "ecid", "serial", "model")
+
+
+def sign_opening(conn: sqlite3.Connection, key: Ed25519PrivateKey, session: dict[str, Any]) -> None:
+    """Sign a session as the station opens it (meta ``opened:<id>``, dropped when it is sealed).
+
+    An open row is outside the chain until it closes; without this, a row inserted into the
+    database would be sealed, hashed and signed by the next start-up as if it were the station's.
+    """
+    db.set_meta(conn, f"opened:{session['id']}", keys.sign(key, _opening(session)))
+
+
+def opened_by_station(conn: sqlite3.Connection, public: Ed25519PublicKey,
+                      session: dict[str, Any]) -> bool:
+    signature = db.get_meta(conn, f"opened:{session['id']}")
+    return signature is not None and keys.is_valid(public, _opening(session), signature)
+
+
+def _opening(session: dict[str, Any]) -> bytes:
+    return canonical({"opened": {name: session.get(name, "") for name in OPENING_FIELDS}})
 
 
 def seal(conn: sqlite3.Connection, key: Ed25519PrivateKey, session_id: int) -> str:
     """Append a closed session to the chain (inside the caller's transaction); returns its hash."""
-    last = conn.execute("SELECT id, seq, hash FROM sessions "
-                        "WHERE seq = (SELECT max(seq) FROM sessions)").fetchone()
-    seq, prev_id, prev_hash = (last["seq"] + 1, last["id"], last["hash"]) if last else (1, None, GENESIS)
+    last_seq, prev_id, prev_hash = current_head(conn)
+    seq = last_seq + 1
     db.update_session(conn, session_id, {"seq": seq, "prev_id": prev_id, "prev_hash": prev_hash})
     digest = record_hash(conn, session_id)
     db.update_session(conn, session_id, {"hash": digest})
     head = head_message(seq, session_id, digest)
     db.set_meta(conn, "head", head.decode("ascii"))
     db.set_meta(conn, "head_signature", keys.sign(key, head))
+    conn.execute("DELETE FROM meta WHERE key = ?", (f"opened:{session_id}",))
     return digest

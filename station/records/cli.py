@@ -1,4 +1,4 @@
-"""`station records list|export|verify`, `station cert SERIAL` and `station key show`."""
+"""`station records list|export|verify|new-chain`, `station cert SERIAL` and `station key show`."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -16,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from station.cli import CommandError
 from station.config import Config
-from station.records import certificate, db, export, keys
-from station.records.statedir import RecordsUnavailable
-from station.records.verify import verify
+from station.records import certificate, chains, db, export, headfile, keys
+from station.records.statedir import RecordsUnavailable, StationBusy
+from station.records.verify import Witness, verify
 
 Handler = Callable[[argparse.Namespace, Config], int]
 
@@ -32,17 +33,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exporting = _leaf(actions, "export", "every session with all its fields", _export)
     exporting.add_argument("--format", choices=("csv", "json"), required=True)
     _since_option(exporting)
-    exporting.add_argument("-o", "--output", metavar="FILE", type=Path, help="file (default: stdout)")
-    _leaf(actions, "verify", "check the hash chain and every signature", _verify)
+    _output_options(exporting)
+    verifying = _leaf(actions, "verify", "check the hash chain, every row and every signature", _verify)
+    _public_key_option(verifying)
+    verifying.add_argument("--against", metavar="CERT", nargs="+", type=Path, default=[],
+                           help="certificates held elsewhere (customers' copies): the records "
+                                "must still hold each one and the chain it was issued at")
+    new_chain = _leaf(actions, "new-chain", "archive these records and start a new chain "
+                      "(after a lost key or lost records), saying why", _new_chain)
+    new_chain.add_argument("--reason", required=True, help="why, kept in the new records")
 
     cert = subparsers.add_parser("cert", help="the erasure certificate of a phone, by serial number")
     cert.add_argument("serial")
-    cert.add_argument("-o", "--output", metavar="FILE", type=Path, help="file (default: stdout)")
+    _output_options(cert)
     cert.set_defaults(handler=_cert)
 
     key = subparsers.add_parser("key", help="the station's signing key")
     key_actions = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
-    _leaf(key_actions, "show", "the public key and its fingerprint, for auditors", _key_show)
+    _public_key_option(_leaf(key_actions, "show", "the public key and its fingerprint, for auditors",
+                             _key_show))
 
 
 def _leaf(actions: argparse._SubParsersAction, name: str, help: str,
@@ -50,6 +59,18 @@ def _leaf(actions: argparse._SubParsersAction, name: str, help: str,
     parser = actions.add_parser(name, help=help, description=help)
     parser.set_defaults(handler=handler)
     return parser
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", metavar="FILE", type=Path,
+                        help="file (default: stdout); never inside the state directory")
+    parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
+
+
+def _public_key_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--public-key", metavar="FILE", type=Path,
+                        help="the station's public key (PEM), e.g. from `station key show`: "
+                             "an auditor needs no private key")
 
 
 def _since_option(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +83,12 @@ def _since(text: str) -> str:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: not a date (YYYY-MM-DD)") from None
-    return db.iso(moment.timestamp())  # naive means local time, as the operator reads it
+    try:
+        return db.iso(moment.timestamp())  # naive means local time, as the operator reads it
+    except (ValueError, OverflowError, OSError):
+        # Beyond what UTC can write (0001-01-01 in Berlin is year 0 in UTC): before or after
+        # every record, which is what the operator asked for.
+        return "" if moment.year < 1970 else "\uffff"
 
 
 @contextmanager
@@ -80,7 +106,12 @@ def _records(config: Config) -> Iterator[sqlite3.Connection]:
 
 
 @contextmanager
-def _output(path: Path | None) -> Iterator[TextIO]:
+def _output(path: Path | None, config: Config | None = None, force: bool = False) -> Iterator[TextIO]:
+    """stdout, or ``path`` written whole or not at all (a temp file renamed into place).
+
+    Never a path inside the state directory (one typo would replace the key or the
+    database), and never over an existing file without ``force``.
+    """
     if path is None:
         try:
             yield sys.stdout
@@ -90,12 +121,33 @@ def _output(path: Path | None) -> Iterator[TextIO]:
             # /dev/null so the interpreter's last flush does not complain either.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
+    target = path.resolve()
+    if config is not None and target.is_relative_to(config.station.state_dir.resolve()):
+        raise CommandError(f"{path}: inside the state directory {config.station.state_dir}: "
+                           "write it somewhere else")
+    if target.is_dir():
+        raise CommandError(f"{path}: is a directory")
+    if target.exists() and not force:
+        raise CommandError(f"{path}: exists (--force replaces it)")
     try:
-        stream = path.open("w", encoding="utf-8", newline="")
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     except OSError as error:
         raise CommandError(f"{path}: {error.strerror}") from None
-    with stream:
-        yield stream
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+            yield stream
+        os.chmod(temp, 0o644 & ~_umask())
+        os.replace(temp, target)
+    except OSError as error:
+        raise CommandError(f"{path}: {error.strerror}") from None
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _list(args: argparse.Namespace, config: Config) -> int:
@@ -115,43 +167,72 @@ def _line(session: dict[str, Any]) -> str:
 
 def _export(args: argparse.Namespace, config: Config) -> int:
     write = export.write_csv if args.format == "csv" else export.write_json
-    with _records(config) as conn, _output(args.output) as stream:
+    with _records(config) as conn, _output(args.output, config, args.force) as stream:
         write(conn, stream, args.since)
     return 0
 
 
 def _verify(args: argparse.Namespace, config: Config) -> int:
-    public = _public_key(config)
+    public = _public_key(config, args.public_key)
+    witnesses = [_witness(path) for path in args.against]
+    try:
+        head = headfile.read(config.station.state_dir)
+    except ValueError as error:
+        print(f"station: records verify: {error}", file=sys.stderr)
+        return 1
     with _records(config) as conn:
-        verdict = verify(conn, public)
+        verdict = verify(conn, public, head, witnesses)
     if verdict.problem:
         print(f"station: records verify: {verdict.problem}", file=sys.stderr)
         return 1
+    checked = f"; checked against {verdict.witnesses} certificate(s) held elsewhere" if witnesses else ""
+    no_head = "" if head is not None or not verdict.records else f"; no {headfile.HEAD_FILE} to check"
     print(f"ok: {verdict.records} records, chain intact; {verdict.certificates} certificates "
-          f"signed by {keys.fingerprint(public)}; {verdict.open} session(s) open")
+          f"signed by {keys.fingerprint(public)}; {verdict.open} session(s) open{checked}{no_head}")
     return 0
+
+
+def _witness(path: Path) -> Witness:
+    try:
+        return Witness(str(path), json.loads(path.read_text(encoding="utf-8")))
+    except OSError as error:
+        raise CommandError(f"{path}: {error.strerror}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise CommandError(f"{path}: not a certificate (not JSON)") from None
 
 
 def _cert(args: argparse.Namespace, config: Config) -> int:
     with _records(config) as conn:
-        document = certificate.latest_for(conn, args.serial)
+        try:
+            document = certificate.latest_for(conn, args.serial)
+        except certificate.NotItsCertificate as error:
+            raise CommandError(str(error)) from None
     if document is None:
         raise CommandError(f"no certificate for serial {args.serial}")
-    with _output(args.output) as stream:
+    with _output(args.output, config, args.force) as stream:
         json.dump(json.loads(document), stream, indent=2, sort_keys=True, ensure_ascii=False)
         stream.write("\n")
     return 0
 
 
+def _new_chain(args: argparse.Namespace, config: Config) -> int:
+    try:
+        archive = chains.start_new(config.station.state_dir, args.reason)
+    except (RecordsUnavailable, StationBusy) as error:
+        raise CommandError(str(error)) from None
+    print(f"records archived in {archive}; a new chain starts at the next start: {args.reason}")
+    return 0
+
+
 def _key_show(args: argparse.Namespace, config: Config) -> int:
-    public = _public_key(config)
+    public = _public_key(config, args.public_key)
     print(keys.public_pem(public), end="")
     print(f"fingerprint: {keys.fingerprint(public)}")
     return 0
 
 
-def _public_key(config: Config) -> Ed25519PublicKey:
+def _public_key(config: Config, public_file: Path | None = None) -> Ed25519PublicKey:
     try:
-        return keys.load_public(config.station.state_dir)
+        return keys.load_public(config.station.state_dir, public_file)
     except RecordsUnavailable as error:
         raise CommandError(str(error)) from None

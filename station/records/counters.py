@@ -51,6 +51,11 @@ class DayCounters:
                 counts = replace(counts, **{field: getattr(counts, field) + number})
         return cls(now, counts)
 
+    def add(self, counts: Counters) -> None:
+        """Counts read from the database after this counter began (records that opened late)."""
+        for field in ("restored", "failed", "locked"):
+            self._add(field, getattr(counts, field))
+
     def counters(self) -> Counters:
         self._roll()
         return self._counts

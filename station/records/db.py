@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from station.records.statedir import RecordsUnavailable, prepare
 
@@ -140,14 +141,48 @@ def open_store(state_dir: Path) -> sqlite3.Connection:
 
 
 def open_existing(state_dir: Path) -> sqlite3.Connection:
-    """For commands that read: never creates anything, so a typo'd state_dir is an error."""
+    """For commands that read: read-only, never creates anything, so a typo'd state_dir is an
+    error, and a read-only copy or another user who may read the files can use them."""
     path = path_in(state_dir)
     if not path.is_file():
         raise RecordsUnavailable(f"no records at {path}")
     try:
-        return connect(path)
+        return _reader(path, "mode=ro")
+    except sqlite3.Error as error:
+        # A WAL database in a directory the reader may not write, with no -shm to share:
+        # with no -wal either, the main file is all there is, and nobody is writing it.
+        if Path(f"{path}-wal").exists():
+            raise RecordsUnavailable(f"records unavailable: {path}: {error}") from None
+    try:
+        return _reader(path, "immutable=1")
     except sqlite3.Error as error:
         raise RecordsUnavailable(f"records unavailable: {path}: {error}") from None
+
+
+def _reader(path: Path, mode: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?{mode}", uri=True,
+                           isolation_level=None, timeout=10.0)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # fails now, not mid-listing
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
+def count_sessions(state_dir: Path) -> int:
+    """How many sessions the state dir's records hold (0 when there is no database yet)."""
+    path = path_in(state_dir)
+    if not path.exists():
+        return 0
+    conn = open_existing(state_dir)
+    try:
+        return int(conn.execute("SELECT count(*) FROM sessions").fetchone()[0])
+    except sqlite3.Error:
+        return 0  # no sessions table yet: a database that never held a record
+    finally:
+        conn.close()
 
 
 @contextmanager
@@ -155,10 +190,12 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")  # may fail too (a full disk): then it is rolled back below
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR): then there is none.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def insert_session(conn: sqlite3.Connection, values: Mapping[str, Any]) -> int:

@@ -1,4 +1,9 @@
-"""The station's Ed25519 key: created on first start, kept in the state dir with mode 0600."""
+"""The station's Ed25519 key: created on first start, kept in the state dir with mode 0600.
+
+Its public half is written beside it (``station_key.pub``) so that reading commands and
+auditors never need the private key: ``records verify`` and ``key show`` read that file,
+or one given with ``--public-key``.
+"""
 from __future__ import annotations
 
 import base64
@@ -9,7 +14,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -21,15 +26,27 @@ from station.records.statedir import RecordsUnavailable, prepare
 log = logging.getLogger(__name__)
 
 KEY_FILE = "station_key.pem"
+PUBLIC_FILE = "station_key.pub"
 
 
-def load_or_create(state_dir: Path) -> Ed25519PrivateKey:
-    """The station key, created (mode 0600) if this is the station's first start."""
+def load_or_create(state_dir: Path, *, may_create: bool = True) -> Ed25519PrivateKey:
+    """The station key, created (mode 0600) if this is the station's first start.
+
+    ``may_create`` False (records signed by a key exist): a missing key is an error that
+    says so, never silently replaced by a new one that every old signature would fail.
+    """
     path = prepare(state_dir) / KEY_FILE
     try:
-        return _load(path)
+        key = _load(path)
     except FileNotFoundError:
-        pass
+        if not may_create:
+            raise RecordsUnavailable(
+                f"records unavailable: station key {path} is missing but records signed by it "
+                "exist: put the key back from a backup, or start a new chain with "
+                "`station records new-chain --reason TEXT`") from None
+    else:
+        _write_public(state_dir, key.public_key())
+        return key
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -49,19 +66,57 @@ def load_or_create(state_dir: Path) -> Ed25519PrivateKey:
     finally:
         os.unlink(temp)
     log.info("created station key %s (%s)", path, fingerprint(key.public_key()))
+    _write_public(state_dir, key.public_key())
     return key
 
 
-def load_public(state_dir: Path) -> Ed25519PublicKey:
-    """The public half, for verifying; the key must exist (it is never created here)."""
+def load_public(state_dir: Path, public_file: Path | None = None) -> Ed25519PublicKey:
+    """The public key for verifying: ``public_file``, else the state dir's public or private key."""
+    if public_file is not None:
+        return _read_public(public_file)
+    if (state_dir / PUBLIC_FILE).exists():
+        return _read_public(state_dir / PUBLIC_FILE)
     path = state_dir / KEY_FILE
     try:
         return _load(path).public_key()
     except FileNotFoundError:
-        raise RecordsUnavailable(f"records unavailable: no station key at {path}") from None
+        raise RecordsUnavailable(f"records unavailable: no station key at {path} "
+                                 "(give the public key with --public-key FILE)") from None
+
+
+def _read_public(path: Path) -> Ed25519PublicKey:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise RecordsUnavailable(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        public = serialization.load_pem_public_key(data)
+    except ValueError:
+        raise RecordsUnavailable(f"{path}: not a PEM public key") from None
+    if not isinstance(public, Ed25519PublicKey):
+        raise RecordsUnavailable(f"{path}: not an Ed25519 public key")
+    return public
+
+
+def _write_public(state_dir: Path, public: Ed25519PublicKey) -> None:
+    """Keep ``station_key.pub`` beside the key (best effort: the private key is the truth)."""
+    path = state_dir / PUBLIC_FILE
+    pem = public_pem(public)
+    try:
+        if path.exists() and path.read_text(encoding="ascii") == pem:
+            return
+        fd, temp = tempfile.mkstemp(dir=state_dir, prefix=".station_key.pub.")
+        with os.fdopen(fd, "w", encoding="ascii") as stream:
+            stream.write(pem)
+        os.replace(temp, path)
+    except (OSError, UnicodeDecodeError) as error:
+        log.warning("cannot write %s: %s", path, error)
 
 
 def _load(path: Path) -> Ed25519PrivateKey:
+    if path.is_symlink() and not path.exists():
+        raise RecordsUnavailable(f"records unavailable: {path} is a symlink to "
+                                 f"{os.readlink(path)}, which does not exist")
     try:
         data = path.read_bytes()
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -77,7 +132,10 @@ def _load(path: Path) -> Ed25519PrivateKey:
             log.warning("cannot chmod %s: %s", path, error.strerror)
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except ValueError:
+    except TypeError:  # cryptography's word for "encrypted, and no password given"
+        raise RecordsUnavailable(f"records unavailable: {path} is encrypted: the station "
+                                 "needs its key without a passphrase") from None
+    except (ValueError, UnsupportedAlgorithm):
         raise RecordsUnavailable(f"records unavailable: {path} is not a PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise RecordsUnavailable(f"records unavailable: {path} is not an Ed25519 key")

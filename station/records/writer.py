@@ -4,6 +4,8 @@
 its writer thread, the benchmark drives it directly. It knows which session is
 open on each slot, opens one when a port reaches IDENTIFIED, issues the
 certificate when it reaches DONE, and closes and seals it when the phone leaves.
+It seals only sessions it opened itself (``chain.sign_opening``): a row put into
+the database by anyone else stays open and unsealed, for ``records verify`` to name.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class SessionWriter:
         self._key = key
         self._issuer = issuer
         self._open: dict[int, dict[str, Any]] = {}  # slot -> current columns of its open session
+        self.sealed = False  # a record was sealed since the flag was last cleared: a new head
 
     def apply(self, item: Item) -> None:
         """One item, inside the caller's transaction."""
@@ -56,7 +59,19 @@ class SessionWriter:
 
     def resync(self) -> None:
         """After a failed transaction: the open sessions are what the database holds."""
-        self._open = {session["slot"]: session for session in db.open_sessions(self._conn)}
+        self._open = {session["slot"]: session for session in self._own_open_sessions()}
+
+    def _own_open_sessions(self) -> list[dict[str, Any]]:
+        """The open sessions this station opened; any other open row is logged and left alone."""
+        public = self._key.public_key()
+        own = []
+        for session in db.open_sessions(self._conn):
+            if chain.opened_by_station(self._conn, public, session):
+                own.append(session)
+            else:
+                log.error("record #%d: open, but not opened by this station: left unsealed "
+                          "(`station records verify` names it)", session["id"])
+        return own
 
     def close_open(self, now: float, why: str) -> int:
         """Close every open session because the station stops or (after a crash) starts.
@@ -66,7 +81,7 @@ class SessionWriter:
         """
         at = db.iso(now)
         with db.transaction(self._conn):
-            left_open = db.open_sessions(self._conn)
+            left_open = self._own_open_sessions()
             for session in left_open:
                 db.add_transition(self._conn, session["id"], {
                     "at": at, "event": why, "from_state": session["state"],
@@ -113,6 +128,7 @@ class SessionWriter:
                    "operator": self._issuer.operator, "slot": slot, "started_at": at,
                    "state": new.state.value, **sessions.opening(new.device)}
         columns["id"] = db.insert_session(self._conn, columns)
+        chain.sign_opening(self._conn, self._key, columns)
         columns.update(attempts=0, actions="", reason="", result=None)
         self._open[slot] = columns
         return columns
@@ -126,3 +142,4 @@ class SessionWriter:
         db.update_session(self._conn, session_id, {"ended_at": at, "outcome": outcome,
                                                    "state": State.EMPTY.value, "reason": reason})
         chain.seal(self._conn, self._key, session_id)
+        self.sealed = True

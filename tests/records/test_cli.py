@@ -116,3 +116,11 @@ def test_export_csv_quotes_what_needs_it(recorder, clock, cli):
     assert code == 0 and row["reason"] == reason and row["model"] == "iPhone14,7"
     assert (row["id"], row["attempts"], row["verified"], row["restore_finished_at"]) == ("1", "1", "", "")
     assert out.endswith("\r\n")
+
+
+@pytest.mark.parametrize("since, count", [("0001-01-01", 3), ("9999-12-31T23:59:59", 0)])
+def test_since_at_the_ends_of_the_calendar(two_days, cli, since, count):
+    """Year 1 local is year 0 in UTC east of Greenwich: still "from the beginning"."""
+    code, out, err = cli("records", "list", "--since", since)
+    assert code == 0, err
+    assert len(out.splitlines()) == count

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import stat
+import time
 from dataclasses import replace
 
 import pytest
 
 from station.records import keys
 from station.records.recorder import Recorder
+from station.records.store import Store
 from station.records.statedir import RecordsUnavailable
 
 
@@ -37,16 +39,16 @@ def test_not_a_key(tmp_path):
 def test_unusable_state_dir(station, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(RecordsUnavailable) as error:
-        Recorder(replace(station, state_dir=blocker / "state"))
-    assert str(error.value) == f"records unavailable: cannot create {blocker / 'state'}: Not a directory"
+    recorder = Recorder(replace(station, state_dir=blocker / "state"))
+    assert recorder.problem() == f"records unavailable: cannot create {blocker / 'state'}: Not a directory"
 
 
 def test_unusable_database(station):
     station.state_dir.mkdir()
     (station.state_dir / "records.sqlite3").write_bytes(b"not a database" * 100)
     with pytest.raises(RecordsUnavailable, match="records unavailable: .*records.sqlite3: file is not a database"):
-        Recorder(station)
+        Store(station, time.time)
+    assert "file is not a database" in Recorder(station).problem()
 
 
 def test_state_dir_created(station):

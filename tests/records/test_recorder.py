@@ -1,6 +1,9 @@
 """The recorder fed with what the real state machine produces for realistic port histories."""
 from __future__ import annotations
 
+import logging
+import sqlite3
+
 from pathlib import Path
 
 from hw.phones import Device, Mode
@@ -134,22 +137,28 @@ def test_open_session_is_written_as_events_happen(recorder, station, clock):
     assert session["state"] == "checking_lock" and session["ended_at"] is None and session["seq"] is None
 
 
-def test_a_failed_batch_is_logged_and_the_recorder_goes_on(recorder, station, monkeypatch, caplog, clock):
-    real_apply = recorder._writer.apply
-    calls = iter([True])
+def test_a_failed_batch_is_kept_and_written_when_writing_works_again(station, monkeypatch, caplog, clock):
+    """Nothing is dropped: the items of a failed write stay queued, in order, until they are written."""
+    caplog.set_level(logging.INFO)
+    with Recorder(station, now=clock, retry_s=0.05) as recorder:
+        real_apply = recorder._store.writer.apply
+        failures = iter([True, True])
 
-    def failing_once(item):
-        if next(calls, False):
-            raise OSError("disk full")
-        real_apply(item)
+        def failing_twice(item):
+            if next(failures, False):
+                raise OSError("disk full")
+            real_apply(item)
 
-    monkeypatch.setattr(recorder._writer, "apply", failing_once)
-    helpers.clean_restore(Phone(recorder, 1, clock), 1)  # its first item fails: that batch is lost
-    assert recorder.flush(5)
-    assert recorder.fault == "RECORDS FAILED"
-    assert "not written" in caplog.text
-    helpers.locked(Phone(recorder, 2, clock), 2)
-    assert sessions(recorder, station.state_dir)[-1]["outcome"] == "locked"
+        monkeypatch.setattr(recorder._store.writer, "apply", failing_twice)
+        helpers.clean_restore(Phone(recorder, 1, clock), 1)
+        assert recorder.flush(5)
+        assert recorder.problem() is None and "records are written again" in caplog.text
+        assert "records not written: disk full (kept" in caplog.text
+        helpers.locked(Phone(recorder, 2, clock), 2)
+    rows = sqlite3.connect(db.path_in(station.state_dir)).execute(
+        "SELECT outcome, (SELECT count(*) FROM certificates c WHERE c.session_id = s.id) "
+        "FROM sessions s ORDER BY id").fetchall()
+    assert rows == [("done", 1), ("locked", 0)]
 
 
 def test_stop_writes_what_is_queued(station, clock):
