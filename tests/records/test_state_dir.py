@@ -175,3 +175,17 @@ def test_reading_commands_work_for_another_user_on_a_read_only_copy(restored):
     for path in (auditor, home):
         subprocess.run(["chmod", "-R", "u+w", str(path)], check=True)
         shutil.rmtree(path)
+
+
+def test_a_simulated_run_on_an_unusable_state_dir_is_one_line(tmp_path, capsys):
+    """A simulated run is a command: it says why and exits instead of waiting for records."""
+    (tmp_path / "disk").write_text("")
+    config = tmp_path / "station.toml"
+    config.write_text(f'[station]\nstate_dir = "{tmp_path / "disk" / "state"}"\n[hardware]\nbackend = "sim"\n')
+    scenario = tmp_path / "locked.toml"
+    scenario.write_text(ONE_LOCKED_PHONE)
+    code = station_cli.main(["run", "--config", str(config), "--sim", str(scenario)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines()[-1] == (f"station: records unavailable: cannot create {tmp_path / 'disk' / 'state'}: "
+                                    "Not a directory")
