@@ -6,6 +6,14 @@ class IpswError(Exception):
     """Bad input or a failed step; the cache is left as it was."""
 
 
+class NoMember(IpswError, KeyError):
+    """The IPSW has no such member: a KeyError too, as ``zipfile`` says it, for the readers
+    (pymobiledevice3, ipsw_parser) that treat some members as optional."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # not KeyError's repr() of the message
+
+
 class NoIpswError(IpswError):
     """No usable IPSW for a phone. str() is the port's display text; ``log_message`` says what to add."""
 

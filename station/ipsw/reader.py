@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from ipsw_parser.ipsw import IPSW
 
-from station.ipsw.errors import IpswError
+from station.ipsw.errors import IpswError, NoMember
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... file name length, extra field length
 _LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -164,7 +164,7 @@ class IpswArchive:
     def open(self, name: str) -> BinaryIO:
         info = self._members.get(name)
         if info is None:
-            raise IpswError(f"{self.label}: no member {name}")
+            raise NoMember(f"{self.label}: no member {name}")
         if info.compress_type != zipfile.ZIP_STORED:
             return self._open_deflated(info)
         fd = os.open(self.path, os.O_RDONLY)

@@ -101,6 +101,17 @@ def test_missing_member_and_truncated_zip_are_one_line(tmp_path: Path, ipsw: Pat
         open_member(cut, "BuildManifest.plist")
 
 
+def test_a_missing_member_is_a_key_error_as_zipfile_says(ipsw: Path) -> None:
+    """pymobiledevice3 (restore.py send_nor) and ipsw_parser read optional members and fall back on
+    KeyError or FileNotFoundError, as zipfile and a directory say: recent IPSWs have no
+    Firmware/all_flash/manifest, and NORData then comes from the build identity."""
+    restore_ipsw = open_for_restore(ipsw)
+    with pytest.raises(KeyError):
+        restore_ipsw.read("Firmware/all_flash/manifest")
+    with pytest.raises(KeyError):
+        restore_ipsw.get_firmware("Firmware/all_flash")
+
+
 def test_a_file_that_shrinks_under_the_reader_is_an_error(tmp_path: Path, ipsw: Path) -> None:
     with open_member(ipsw, os_member(ipsw)) as member:
         os.truncate(ipsw, ipsw.stat().st_size - OS_SIZE // 2)
