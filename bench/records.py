@@ -151,7 +151,9 @@ def compare_export(state_dir: Path, temp: Path, repeat: int) -> None:
     if shell is None:
         print("sqlite3 shell not found (apt-get install sqlite3): no side-by-side ratio")
         return
-    sql, _ = db.sessions_query(None)
+    conn = db.open_existing(state_dir)
+    sql, _ = db.sessions_query(conn, None)
+    conn.close()
 
     def shell_export() -> None:
         with theirs.open("wb") as stream:

@@ -28,7 +28,8 @@ def host_and_port(url: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
-APPLE_HOSTS = (host_and_port(TSS_CONTROLLER_ACTION_URL), host_and_port(ACTIVATION_DEFAULT_URL))
+ACTIVATION_HOST = host_and_port(ACTIVATION_DEFAULT_URL)
+APPLE_HOSTS = (host_and_port(TSS_CONTROLLER_ACTION_URL), ACTIVATION_HOST)
 CHECK_S = 30.0
 CONNECT_TIMEOUT_S = 5.0
 

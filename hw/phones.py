@@ -128,6 +128,8 @@ class RestoreError(Exception):
 
 
 class PhoneLayer(Protocol):
+    restore_tool: str  # what restores, with its version: named on every erasure certificate
+
     async def watch(self, emit: Callable[[PhoneEvent], None]) -> None:
         """Report arrivals, departures and faults until cancelled."""
 

@@ -3,11 +3,20 @@
 A scenario's phones become ``hw.sim`` phones that speak usbmuxd, lockdownd,
 iBoot-over-pyusb and Apple's activation server; the station then finds,
 identifies and lock-checks them with the same pymobiledevice3 and pyusb code
-it uses on a Pi. Restores run in worker processes with the sim engine (the
-real phase sequence, paced at a simulated USB rate). The phone moves between
-modes as a real restore moves it (iOS -> recovery -> the restore ramdisk on
-usbmuxd), each move a re-enumeration; when the restore succeeds the phone is
-erased and reboots to the Hello screen, and when it fails it stays in recovery.
+it uses on a Pi. Restores run in worker processes with one of two engines:
+
+* ``real`` (``[scenario] engine = "real"``): station/worker/real.py with
+  pymobiledevice3's ``Restore``, exactly as on a Pi, against the simulated phone:
+  its iBoot over the simulated USB bus (reached from the worker through
+  ``hw.sim.usb_remote``), restored, ASR and FDR over the simulated usbmuxd, and
+  a simulated signing server (``hw.sim.tss_server``) for the tickets;
+* ``timed``: the sim engine walks the real phase sequence with timers, paced at
+  a simulated USB rate, for runs of thousands of restores. The phone is moved
+  between modes as a real restore moves it (iOS -> recovery -> the restore
+  ramdisk on usbmuxd), each move a re-enumeration.
+
+When the restore succeeds the phone is erased and reboots to the Hello screen;
+when it fails it stays where the restore left it.
 
 A phone running iOS is restored only over a paired lockdown session, as the real
 worker does first (station/worker/real.py ``_connect``): a real phone goes to
@@ -22,12 +31,15 @@ import hashlib
 import logging
 import os
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ipsw_parser.ipsw import IPSW
 from pymobiledevice3.exceptions import (PairingDialogResponsePendingError, PairingError,
                                         PasswordRequiredError)
 
@@ -41,6 +53,8 @@ from hw.phones import (Device, LayerFault, PhoneEvent, RestoreError, RestoreProg
 from hw.sim import ACTIVATED, UNACTIVATED, Pairing, SimPhone, SimulatedBench, point_activation_at
 from hw.sim import Mode as SimMode
 from hw.sim.phone import FindMyAnswer
+from hw.sim.firmware import SIM_BUILD
+from hw.sim.tss_server import TssServer
 from hw.sim.world import SimWorld
 from station.clock import Clock
 from station.config import Config
@@ -55,13 +69,21 @@ USBMUX_ENV = "USBMUXD_SOCKET_ADDRESS"
 HELLO_WAIT_S = 60.0
 ENUMERATION_GAP_S = 8.0  # a phone is off the bus this long between two restore stages
 SIM_LOCKDOWN_TIMEOUT_S = 3.0  # simulated daemons answer in milliseconds; a stalled one is found sooner
+REAL_GRACE_FLOOR_S = 10.0  # pymobiledevice3 recovery.py: sleep(10) after iBEC's "go" in the DFU path
 TRUST_WAIT_S = 120.0  # scenario seconds a restore waits for Trust (the real worker's trust_timeout)
 
 
 class SimulatedPhones(UsbPhoneLayer):
+    # Said plainly on every certificate: which engine, and that no real phone was erased.
+    TOOLS = {"timed": "station timed restore simulation (not pymobiledevice3's Restore; no phone erased)",
+             "real": f"{UsbPhoneLayer.restore_tool}, against a simulated phone (no phone erased)"}
+
     def __init__(self, config: Config, scenario: Scenario, clock: Clock) -> None:
         self.scenario = scenario
         self.clock = clock
+        self.engine = scenario.info.engine
+        self.restore_tool = self.TOOLS[self.engine]
+        self.signing = TssServer(unsigned={(SIM_BUILD, model) for model in scenario.info.unsigned_models})
         state = config.station.state_dir
         self.bench = SimulatedBench([], state / "sim", hub_ports=config.hub.slots,
                                     usbmuxd_on_demand=scenario.info.usbmuxd == "on-demand")
@@ -75,11 +97,16 @@ class SimulatedPhones(UsbPhoneLayer):
         # The phones' own waits pass in scenario time; a simulated daemon answers at once.
         speed = clock.speed
         super().__init__(slots, setup, usb_backend=self.bench.usb_backend,
-                         restore_grace_s=max(1.0, layer.RESTORE_GRACE_S / speed),
+                         # pymobiledevice3's own waits run in real time (up to 10 s between
+                         # iBoot stages): the real engine's grace for a re-enumerating phone
+                         # never drops below them, however fast the scenario plays.
+                         restore_grace_s=max(REAL_GRACE_FLOOR_S if scenario.info.engine == "real"
+                                             else 1.0, layer.RESTORE_GRACE_S / speed),
                          hello_wait_s=HELLO_WAIT_S, ready_wait_s=max(2.0, layer.READY_WAIT_S / speed),
                          retry_s=max(0.2, layer.RETRY_S / speed),
                          lockdown_timeout_s=SIM_LOCKDOWN_TIMEOUT_S)
         self._failures: Counter[str] = Counter()
+        self._attempts: Counter[str] = Counter()  # real-engine restores begun, per scenario phone
 
     async def watch(self, emit: Callable[[PhoneEvent], None]) -> None:
         with self.simulation():
@@ -91,8 +118,12 @@ class SimulatedPhones(UsbPhoneLayer):
         saved = os.environ.get(USBMUX_ENV)
         os.environ[USBMUX_ENV] = self.bench.usbmuxd_address  # pymobiledevice3 reads it per call
         try:
-            with self.bench:
+            with self.bench, self.signing:
                 point_activation_at(self.bench.activation_url)
+                # The workers reach the bench (usbmuxd, the USB bus) and the signing server.
+                self.setup = replace(self.setup, environment={**self.setup.environment,
+                                                              **self.bench.environment()},
+                                     signing_url=self.signing.url)
                 try:
                     yield
                 finally:
@@ -138,6 +169,9 @@ class SimulatedPhones(UsbPhoneLayer):
             failure = InjectedFailure(spec.fail.phase, spec.fail.percent, Kind(spec.fail.kind))
         if phone.mode is SimMode.NORMAL:  # running iOS (not left in recovery by a failed attempt)
             await self._paired(device, report)
+        if self.engine == "real":
+            await self._real_restore(slot, device, phone, spec, firmware, report)
+            return
         sim = SimParams(speed=self.clock.speed, fail=failure)
         stages = _Stages(self.bench.world, phone, ENUMERATION_GAP_S / self.clock.speed)
 
@@ -154,6 +188,23 @@ class SimulatedPhones(UsbPhoneLayer):
             raise
         _erase(phone)
         self.bench.world.reboot(phone, SimMode.NORMAL, delay=REBOOT_S / self.clock.speed)
+
+    async def _real_restore(self, slot: int, device: Device, phone: SimPhone, spec: ScenarioPhone,
+                            firmware: object, report: Callable[[RestoreReport], None]) -> None:
+        """pymobiledevice3's Restore in a worker, against this phone; it moves itself between modes."""
+        path = getattr(firmware, "path", None)
+        if path is None:
+            raise RestoreError("NO IPSW: the real engine restores from a cached IPSW", False)
+        self.signing.add_ipsw(Path(path))  # Apple signs the builds it released
+        phone.os_image = await asyncio.to_thread(_os_image, Path(path), phone)
+        # The scenario's fault strikes the first attempt; a retry meets a phone that works.
+        self._attempts[spec.name] += 1
+        phone.restore_fault = spec.restore_fault if self._attempts[spec.name] == 1 else ""
+        phone.usb_rate = SimParams().usb_rate * self.clock.speed  # the timed engine's link, scaled alike
+        await restore_in_worker(device, Path(path), report, label=f"slot{slot}", setup=self.setup)
+        _erase(phone)
+        if phone.mode is not SimMode.NORMAL:
+            self.bench.world.reboot(phone, SimMode.NORMAL, delay=REBOOT_S / self.clock.speed)
 
     async def _paired(self, device: Device, report: Callable[[RestoreReport], None]) -> None:
         """A paired session with a phone running iOS, as the real worker opens one first
@@ -235,3 +286,17 @@ def open_simulated_phones(config: Config, scenario: Scenario | None, clock: Cloc
     empty = Scenario("none", ScenarioInfo(), (), (), {}, Path())
     return SimulatedPhones(config, scenario or empty, clock)
 
+
+
+def _os_image(ipsw: Path, phone: SimPhone) -> tuple[int, str]:
+    """(size, SHA-256) of the OS image the phone's ASR must receive: the Erase identity's OS member."""
+    with zipfile.ZipFile(ipsw) as archive:
+        manifest = IPSW(archive).build_manifest
+        member = manifest.get_build_identity(phone.hardware_model.lower(), restore_behavior="Erase") \
+            .get_component_path("OS")
+        digest, size = hashlib.sha256(), 0
+        with archive.open(member) as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    return size, digest.hexdigest()

@@ -17,6 +17,7 @@ from station.config import Config
 from station.core import Station
 from station.firmware import IpswFirmware
 from station.ipsw.cache import IpswCache
+from station.ipsw.synthetic import provision
 from station.records.recorder import Recorder
 from station.records.statedir import (PRIVATE_UMASK, RecordsUnavailable, StationBusy, lock,
                                       prepare, secure)
@@ -72,7 +73,12 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         recorder.stop()
         raise CommandError(recorder.fault)
     recorder.start()
-    firmware = IpswFirmware(IpswCache(config.ipsw), required=options.backend != "sim")
+    cache = IpswCache(config.ipsw)
+    real_engine = options.scenario is not None and options.scenario.info.engine == "real"
+    if real_engine:  # pymobiledevice3 restores from an IPSW: the simulation's own, built once
+        await asyncio.to_thread(provision, cache, [phone.model for phone in options.scenario.phones],
+                                options.scenario.info.os_image_mb << 20)
+    firmware = IpswFirmware(cache, required=options.backend != "sim" or real_engine)
     station = Station(config, phones, firmware=firmware, listeners=(recorder,),
                       counter_source=recorder, records=recorder, clock=clock.now)
 
@@ -178,7 +184,9 @@ def _scenario_over(station: Station, scenario: Scenario, now: float) -> bool:
     """Every event has happened, every plugged-in phone has been found, and no port is busy."""
     if now < scenario.last_event or any(p.state in WORKING for p in station.ports.values()):
         return False
-    plugged = {p.slot for p in scenario.phones if p.attach <= now and (p.detach is None or p.detach > now)}
+    # A phone expected to end with its port empty (a cable pulled by a fault) is not waited for.
+    plugged = {p.slot for p in scenario.phones
+               if p.attach <= now and (p.detach is None or p.detach > now) and p.expect != "empty"}
     return all(station.ports[slot].state is not State.EMPTY for slot in plugged if slot in station.ports)
 
 

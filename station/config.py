@@ -23,6 +23,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Literal, get_args, get_origin
 
 CHECKOUT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "station.toml"
@@ -117,6 +118,16 @@ class RestoreSection:
     # Peak memory of one restore worker: about 7x the RestoreRamDisk while pymobiledevice3
     # personalises it (994 MiB for iOS 18's 149 MB ramdisk; `python -m bench.restore_memory`).
     memory_per_restore_mb: int = field(default=1100, metadata=bounded(100, 65536))
+    # Apple's TSS endpoint, as pymobiledevice3 and idevicerestore call it; a site with its own
+    # signing proxy names it here (Apple Configurator: AuthInstallSigningServerURL).
+    signing_url: str = "http://gs.apple.com/TSS/controller?action=2"
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.signing_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(
+                ord(c) < 33 or ord(c) > 126 for c in self.signing_url):
+            raise ConfigError(f"[restore] signing_url = {toml_value(self.signing_url)}: "
+                              "not an http(s) URL")
 
 
 @dataclass(frozen=True)

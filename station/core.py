@@ -349,15 +349,15 @@ class Station:
             self._schedule()
 
     async def _firmware_for(self, slot: int, device: Device) -> object:
-        if self.firmware is None:
-            return None
-        choice = await asyncio.to_thread(self.firmware.select, device)
-        if choice is None:
-            return None
+        """The IPSW for this restore; the records hear it, and which tool restores (certificates name it)."""
+        choice = None
+        if self.firmware is not None:
+            choice = await asyncio.to_thread(self.firmware.select, device)
+        tool = getattr(self.phones, "restore_tool", "")
         for listener in self.listeners:
             with _isolated(listener):
-                listener.on_firmware(slot, getattr(choice, "build", ""),
-                                     getattr(choice, "version", ""), getattr(choice, "sha256", ""))
+                listener.on_firmware(slot, getattr(choice, "build", ""), getattr(choice, "version", ""),
+                                     getattr(choice, "sha256", ""), tool)
         return choice
 
     # -- memory -------------------------------------------------------------

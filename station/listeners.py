@@ -16,8 +16,9 @@ class Listener(Protocol):
     def on_transition(self, old: Port, new: Port, event: Event, at: float) -> None:
         """Every state change of a port (and operator actions on it), in order."""
 
-    def on_firmware(self, slot: int, build: str, version: str, sha256: str) -> None:
-        """The IPSW chosen for the restore that is about to start on ``slot``."""
+    def on_firmware(self, slot: int, build: str, version: str, sha256: str, tool: str) -> None:
+        """The IPSW chosen for the restore about to start on ``slot`` ("" when none), and the
+        tool that restores it (``PhoneLayer.restore_tool``)."""
 
 
 class CounterSource(Protocol):

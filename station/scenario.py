@@ -7,6 +7,10 @@ and the benchmarks::
     description = "..."
     duration = 900            # optional hard stop, scenario seconds
     usbmuxd = "on-demand"     # as on Debian: runs only while a phone runs iOS | "always"
+    engine = "timed"          # timed: phases walked with timers (fast, many restores) |
+                              #   real: pymobiledevice3's Restore against the simulated phones
+    unsigned_models = ["iPhone15,4"]  # real engine: the signing server refuses their IPSW, as Apple does
+    os_image_mb = 16          # real engine: size of the simulated IPSWs' OS image (an iOS 18 one: ~8700)
 
     [config.restore]          # optional: config keys this scenario needs
     mode = "line"
@@ -22,7 +26,9 @@ and the benchmarks::
     attach = 0                # scenario seconds
     detach = 500              # optional
     pairing = "auto"          # auto (Hello screen) | dialog | passcode | denied
-    fail = { phase = "restore_image", percent = 60, times = 1, kind = "usb" }
+    fail = { phase = "restore_image", percent = 60, times = 1, kind = "usb" }  # timed engine
+    restore_fault = ""        # real engine: where the phone fails, once: status-<n> | pulled-during-asr |
+                              #   usb-pulled-upload | ibss-rejected
     expect = "done"           # what the port must show at the end ("done": verified at Hello)
     # Quirks of real phones and of Apple's server (hw/sim/phone.py cites each one's source):
     find_my_answer = "honest" # what IsAssociated says: honest | false | absent
@@ -56,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hw.sim import check_restore_fault
 from hw.sim.activation_pages import ANSWERS, GIVES_A_RECORD
 from station.config import Config, ConfigError, bounded, parse_table, read_toml, toml_value, \
     with_overrides
@@ -102,6 +109,7 @@ class ScenarioPhone:
     lockdown_stalls: bool = False
     usb3: bool = False
     vanish_on_scan: int = field(default=0, metadata=bounded(0, 100))
+    restore_fault: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,9 @@ class ScenarioInfo:
     description: str = ""
     duration: float | None = field(default=None, metadata=bounded(0, 86400))
     usbmuxd: Literal["on-demand", "always"] = "on-demand"
+    engine: Literal["timed", "real"] = "timed"
+    unsigned_models: tuple[str, ...] = ()  # models whose simulated IPSW Apple no longer signs
+    os_image_mb: int = field(default=16, metadata=bounded(1, 16384))  # the simulated IPSWs' OS image
 
 
 @dataclass(frozen=True)
@@ -220,6 +231,10 @@ def _check_phone(number: int, phone: ScenarioPhone) -> None:
     if phone.fail is not None and phone.fail.phase not in PHASES:
         raise ConfigError(f"{where} fail phase = {toml_value(phone.fail.phase)}: "
                           f"must be one of {', '.join(PHASES)}")
+    try:
+        check_restore_fault(phone.restore_fault)
+    except ValueError as error:
+        raise ConfigError(f"{where} restore_fault = {toml_value(phone.restore_fault)}: {error}") from None
     if phone.detach is not None and phone.detach < phone.attach:
         raise ConfigError(f"{where} detach = {phone.detach}: before attach = {phone.attach}")
     if phone.activation_lock and phone.activation_answer in GIVES_A_RECORD:

@@ -171,3 +171,12 @@ def test_a_directory_that_is_a_file_is_refused_at_load(tmp_path, key):
         load_config(path)
     assert str(caught.value) == \
         f'config error: [{section}] {key} = "afile": {tmp_path / "afile"} is a file, not a directory'
+
+
+def test_the_signing_server_is_a_config_key(tmp_path):
+    path = tmp_path / "station.toml"
+    path.write_text('[restore]\nsigning_url = "https://tss.example.net/TSS/controller?action=2"\n')
+    assert load_config(path).restore.signing_url == "https://tss.example.net/TSS/controller?action=2"
+    path.write_text('[restore]\nsigning_url = "ftp://tss.example.net/"\n')
+    with pytest.raises(ConfigError, match=r"\[restore\] signing_url = .*not an http\(s\) URL"):
+        load_config(path)

@@ -22,7 +22,8 @@ def run_scenario(tmp_path: Path, scenario: str, speed: int = 300) -> subprocess.
 
 
 def test_demo_ends_with_the_four_expected_outcomes(tmp_path):
-    result = run_scenario(tmp_path, "config/sim/demo.toml")
+    # At `make run`'s speed: pymobiledevice3's own waits (iBoot's, restored's) pass in real time.
+    result = run_scenario(tmp_path, "config/sim/demo.toml", speed=30)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 4, result.stdout
@@ -34,7 +35,7 @@ def test_demo_ends_with_the_four_expected_outcomes(tmp_path):
     log = result.stderr
     assert "slot 2 [G6TZK2P4Q1MN] CHECKING_LOCK -> LOCKED (Find My is on)" in log
     assert ("slot 4 [DNPWL4H8Q6VR] RESTORING -> QUEUED "
-            "(retrying: simulated usb failure in restore_image at 60%)") in log
+            "(retrying: phone reported restore status 53: failed to recover FDR data)") in log
     assert "Traceback" not in log
     frames = sorted((tmp_path / "frames").glob("*.png"))
     assert frames, "the emulated OLED showed nothing"
@@ -45,6 +46,12 @@ def test_demo_ends_with_the_four_expected_outcomes(tmp_path):
     assert outcomes == {(1, "done"), (2, "locked"), (3, "done"), (4, "done")}, records.stdout
     verify = station(tmp_path, "records", "verify")
     assert verify.returncode == 0 and "3 certificates" in verify.stdout, verify.stdout + verify.stderr
+    # pymobiledevice3's Restore did it, against a simulated phone, and the certificate says both,
+    # with the build it installed.
+    certificate = json.loads(station(tmp_path, "cert", "F2LXQ0J1N7KC").stdout)
+    assert certificate["sanitization"]["tool"] == (
+        "pymobiledevice3 11.45.0 Restore (Erase), against a simulated phone (no phone erased)")
+    assert certificate["sanitization"]["firmware"]["build"] == "22C152"
 
 
 def station(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -20,8 +20,8 @@ def test_shipped_scenarios_load(path):
 def test_demo_has_the_four_phones_the_readme_promises():
     demo = load_scenario(ROOT / "config" / "sim" / "demo.toml")
     assert [(p.name, p.expect) for p in demo.phones] == [
-        ("clean", "done"), ("find-my-on", "locked"), ("dfu", "done"), ("flaky-cable", "done")]
-    assert demo.phones[3].fail.percent == 60
+        ("clean", "done"), ("find-my-on", "locked"), ("dfu", "done"), ("flaky-fdr", "done")]
+    assert demo.info.engine == "real" and demo.phones[3].restore_fault == "status-53"
 
 
 @pytest.mark.parametrize("body, message", [
@@ -90,6 +90,10 @@ PHONE = '[[phone]]\nname = "a"\nslot = 1\n'
      '[[phone]] #1 name = "": must be one line of printable characters'),
     ('[scenario]\ndescription = ' + '[' * 3 + ']' * 3 + '\n',
      '[scenario] description = [[[]]]: must be a string'),
+    (PHONE + 'restore_fault = "status-0"\n',
+     '[[phone]] a restore_fault = "status-0": must be one of ibss-rejected, usb-pulled-upload, '
+     'pulled-during-asr, status-<n> (n != 0)'),
+    ('[scenario]\nengine = "fast"\n' + PHONE, '[scenario] engine = "fast": must be one of "timed", "real"'),
 ])
 def test_bad_scenario_value_is_one_line(tmp_path, body, message):
     path = tmp_path / "bad.toml"

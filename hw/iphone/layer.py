@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from importlib import metadata
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
@@ -40,7 +41,7 @@ from hw.iphone.restore import WorkerSetup, fork_server, pairing_dir, restore_in_
 from hw.iphone.slots import SlotMap
 from hw.iphone.usb_scan import Scan, UsbPhone, UsbScanner, UsbUnavailable
 from hw.iphone.usb_topology import PortPeers
-from hw.network import watch_network
+from hw.network import ACTIVATION_HOST, host_and_port, watch_network
 from hw.phones import (Device, LayerFault, Lock, LockCheck, Mode, PhoneArrived, PhoneError,
                        PhoneEvent, PhoneLeft, RestoreReport)
 
@@ -80,6 +81,9 @@ class _Sighting:
 
 
 class UsbPhoneLayer:
+    # Named on every erasure certificate (NIST SP 800-88: the tool used, with its version).
+    restore_tool = f"pymobiledevice3 {metadata.version('pymobiledevice3')} Restore (Erase)"
+
     def __init__(self, slot_map: SlotMap, setup: WorkerSetup, usb_backend: object | None = None,
                  restore_grace_s: float = RESTORE_GRACE_S, hello_wait_s: float = HELLO_WAIT_S,
                  ready_wait_s: float = READY_WAIT_S, retry_s: float = RETRY_S,
@@ -124,7 +128,8 @@ class UsbPhoneLayer:
 
     def _side_tasks(self, emit: Callable[[PhoneEvent], None]) -> list[Coroutine[Any, Any, None]]:
         """What else runs while the phones are watched (a network check, a scenario)."""
-        return [watch_network(emit)]
+        # The signing server restores really use ([restore] signing_url), and Apple's activation.
+        return [watch_network(emit, (host_and_port(self.setup.signing_url), ACTIVATION_HOST))]
 
     async def _watch_usbmux(self) -> None:
         while True:
@@ -470,5 +475,6 @@ def open_usb_phones(config: Any, scenario: object, clock: object) -> UsbPhoneLay
     """The Pi backend's phones: usbmuxd, libusb and pymobiledevice3 restores (config: station.config.Config)."""
     state = config.station.state_dir
     setup = WorkerSetup(home=state / "pymobiledevice3-home", log_dir=state / "restore-logs",
-                        timeout_s=config.restore.timeout_s, environment={})
+                        timeout_s=config.restore.timeout_s, environment={},
+                        signing_url=config.restore.signing_url)
     return UsbPhoneLayer(SlotMap(config.hub.ports, config.hub.slots, peer=PortPeers().peer), setup)

@@ -23,6 +23,7 @@ class WorkerSetup:
     log_dir: Path  # one log file per restore
     timeout_s: float
     environment: dict[str, str]
+    signing_url: str = "http://gs.apple.com/TSS/controller?action=2"  # [restore] signing_url
 
 
 @contextmanager
@@ -48,6 +49,7 @@ async def restore_in_worker(device: Device, ipsw: Path | None, report: Callable[
     request = RestoreRequest.for_device(
         device, label=label, log_dir=str(setup.log_dir), ipsw=str(ipsw) if ipsw else None,
         timeout=setup.timeout_s, usbmux_address=setup.environment.get("USBMUXD_SOCKET_ADDRESS"),
+        signing_url=setup.signing_url,
         sim=sim)
 
     def forward(message: RestoreReport) -> None:

@@ -18,13 +18,13 @@ import os
 import plistlib
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import parse_qs
+
 from pymobiledevice3.services import mobile_activation
 
 from hw.sim.activation_pages import answer_for
 from hw.sim.framing import plist_dict
+from hw.sim.http_server import LocalHttpServer
 from hw.sim.mobileactivation import handshake_response_for
 from hw.sim.world import SimWorld
 
@@ -85,36 +85,23 @@ class ActivationServer:
         self.seen: list[Seen] = []
         self._fault: Fault | None = None
         self._release = threading.Event()  # ends hangs at shutdown
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LocalHttpServer("activation", self.answer, host)
 
     @property
     def url(self) -> str:
-        if self._httpd is None:
-            raise RuntimeError("activation server is not running")
-        return f"http://{self.host}:{self._httpd.server_address[1]}"
+        return self._http.base_url
 
     def set_fault(self, fault: Fault | None) -> None:
         self._fault = fault
 
     def start(self) -> None:
-        if self._httpd is not None:
-            return
-        self._release.clear()
-        self._httpd = _Server((self.host, 0), _Handler, self)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.05,), name="sim-activation", daemon=True  # quick shutdown
-        )
-        self._thread.start()
+        if not self._http.running:
+            self._release.clear()
+            self._http.start()
 
     def stop(self) -> None:
-        if self._httpd is None or self._thread is None:
-            return
         self._release.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()  # joins the request threads
-        self._thread.join()
-        self._httpd, self._thread = None, None
+        self._http.stop()
 
     # Answers ----------------------------------------------------------------------
 
@@ -154,35 +141,6 @@ class ActivationServer:
         if phone is None:
             return 400, "text/html", _error_page(400)
         return answer_for(phone)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # so server_close() joins request threads: no thread outlives stop()
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], sim: ActivationServer):
-        super().__init__(address, handler)
-        self.sim = sim
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length)
-        answer = self.server.sim.answer(self.path, body)
-        if answer is None:
-            self.close_connection = True
-            return
-        status, content_type, payload = answer
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("activation server: " + format, *args)
 
 
 def _udid_of(path: str, body: bytes) -> str:

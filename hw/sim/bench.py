@@ -2,7 +2,8 @@
 
 It sets nothing process-wide by itself. A caller in this process passes ``usb_backend`` to
 pyusb and points pymobiledevice3 with ``USBMUXD_SOCKET_ADDRESS`` and ``point_activation_at``;
-a child process gets the same addresses from ``environment()``.
+a child process (a restore worker) gets the same addresses, and the USB bus through its
+bridge (``hw.sim.usb_remote``), from ``environment()``.
 
 The hub is a USB 3 hub on root port 1: ``1-1.N`` on the USB 2 bus, ``2-1.N`` on its
 SuperSpeed companion, linked in a sysfs tree under ``sysfs_root``. With
@@ -19,6 +20,7 @@ from hw.sim.activation_server import ACTIVATION_URL_ENV, ActivationServer
 from hw.sim.phone import USBMUX_MODES, SimPhone
 from hw.sim.udev import UsbmuxdOnDemand, write_usb3_hub
 from hw.sim.usb_backend import SimUsbBackend
+from hw.sim.usb_remote import UsbBridge
 from hw.sim.usbmuxd import SimUsbmuxd
 from hw.sim.world import SimWorld
 
@@ -40,6 +42,7 @@ class SimulatedBench:
         self.usbmuxd = SimUsbmuxd(self.world, socket_path, pair_record_dir=self.state_dir / "lockdown")
         self.activation = ActivationServer(self.world)
         self.usb_backend = SimUsbBackend(self.world)
+        self.usb_bridge: UsbBridge | None = None  # while the bench runs
         self._on_demand = UsbmuxdOnDemand(self.world, self.usbmuxd) if usbmuxd_on_demand else None
 
     @property
@@ -52,7 +55,9 @@ class SimulatedBench:
 
     def environment(self) -> dict[str, str]:
         """What a child process needs to reach this bench."""
-        return {"USBMUXD_SOCKET_ADDRESS": self.usbmuxd_address, ACTIVATION_URL_ENV: self.activation_url}
+        bridge = self.usb_bridge.environment if self.usb_bridge is not None else {}
+        return {"USBMUXD_SOCKET_ADDRESS": self.usbmuxd_address, ACTIVATION_URL_ENV: self.activation_url,
+                **bridge}
 
     def settle(self, timeout: float = 5.0) -> None:
         """Until udev has started usbmuxd for the phones running iOS (on demand only)."""
@@ -73,6 +78,7 @@ class SimulatedBench:
             else:
                 self.usbmuxd.start()
             self.activation.start()
+            self.usb_bridge = UsbBridge(self.usb_backend, self.state_dir / "usb")
         except BaseException:
             self.close()
             raise
@@ -82,6 +88,9 @@ class SimulatedBench:
         self.close()
 
     def close(self) -> None:
+        if self.usb_bridge is not None:
+            self.usb_bridge.close()
+            self.usb_bridge = None
         self.activation.stop()
         if self._on_demand is not None:
             self._on_demand.stop()

@@ -1,7 +1,8 @@
-"""A phone booted into iOS as usbmuxd reaches it: lockdownd on port 62078 plus one-shot service ports.
+"""A phone as usbmuxd reaches it: lockdownd on port 62078 plus one-shot service ports in iOS;
+restored (62078), ASR and FDR in the restore ramdisk (``hw.sim.restored``).
 
-One ``SimDevice`` lives per enumeration in normal mode (a reboot closes its ports and
-connections, as on a real phone). It runs on the usbmuxd simulator's event loop.
+One ``SimDevice`` lives per enumeration (a reboot closes its ports and connections, as on a
+real phone). It runs on the usbmuxd simulator's event loop.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from hw.sim.lockdownd import Lockdownd
-from hw.sim.phone import SimPhone
+from hw.sim.phone import Mode, SimPhone
+from hw.sim.restored import Restored
 from hw.sim.world import SimWorld, UsbDevice
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ class SimDevice:
         self.usb = usb
         self.world = world
         self.lockdownd = Lockdownd(self)
+        self.restored = Restored(self) if usb.mode is Mode.RESTORE else None
         self._services: dict[int, Handler] = {}
         self._ports = itertools.count(FIRST_SERVICE_PORT)
         self._writers: set[asyncio.StreamWriter] = set()
@@ -48,6 +51,8 @@ class SimDevice:
 
     def handler(self, port: int) -> Handler | None:
         """What listens on ``port``; None means the phone resets the connection (usbmuxd: CONNREFUSED)."""
+        if self.restored is not None:
+            return self.restored.handler(port)
         if port == LOCKDOWN_PORT:
             return self.lockdownd.serve
         return self._services.pop(port, None)

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import plistlib
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 MAX_FRAME = 16 * 1024 * 1024  # far above any real request; a bigger length means a broken peer
 
@@ -23,6 +27,18 @@ async def read_plist(reader: asyncio.StreamReader) -> dict[str, Any]:
     if message is None:
         raise FrameError(f"not a plist dict: {payload[:40]!r}")
     return message
+
+
+async def requests(reader: asyncio.StreamReader, who: str) -> AsyncIterator[dict[str, Any]]:
+    """Each message until the peer closes; a peer that breaks the framing is dropped (logged)."""
+    while True:
+        try:
+            yield await read_plist(reader)
+        except asyncio.IncompleteReadError:
+            return
+        except FrameError as e:
+            logger.warning("%s: dropping a peer that sent %s", who, e)
+            return
 
 
 def plist_dict(data: Any) -> dict[str, Any] | None:

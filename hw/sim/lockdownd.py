@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hw.sim.framing import FrameError, read_plist, write_plist
+from hw.sim.framing import requests, write_plist
 from hw.sim.mobileactivation import MobileActivationd
 from hw.sim.phone import ACTIVATED, FindMyAnswer, Mode, Pairing
 
@@ -24,9 +24,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LOCKDOWN_TYPE = "com.apple.mobile.lockdown"
-RESTORED_TYPE = "com.apple.mobile.restored"  # the restore ramdisk answers on the same port
-RESTORE_PROTOCOL_VERSION = 14
+LOCKDOWN_TYPE = "com.apple.mobile.lockdown"  # in the restore ramdisk restored takes the port (hw.sim.restored)
 # iOS 14.5 started refusing EnterRecovery outside a paired session (idevicerestore commit 6d3b6bb).
 RECOVERY_NEEDS_SESSION_FROM = (14, 5)
 
@@ -76,14 +74,7 @@ class Lockdownd:
             await reader.read()
             return
         conn = _Connection()
-        while True:
-            try:
-                request = await read_plist(reader)
-            except asyncio.IncompleteReadError:
-                return
-            except FrameError as e:
-                logger.warning("%s lockdownd: dropping a peer that sent %s", self.phone.serial, e)
-                return
+        async for request in requests(reader, f"{self.phone.serial} lockdownd"):
             self.phone.record(request)
             reply = self._answer(request, conn)
             await write_plist(writer, reply)
@@ -98,8 +89,6 @@ class Lockdownd:
 
     def _answer(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
         name = request.get("Request")
-        if self.device.usb.mode is Mode.RESTORE:
-            return self._restored(name)
         handler = self._handlers.get(name) if isinstance(name, str) else None
         if handler is None:
             return _error(name, "InvalidRequest")  # unverified name; no client depends on it
@@ -110,14 +99,6 @@ class Lockdownd:
 
     def _query_type(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
         return {"Request": "QueryType", "Type": LOCKDOWN_TYPE}
-
-    def _restored(self, name: Any) -> dict[str, Any]:
-        """restored on port 62078: a lockdown client learns the mode from QueryType and stops
-        (pymobiledevice3 ``LockdownClient._initialize`` raises IncorrectModeError)."""
-        if name == "QueryType":
-            return {"Request": "QueryType", "Type": RESTORED_TYPE,
-                    "RestoreProtocolVersion": RESTORE_PROTOCOL_VERSION}
-        return _error(name, "InvalidRequest")  # unverified name; no lockdown client gets this far
 
     def _get_value(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
         domain, key = request.get("Domain"), request.get("Key")

@@ -104,11 +104,19 @@ class SimPhone:
     usb3: bool = False  # USB-C phone on a USB 3 hub: SuperSpeed bus in iOS, USB 2 bus in iBoot
     vanish_on_scan: int = 0  # the next N descriptor reads find the phone re-enumerating
 
+    # The restore, as the phone's iBoot, restored and ASR see it (hw.sim.iboot, hw.sim.restored).
+    os_image: tuple[int, str] | None = None  # (size, sha256) of the OS image ASR must receive
+    restore_fault: str = ""  # "" or where the phone fails its restore (hw.sim.restored.FAULTS)
+    usb_rate: float = 0.0  # bytes/s ASR takes the OS image at (a Pi 4's USB 2 link: ~35e6); 0: unpaced
+
     # What happened to the phone: written by the simulated daemons.
     paired_hosts: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     pair_attempts: int = field(default=0, repr=False)
     values_set: dict[str, Any] = field(default_factory=dict, repr=False)
     received: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    uploads: list[tuple[str, int, str]] = field(default_factory=list, repr=False)  # iBoot: (stage, size, sha256)
+    iboot_commands: list[str] = field(default_factory=list, repr=False)
+    asr_received: tuple[int, str] | None = field(default=None, repr=False)  # (bytes, sha256) that ASR took
     _received_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:

@@ -4,8 +4,9 @@
 phone with ``bus``, ``address`` and ``port_numbers``. Normal mode is 05ac:12a8 with the
 UDID (no dash) as serial; recovery 05ac:1281 and DFU 05ac:1227 carry the iBoot serial
 string (DFU with ``SRTG``, recovery with ``SRNM``) and ``NONC``/``SNON`` in string 1, so
-pymobiledevice3's ``IRecv`` accepts them. iBoot answers ``getenv``/``setenv``/``reboot``;
-uploads are accepted and dropped (the restore itself is simulated elsewhere).
+pymobiledevice3's ``IRecv`` accepts them. What DFU and recovery phones do with the transfers
+(SecureROM's DFU download, iBoot's commands and uploads, the re-enumerations of a restore) is the
+phone's :class:`hw.sim.iboot.IBoot`; this module routes each transfer to it.
 
 A device handle outlives its enumeration: once the phone re-enumerates, calls on the old
 one fail with ENODEV, as libusb does.
@@ -15,12 +16,14 @@ from __future__ import annotations
 import errno
 import logging
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import usb.backend
 from usb.core import USBError
 
+from hw.sim import iboot
+from hw.sim.iboot import IBoot, iboot_of
 from hw.sim.phone import USBMUX_MODES, Mode, SimPhone
 from hw.sim.world import SimWorld, UsbDevice
 
@@ -35,8 +38,12 @@ VANISH_REBOOT_S = 0.3  # how long a phone caught mid-re-enumeration stays off th
 
 GET_DESCRIPTOR = 6
 DESC_STRING = 3
-DFU_GETSTATUS, DFU_GETSTATE = 3, 5
-DFU_IDLE = 2
+# Control requests by (bmRequestType, bRequest): libirecovery irecv_send_command/irecv_send_buffer,
+# pymobiledevice3 irecv.py IRecv.send_command/getenv/send_buffer.
+IBOOT_COMMAND = 0x40  # vendor OUT, bRequest 0 (1 for "go"/"bootx"), the command and a NUL
+IBOOT_ANSWER = 0xC0  # vendor IN, bRequest 0: the answer to the last getenv
+IBOOT_UPLOAD = 0x41  # vendor OUT to the interface, bRequest 0: an upload starts
+DFU_OUT, DFU_IN = 0x21, 0xA1  # class requests to the interface: DFU, or the recovery "poke" 0x21/1
 
 
 def iboot_serial(phone: SimPhone, mode: Mode) -> str:
@@ -47,17 +54,18 @@ def iboot_serial(phone: SimPhone, mode: Mode) -> str:
     return f"{head} IBFL:3D SRNM:[{phone.serial}]"
 
 
-def nonce_string(phone: SimPhone) -> str:
-    return f"NONC:{phone.ap_nonce.hex().upper()} SNON:{phone.sep_nonce.hex().upper()}"
+def nonce_string(ap_nonce: bytes, sep_nonce: bytes) -> str:
+    return f"NONC:{ap_nonce.hex().upper()} SNON:{sep_nonce.hex().upper()}"
 
 
-def string_table(usb_device: UsbDevice) -> dict[int, str]:
-    """String descriptors by index (indices as public lsusb captures show them)."""
+def string_table(usb_device: UsbDevice, nonces: tuple[bytes, bytes] | None = None) -> dict[int, str]:
+    """String descriptors by index (indices as public lsusb captures show them); ``nonces`` = iBoot's now."""
     phone, mode = usb_device.phone, usb_device.mode
     if mode in USBMUX_MODES:
         return {1: "Apple Inc.", 2: "iPhone", 3: phone.udid.replace("-", "")}
     product = "Apple Mobile Device (DFU Mode)" if mode is Mode.DFU else "Apple Mobile Device (Recovery Mode)"
-    return {1: nonce_string(phone), 2: "Apple Inc.", 3: product, 4: iboot_serial(phone, mode)}
+    ap_nonce, sep_nonce = nonces or (phone.ap_nonce, phone.sep_nonce)
+    return {1: nonce_string(ap_nonce, sep_nonce), 2: "Apple Inc.", 3: product, 4: iboot_serial(phone, mode)}
 
 
 def _endpoint(address: int) -> SimpleNamespace:
@@ -73,30 +81,33 @@ def _interface(number: int, alt: int, cls: int, sub: int, proto: int, endpoints:
 
 
 def _interfaces(mode: Mode) -> list[list[SimpleNamespace]]:
-    """Per interface, its alternate settings: normal = PTP + usbmux; recovery = iBoot's two; DFU = one, no endpoints."""
+    """Per interface, its alternate settings: normal = PTP + usbmux; recovery = iBoot's two; DFU = one, no endpoints.
+
+    Recovery's upload endpoint 0x04 is in interface 1's default setting: pyusb resolves an endpoint
+    only in the active alternate setting (``_ResourceManager.get_interface_and_endpoint``) and
+    pymobiledevice3 selects 1/1 only above 0x1281 (``IRecv._reinit``), so on a 0x1281 iBoot it could
+    not upload at all otherwise; 1/1, which libirecovery selects there, has it too.
+    """
     if mode in USBMUX_MODES:
         return [[_interface(0, 0, 0x06, 0x01, 0x01, [0x81, 0x02, 0x83])], [_interface(1, 0, 0xFF, 0xFE, 0x02, [0x84, 0x05])]]
     if mode is Mode.RECOVERY:
         return [[_interface(0, 0, 0xFF, 0xFF, 0x51, [])],
-                [_interface(1, 0, 0xFF, 0xFF, 0x51, []), _interface(1, 1, 0xFF, 0xFF, 0x51, [0x04, 0x85])]]
+                [_interface(1, 0, 0xFF, 0xFF, 0x51, [0x04, 0x85]), _interface(1, 1, 0xFF, 0xFF, 0x51, [0x04, 0x85])]]
     return [[_interface(0, 0, 0xFE, 0x01, 0x00, [])]]
 
 
 @dataclass
 class _Handle:
-    """An open device; iBoot state that outlives one control transfer lives here."""
+    """An open device (what outlives one transfer is the phone's, in its ``IBoot``)."""
 
     device: UsbDevice
     configuration: int = 1
-    pending: bytes = b""  # what the next vendor IN transfer returns (a getenv answer)
-    env: dict[str, str] = field(default_factory=dict)
 
 
 class SimUsbBackend(usb.backend.IBackend):
     def __init__(self, world: SimWorld) -> None:
         super().__init__()
         self.world = world
-        self._env: dict[SimPhone, dict[str, str]] = {}  # iBoot's NVRAM, kept across re-enumerations
 
     def enumerate_devices(self) -> list[UsbDevice]:
         return self.world.usb_devices()
@@ -133,7 +144,7 @@ class SimUsbBackend(usb.backend.IBackend):
 
     def open_device(self, dev: UsbDevice) -> _Handle:
         self._check(dev)
-        return _Handle(dev, env=self._env.setdefault(dev.phone, self._default_env(dev.phone)))
+        return _Handle(dev)
 
     def close_device(self, dev_handle: _Handle) -> None:
         pass
@@ -168,13 +179,22 @@ class SimUsbBackend(usb.backend.IBackend):
         self._check(dev_handle.device)
 
     def reset_device(self, dev_handle: _Handle) -> None:
-        """A reset re-enumerates the phone in the same mode (new address)."""
-        self._check(dev_handle.device)
-        self.world.reboot(dev_handle.device.phone, dev_handle.device.mode, delay=0.05)
+        """A port reset re-enumerates the phone (new address); in DFU after a download it boots the iBSS."""
+        dev = dev_handle.device
+        with self.world.lock:
+            self._check(dev)
+            if dev.mode in USBMUX_MODES:
+                self.world.reboot(dev.phone, dev.mode, delay=0.05)
+            else:
+                self._iboot(dev).reset(dev)
 
     def bulk_write(self, dev_handle: _Handle, ep: int, intf: int, data: array, timeout: int) -> int:
-        self._check(dev_handle.device)
-        return len(data) * data.itemsize  # iBoot takes the upload; the restore engine is simulated elsewhere
+        dev = dev_handle.device
+        with self.world.lock:
+            self._check(dev)
+            if dev.mode is not Mode.RECOVERY:
+                raise _stall()
+            return self._iboot(dev).bulk_out(dev, ep, data.tobytes())
 
     def ctrl_transfer(self, dev_handle: _Handle, bmRequestType: int, bRequest: int, wValue: int, wIndex: int,
                       data: array, timeout: int) -> int:
@@ -185,41 +205,33 @@ class SimUsbBackend(usb.backend.IBackend):
             return _fill(data, self._string_descriptor(dev, wValue & 0xFF, wIndex))
         if dev.mode in USBMUX_MODES:
             raise _stall()
-        if bmRequestType == 0x40 and bRequest in (0, 1):  # iBoot command, NUL-terminated
-            self._command(dev_handle, bytes(data).rstrip(b"\0").decode(errors="replace"))
-            return len(data)
-        if bmRequestType == 0xC0 and bRequest == 0:  # the answer to the last getenv
-            answer, dev_handle.pending = dev_handle.pending, b""
-            return _fill(data, answer)
-        if bmRequestType == 0x41 and bRequest == 0:  # start of a recovery upload
-            return 0
-        if dev.mode is Mode.DFU and bmRequestType == 0xA1 and bRequest == DFU_GETSTATE:
-            return _fill(data, bytes([DFU_IDLE]))
-        if dev.mode is Mode.DFU and bmRequestType == 0xA1 and bRequest == DFU_GETSTATUS:
-            return _fill(data, bytes([0, 0, 0, 0, DFU_IDLE, 0]))
+        with self.world.lock:
+            self._check(dev)  # the phone may have left while this thread waited for the lock
+            phone_iboot = self._iboot(dev)
+            if dev.mode is Mode.DFU and bmRequestType == DFU_OUT:
+                return phone_iboot.dfu_out(dev, bRequest, wValue, data.tobytes())
+            if dev.mode is Mode.DFU and bmRequestType == DFU_IN:
+                return _fill(data, phone_iboot.dfu_in(dev, bRequest))
+            if dev.mode is Mode.RECOVERY and bmRequestType == IBOOT_COMMAND and bRequest in (0, 1):  # NUL-terminated
+                phone_iboot.command(dev, data.tobytes().split(b"\0", 1)[0].decode(errors="replace"))
+                return len(data)
+            if dev.mode is Mode.RECOVERY and bmRequestType == IBOOT_ANSWER and bRequest == 0:
+                return _fill(data, phone_iboot.answer(dev))
+            if dev.mode is Mode.RECOVERY and bmRequestType == IBOOT_UPLOAD and bRequest == 0:
+                return phone_iboot.start_upload(dev)
+            if dev.mode is Mode.RECOVERY and bmRequestType == DFU_OUT and bRequest == iboot.DFU_DNLOAD:
+                return phone_iboot.poke(dev)
         raise _stall()
 
-    # iBoot --------------------------------------------------------------------------
-
-    def _default_env(self, phone: SimPhone) -> dict[str, str]:
-        return {"build-version": phone.iboot_version, "build-style": "RELEASE", "auto-boot": "false"}
-
-    def _command(self, handle: _Handle, command: str) -> None:
-        logger.debug("iBoot %s: %s", handle.device.phone.serial, command)
-        handle.device.phone.record({"Command": command})
-        words = command.split(" ", 2)
-        if words[0] == "getenv" and len(words) > 1:
-            handle.pending = handle.env.get(words[1], "").encode()
-        elif words[0] == "setenv" and len(words) > 2:
-            handle.env[words[1]] = words[2]
-        elif words[0] == "reboot":
-            mode = Mode.NORMAL if handle.env.get("auto-boot") == "true" else Mode.RECOVERY
-            self.world.reboot(handle.device.phone, mode)
+    def _iboot(self, dev: UsbDevice) -> IBoot:
+        return iboot_of(self.world, dev.phone)
 
     def _string_descriptor(self, dev: UsbDevice, index: int, langid: int) -> bytes:
         if index == 0:
             return bytes([4, DESC_STRING]) + LANGID_EN_US.to_bytes(2, "little")
-        text = string_table(dev).get(index)
+        with self.world.lock:
+            nonces = iboot.nonces_of(self.world, dev.phone)
+        text = string_table(dev, nonces).get(index)
         if text is None or langid != LANGID_EN_US:
             raise _stall()
         encoded = text.encode("utf-16-le")[:252]
@@ -233,6 +245,8 @@ class SimUsbBackend(usb.backend.IBackend):
             if phone.vanish_on_scan <= 0:
                 return
             phone.vanish_on_scan -= 1
+            if dev.mode not in USBMUX_MODES:
+                self._iboot(dev).keep_stage(dev)
             self.world.reboot(phone, dev.mode, delay=VANISH_REBOOT_S)
         raise USBError("No such device (it may have been disconnected)", errno=errno.ENODEV)
 

@@ -75,6 +75,8 @@ class SimWorld:
         self._plugs: dict[SimPhone, _Plug] = {}
         self._listeners: list[Listener] = []
         self._next_address: dict[int, int] = {}
+        # What a phone's firmware keeps between USB transfers and enumerations (hw.sim.iboot.IBoot).
+        self.firmware: dict[SimPhone, object] = {}
 
     # Hotplug -----------------------------------------------------------------
 

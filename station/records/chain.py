@@ -40,6 +40,9 @@ def content_of(conn: sqlite3.Connection, session_id: int) -> dict[str, Any]:
     if content is None:
         raise KeyError(session_id)
     del content["hash"]
+    for name in db.ADDED_COLUMNS:
+        if content.get(name) is None:
+            content.pop(name, None)  # as a record sealed before the column existed was hashed
     content["transitions"] = db.transitions(conn, session_id)
     document = db.certificate_text(conn, session_id)
     content["certificate_sha256"] = sha256(document) if document is not None else None

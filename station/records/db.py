@@ -1,4 +1,4 @@
-"""The records database: one SQLite file in WAL mode, schema v1 (no migrations yet).
+"""The records database: one SQLite file in WAL mode, schema v2 (v1 is upgraded in place).
 
 Tables: ``sessions`` (one row per phone on a slot, updated as it goes, sealed
 into the hash chain when it closes), ``transitions`` (every recorded state
@@ -20,7 +20,10 @@ from urllib.parse import quote
 from station.records.statedir import RecordsUnavailable, prepare
 
 DB_FILE = "records.sqlite3"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+# Columns added after v1, NULL in rows written before: a NULL one is left out of a record's
+# hashed content (chain.content_of), so records sealed under v1 keep their hashes.
+ADDED_COLUMNS = {"restore_tool": "2"}
 
 # Order of the session columns in exports and in the hashed content of a record.
 SESSION_COLUMNS = (
@@ -29,7 +32,7 @@ SESSION_COLUMNS = (
     "ended_at", "state", "result", "outcome", "reason",
     "udid", "ecid", "serial", "model", "ios_before", "build_before",
     "lock_method", "lock_result", "lock_reason", "verify_method", "verify_result", "verified",
-    "attempts", "actions", "ipsw_build", "ios_after", "ipsw_sha256",
+    "attempts", "actions", "ipsw_build", "ios_after", "ipsw_sha256", "restore_tool",
     "seq", "prev_id", "prev_hash", "hash",
 )
 TRANSITION_COLUMNS = ("at", "event", "from_state", "to_state", "reason", "detail")
@@ -69,6 +72,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     ipsw_build TEXT NOT NULL DEFAULT '',
     ios_after TEXT NOT NULL DEFAULT '',
     ipsw_sha256 TEXT NOT NULL DEFAULT '',
+    restore_tool TEXT,
     seq INTEGER UNIQUE,
     prev_id INTEGER,
     prev_hash TEXT,
@@ -130,6 +134,7 @@ def open_store(state_dir: Path) -> sqlite3.Connection:
                 if statement.strip():
                     conn.execute(statement)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            _upgrade(conn)
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
     except sqlite3.Error as error:
         raise RecordsUnavailable(f"records unavailable: {path}: {error}") from None
@@ -138,6 +143,19 @@ def open_store(state_dir: Path) -> sqlite3.Connection:
         raise RecordsUnavailable(f"records unavailable: {path} has schema v{version}, "
                                  f"this station knows v{SCHEMA_VERSION}")
     return conn
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """v1 -> v2: the restore tool of each session (certificates name it)."""
+    if get_meta(conn, "schema_version") == "1":
+        conn.execute("ALTER TABLE sessions ADD COLUMN restore_tool TEXT")
+        set_meta(conn, "schema_version", "2")
+
+
+def session_columns(conn: sqlite3.Connection) -> tuple[str, ...]:
+    """SESSION_COLUMNS that this database has (a v1 copy read by a newer station lacks some)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
+    return tuple(name for name in SESSION_COLUMNS if name in present)
 
 
 def open_existing(state_dir: Path) -> sqlite3.Connection:
@@ -236,9 +254,10 @@ def certificate_text(conn: sqlite3.Connection, session_id: int) -> str | None:
     return row[0] if row else None
 
 
-def sessions_query(since: str | None, columns: str = ", ".join(SESSION_COLUMNS)) -> tuple[str, tuple[str, ...]]:
-    """SELECT of ``columns`` (all, by default), oldest session first, optionally from ``since``."""
-    sql = f"SELECT {columns} FROM sessions"
+def sessions_query(conn: sqlite3.Connection, since: str | None,
+                   columns: str | None = None) -> tuple[str, tuple[str, ...]]:
+    """SELECT of ``columns`` (all there are, by default), oldest session first, optionally from ``since``."""
+    sql = f"SELECT {columns or ', '.join(session_columns(conn))} FROM sessions"
     if since is None:
         return sql + " ORDER BY id", ()
     return sql + " WHERE started_at >= ? ORDER BY id", (since,)

@@ -19,10 +19,11 @@ def write_csv(conn: sqlite3.Connection, stream: TextIO, since: str | None = None
     column: the csv module would spend most of the export on that.
     """
     types = {row[1]: row[2] for row in conn.execute("PRAGMA table_info(sessions)")}
-    formats = ["%s" if types[name] == "INTEGER" else '"%w"' for name in db.SESSION_COLUMNS]
-    values = [name if types[name] == "INTEGER" else f"ifnull({name}, '')" for name in db.SESSION_COLUMNS]
-    sql, params = db.sessions_query(since, f"printf('{','.join(formats)}', {', '.join(values)})")
-    stream.write(",".join(db.SESSION_COLUMNS) + CRLF)
+    columns = db.session_columns(conn)
+    formats = ["%s" if types[name] == "INTEGER" else '"%w"' for name in columns]
+    values = [name if types[name] == "INTEGER" else f"ifnull({name}, '')" for name in columns]
+    sql, params = db.sessions_query(conn, since, f"printf('{','.join(formats)}', {', '.join(values)})")
+    stream.write(",".join(columns) + CRLF)
     cursor = conn.execute(sql, params)
     while lines := cursor.fetchmany(1000):
         stream.write(CRLF.join(line for (line,) in lines) + CRLF)
@@ -41,5 +42,5 @@ def write_json(conn: sqlite3.Connection, stream: TextIO, since: str | None = Non
 
 def sessions(conn: sqlite3.Connection, since: str | None = None) -> Iterator[dict[str, Any]]:
     """The session rows as dicts, oldest first."""
-    sql, params = db.sessions_query(since)
+    sql, params = db.sessions_query(conn, since)
     return (dict(row) for row in conn.execute(sql, params))

@@ -117,8 +117,8 @@ class Recorder:
             self._counters.observe(old, new, at)
         self._enqueue(new.slot, Transition(old, new, event, at))
 
-    def on_firmware(self, slot: int, build: str, version: str, sha256: str) -> None:
-        self._enqueue(slot, Firmware(slot, build, version, sha256))
+    def on_firmware(self, slot: int, build: str, version: str, sha256: str, tool: str = "") -> None:
+        self._enqueue(slot, Firmware(slot, build, version, sha256, tool))
 
     def _enqueue(self, slot: int, item: Item) -> None:
         self._reported += 1

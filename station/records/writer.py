@@ -36,6 +36,7 @@ class Firmware:
     build: str
     version: str
     sha256: str
+    tool: str = ""  # what restores: pymobiledevice3's Restore, or the timed simulation
 
 
 Item = Transition | Firmware
@@ -99,7 +100,7 @@ class SessionWriter:
             log.warning("slot %d: firmware %s reported with no session open", item.slot, item.build)
             return
         self._update(session, {"ipsw_build": item.build, "ios_after": item.version,
-                               "ipsw_sha256": item.sha256})
+                               "ipsw_sha256": item.sha256, "restore_tool": item.tool or None})
 
     def _transition(self, item: Transition) -> None:
         old, new, slot = item.old, item.new, item.new.slot

@@ -10,6 +10,7 @@ from), and a cryptex goes to the phone from the IPSW member, never whole in memo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -25,7 +26,8 @@ import requests
 import usb.core
 from ipsw_parser.ipsw import IPSW
 from pymobiledevice3 import irecv
-from pymobiledevice3.exceptions import PairingDialogResponsePendingError, PasswordRequiredError
+from pymobiledevice3 import usbmux
+from pymobiledevice3.exceptions import MuxException, PairingDialogResponsePendingError, PasswordRequiredError
 from pymobiledevice3.irecv import IRecv
 from pymobiledevice3.lockdown import LockdownClient, create_using_usbmux
 from pymobiledevice3.progress import BYTES_UNIT
@@ -36,6 +38,7 @@ from pymobiledevice3.restore.restore import FILE_DATA_FORMAT, Restore, known_err
 from pymobiledevice3.service_connection import ServiceConnection
 
 from hw.phones import Mode
+from hw.sim.usb_remote import RemoteUsbBackend
 from station.worker import bars, phases
 from station.worker.messages import Failed, Kind, WorkerFailure
 from station.worker.reporter import Reporter
@@ -70,6 +73,8 @@ NOT_SIGNED_STATUSES = {69, 94}
 DFU_DNLOAD_IDLE = 5  # DFU state after a block is taken (USB DFU 1.1, appendix A.1)
 FILE_DATA_CHUNK = 8192  # bytes per FileData plist: pymobiledevice3 send_source_boot_object_v4, idevicerestore
 SMALL_BOOT_OBJECTS = {"__GlobalManifest__", "__RestoreVersion__", "__SystemVersion__"}  # plists and tickets
+APPLE_VENDOR_ID = 0x05AC
+IBOOT_PRODUCTS = {0x1227: Mode.DFU, **dict.fromkeys((0x1280, 0x1281, 0x1282, 0x1283), Mode.RECOVERY)}  # PROTOCOLS 3.1
 _FOREVER = 0xFFFFFFFF  # IRecv's default timeout, in seconds (136 years)
 
 
@@ -182,7 +187,7 @@ class ReportingRestore(Restore):
 async def run(request: RestoreRequest, reporter: Reporter) -> None:
     if request.ecid is None or request.ipsw is None:
         raise WorkerFailure(Failed("a real restore needs the phone's ECID and an IPSW", Kind.INTERNAL, False))
-    _adapt_pymobiledevice3(reporter, request.usb_timeout)
+    _adapt_pymobiledevice3(reporter, request.usb_timeout, request.signing_url)
     ipsw = open_ipsw(request.ipsw)
     device = await _connect(request, reporter)
     restoring = ReportingRestore(ipsw, device, reporter)
@@ -211,7 +216,10 @@ def open_ipsw(path: str) -> IPSW:
 
 async def _connect(request: RestoreRequest, reporter: Reporter) -> Device:
     assert request.ecid is not None
-    if request.mode is Mode.NORMAL:
+    mode = request.mode
+    if mode is Mode.NORMAL:
+        mode = await _where_now(request)
+    if mode is Mode.NORMAL:
         lockdown = await _paired_lockdown(request, reporter)
         if lockdown.ecid != request.ecid:
             await lockdown.close()
@@ -221,8 +229,45 @@ async def _connect(request: RestoreRequest, reporter: Reporter) -> Device:
         # fresh one (paired by now: no dialog) and follows the phone by ECID into recovery.
         reporter.phase(phases.ENTER_RECOVERY)
         return Device(lockdown=lockdown)
-    reporter.phase(phases.SEND_IBSS if request.mode is Mode.DFU else phases.SEND_IBEC)
+    reporter.phase(phases.SEND_IBSS if mode is Mode.DFU else phases.SEND_IBEC)
     return Device(irecv=await asyncio.to_thread(_BoundedIRecv, ecid=request.ecid))
+
+
+async def _where_now(request: RestoreRequest) -> Mode:
+    """Where a phone asked for in iOS is: a retry may meet it in iBoot, or still rebooting there.
+
+    restored reboots into recovery after a non-zero status (auto-boot is off by then): follow the
+    phone by ECID on USB; wait for it (bounded) while it is on neither usbmuxd nor USB.
+    """
+    assert request.ecid is not None
+    deadline = time.monotonic() + request.usb_timeout
+    while True:
+        mode = await asyncio.to_thread(_iboot_mode, request.ecid)
+        if mode is not None:
+            log.info("the phone is in %s, not iOS: restoring from there", mode.value)
+            return mode
+        if await _on_usbmux(request.udid) or time.monotonic() >= deadline:
+            return Mode.NORMAL  # past the deadline the usbmux path fails in its own words
+        await asyncio.sleep(TRUST_POLL / 4)
+
+
+async def _on_usbmux(udid: str) -> bool:
+    try:
+        devices = await usbmux.list_devices()
+    except (MuxException, OSError):  # usbmuxd not running (Debian's exits with the last phone)
+        return False
+    return any(device.serial.replace("-", "") == udid.replace("-", "") for device in devices)
+
+
+def _iboot_mode(ecid: int) -> Mode | None:
+    """Recovery or DFU when the phone with ``ecid`` is on USB in iBoot now; None otherwise (one scan)."""
+    wanted = f"ECID:{ecid:016X}"
+    for device in _paced_find(find_all=True, idVendor=APPLE_VENDOR_ID):
+        mode = IBOOT_PRODUCTS.get(device.idProduct)
+        with contextlib.suppress(ValueError, usb.core.USBError):  # re-enumerating: not there
+            if mode is not None and wanted in (device.serial_number or ""):
+                return mode
+    return None
 
 
 async def _paired_lockdown(request: RestoreRequest, reporter: Reporter) -> LockdownClient:
@@ -294,9 +339,14 @@ async def _lockdown_for_recovery(*args: Any, **kwargs: Any) -> LockdownClient:
                                    "unlock it and tap Trust", Kind.TIMEOUT, True)) from None
 
 
+_usb_backend: Any = None  # libusb on a station; the simulated bus's bridge in a simulation
+
+
 def _paced_find(*args: Any, **kwargs: Any) -> Any:
     # IRecv._find calls this in a loop with no pause: one core per waiting worker without it.
     time.sleep(USB_SCAN_PAUSE)
+    if _usb_backend is not None:
+        kwargs["backend"] = _usb_backend
     return usb.core.find(*args, **kwargs)
 
 
@@ -358,12 +408,16 @@ class _TssRequests(_BoundedRequests):
         return response
 
 
-def _adapt_pymobiledevice3(reporter: Reporter, usb_timeout: float) -> None:
-    """Bars -> percent lines; bounded, paced USB waits; bounded pairing; bounded, judged HTTP. This process only."""
+def _adapt_pymobiledevice3(reporter: Reporter, usb_timeout: float, signing_url: str) -> None:
+    """Bars -> percent lines; bounded, paced USB waits; bounded pairing; bounded, judged HTTP;
+    the configured signing server. This process only."""
     bars.install(reporter)
     _BoundedIRecv.limit = usb_timeout
     recovery.IRecv = _BoundedIRecv  # type: ignore[misc]
     recovery.create_using_usbmux = _lockdown_for_recovery  # type: ignore[assignment]
+    global _usb_backend
+    _usb_backend = RemoteUsbBackend.from_environment()  # None: pyusb picks libusb
     irecv.find = _paced_find  # type: ignore[attr-defined]
     tss.requests = _TssRequests()  # type: ignore[attr-defined]
+    tss.TSS_CONTROLLER_ACTION_URL = signing_url  # read by TSSRequest.send_receive at each request
     restore.requests = _BoundedRequests()  # type: ignore[attr-defined]

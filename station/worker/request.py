@@ -42,6 +42,7 @@ class RestoreRequest:
     trust_timeout: float = 120.0  # how long a passcode-locked phone may wait for Trust
     usb_timeout: float = 120.0  # each wait for the phone to re-enumerate on USB
     usbmux_address: str | None = None  # USBMUXD_SOCKET_ADDRESS for this worker
+    signing_url: str = "http://gs.apple.com/TSS/controller?action=2"  # [restore] signing_url
     log_level: str = "INFO"
     sim: SimParams | None = None
 

@@ -28,6 +28,7 @@ from station.machine import (
 from station.records.recorder import Recorder
 
 IPSW_SHA256 = "ab" * 32
+RESTORE_TOOL = "pymobiledevice3 11.45.0 Restore (Erase)"
 
 
 class FakeClock:
@@ -75,7 +76,7 @@ class Phone:
         return self.port
 
     def firmware(self) -> None:
-        self.listener.on_firmware(self.slot, "21F90", "17.5.1", IPSW_SHA256)
+        self.listener.on_firmware(self.slot, "21F90", "17.5.1", IPSW_SHA256, RESTORE_TOOL)
 
 
 def arrive(phone: Phone, n: int) -> None:

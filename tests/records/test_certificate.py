@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from hw.phones import Lock
+from station.machine import Confirm, Detached, LockResult
 from station.records import certificate, chain, db
+from station.records.recorder import Recorder
 
 from . import helpers
 from .helpers import Phone
@@ -33,7 +37,8 @@ def test_fields_of_a_verified_restore(recorder, station, clock):
     sanitization = document["sanitization"]
     assert sanitization["method_type"] == "Purge"
     assert sanitization["method_detail"] == "Purge: cryptographic erase by iOS restore"
-    assert sanitization["tool"].startswith("station ") and "pymobiledevice3 " in sanitization["tool"]
+    assert sanitization["tool"] == helpers.RESTORE_TOOL  # what erased, as the phone layer names it
+    assert sanitization["station_software"].startswith("station ")
     assert sanitization["firmware"] == {"build": "21F90", "ios": "17.5.1", "sha256": helpers.IPSW_SHA256}
     assert document["verification"]["result"] == "passed"
     assert "activation-server" in document["verification"]["method"]
@@ -107,3 +112,28 @@ def test_is_signed_by_rejects_another_key(recorder, station, clock):
     assert not certificate.is_signed_by(document, other.public_key())
     resigned = certificate.sign({k: v for k, v in document.items() if k != "signature"}, other)
     assert not certificate.is_signed_by(resigned, other.public_key())  # names the station's key
+
+
+def test_records_sealed_before_the_tool_column_keep_verifying(station, clock, cli):
+    """A v1 database (no restore_tool) is upgraded in place; its sealed records keep their hashes."""
+    with Recorder(station, now=clock) as recorder:
+        phone = Phone(recorder, 1, clock)
+        helpers.arrive(phone, 1)
+        phone.send(LockResult(Lock.CLEAR, method="activation-server"), Confirm())
+        recorder.on_firmware(1, "21F90", "17.5.1", helpers.IPSW_SHA256, "")  # as a v1 station told it
+        phone.send(*helpers.restore_events(), LockResult(Lock.CLEAR, method="activation-server"), Detached())
+    conn = sqlite3.connect(db.path_in(station.state_dir))
+    with conn:  # what a v1 station left behind
+        conn.execute("ALTER TABLE sessions DROP COLUMN restore_tool")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+    with Recorder(station, now=clock) as recorder:
+        assert recorder.problem() is None
+        helpers.clean_restore(Phone(recorder, 1, clock), 2)
+    code, out, err = cli("records", "verify")
+    assert code == 0, err
+    assert out.startswith("ok: 2 records, chain intact; 2 certificates")
+    conn = sqlite3.connect(db.path_in(station.state_dir))
+    assert conn.execute("SELECT restore_tool FROM sessions ORDER BY id").fetchall() == [
+        (None,), (helpers.RESTORE_TOOL,)]
+    conn.close()

@@ -98,6 +98,8 @@ def pmd3_patched(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(recovery, "create_using_usbmux", recovery.create_using_usbmux)
     monkeypatch.setattr(irecv, "find", irecv.find)
     monkeypatch.setattr(tss, "requests", tss.requests)
+    monkeypatch.setattr(tss, "TSS_CONTROLLER_ACTION_URL", tss.TSS_CONTROLLER_ACTION_URL)
+    monkeypatch.setattr(real, "_usb_backend", real._usb_backend)
     monkeypatch.setattr(restore, "requests", restore.requests)
     monkeypatch.setattr(bars.ReportingBar, "reporter", None)
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 from pymobiledevice3.lockdown import create_using_usbmux
+from pymobiledevice3.restore import tss
 from pymobiledevice3.restore.tss import TSSResponse
 
 from hw.sim import Mode, Pairing, SimPhone, SimUsbBackend
@@ -92,7 +93,7 @@ async def test_pairing_on_the_way_to_recovery_gives_up(bench_with, manifest_ipsw
     restore.recovery.tss = TSSResponse({"ApImg4Ticket": b"ticket"})  # signed already: straight to recovery
     phone.paired_hosts.clear()
     phone.pairing, phone.dialog_tries = Pairing.DIALOG, 10**6  # nobody taps Trust
-    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5)
+    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5, signing_url=tss.TSS_CONTROLLER_ACTION_URL)
     monkeypatch.setattr(real, "RECOVERY_PAIR_TIMEOUT", 0.5)
     started = time.monotonic()
 
@@ -110,7 +111,7 @@ async def test_pairing_on_the_way_to_recovery_gives_up(bench_with, manifest_ipsw
 async def test_pairing_on_the_way_to_recovery_waits_no_dialog_by_default(bench_with, pipe, pmd3_patched):
     phone = SimPhone(ecid=0xA2, serial="F17000000A2", pairing=Pairing.DIALOG, dialog_tries=10**6)
     bench_with(phone)
-    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5)
+    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5, signing_url=tss.TSS_CONTROLLER_ACTION_URL)
 
     with pytest.raises(WorkerFailure):
         await asyncio.wait_for(real.recovery.create_using_usbmux(serial=phone.udid, connection_type="USB"), 5)

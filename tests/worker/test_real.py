@@ -82,7 +82,7 @@ def test_a_rejection_ends_the_wait_for_restored(reporting_restore, monkeypatch):
 
 
 def test_bars_report_percent_and_draw_nothing(pmd3_patched, pipe, capfd):
-    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5)
+    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5, signing_url=tss.TSS_CONTROLLER_ACTION_URL)
     assert asr.ProgressBar is bars.ReportingBar and irecv.ProgressBar is bars.ReportingBar
     with asr.ProgressBar(total=1000, desc="filesystem", unit="B") as bar:
         for _ in range(4):
@@ -98,7 +98,7 @@ def test_bars_report_percent_and_draw_nothing(pmd3_patched, pipe, capfd):
 
 
 def test_usb_waits_are_bounded(pmd3_patched, pipe, monkeypatch):
-    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=0.3)
+    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=0.3, signing_url=tss.TSS_CONTROLLER_ACTION_URL)
     monkeypatch.setattr(real, "USB_SCAN_PAUSE", 0.05)
     monkeypatch.setattr(usb.core, "find", lambda **kwargs: [])  # an empty bus
     with pytest.raises(pmd3.IRecvNoDeviceConnectedError):
@@ -177,3 +177,21 @@ def test_failure_classification(error, kind, retryable):
 def test_done_is_the_last_line(pipe):
     pipe.reporter.done()
     assert pipe.messages() == [Done()]
+
+
+def test_a_retry_follows_the_phone_where_the_failed_attempt_left_it(bench_with, pipe, tmp_path, pmd3_patched):
+    """A restore that failed after EnterRecovery leaves the phone in iBoot (restored reboots it into
+    recovery after a non-zero status): the retry, asked for the phone as it was plugged in (iOS, by
+    UDID), must find it by ECID on USB, not fail on usbmux's "no such device"."""
+    from hw.sim import SimPhone
+    from hw.sim import Mode as SimMode
+    phone = SimPhone(ecid=0x00E197DC09B6617B, serial="GSJQJSS6Z4YH", mode=SimMode.RECOVERY)
+    bench_with(phone)
+    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5, signing_url=tss.TSS_CONTROLLER_ACTION_URL)
+    request = RestoreRequest("slot4", str(tmp_path), mode=Mode.NORMAL, udid=phone.udid, ecid=phone.ecid,
+                             ipsw="unused.ipsw")
+
+    device = asyncio.run(real._connect(request, pipe.reporter))
+
+    assert device.irecv is not None and device.irecv.ecid == phone.ecid
+    assert pipe.messages()[-1] == Phase(phases.SEND_IBEC, 0.0)

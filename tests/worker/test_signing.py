@@ -92,7 +92,8 @@ async def test_a_refusal_to_sign_is_final_and_names_the_build(tss_server, bench_
     phone = SimPhone(ecid=0x5A, serial="F170000005A", product_type="iPhone14,3", mode=Mode.RECOVERY)
     bench_with(phone)
     tss_server.answer = Answer(body=NOT_ELIGIBLE)
-    request = RestoreRequest("slot1", str(tmp_path), mode=Mode.RECOVERY, ecid=phone.ecid, ipsw=str(manifest_ipsw))
+    request = RestoreRequest("slot1", str(tmp_path), mode=Mode.RECOVERY, ecid=phone.ecid, ipsw=str(manifest_ipsw),
+                             signing_url=tss_server.url)  # [restore] signing_url reaches pymobiledevice3
 
     with pytest.raises(WorkerFailure) as caught:
         await real.run(request, pipe.reporter)
@@ -105,7 +106,7 @@ async def test_a_refusal_to_sign_is_final_and_names_the_build(tss_server, bench_
 
 async def test_a_signed_ticket_comes_back(tss_server, reporting_restore, pipe):
     tss_server.answer = Answer(body=success(TICKET))
-    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5)
+    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5, signing_url=tss.TSS_CONTROLLER_ACTION_URL)
 
     response = await reporting_restore.recovery.fetch_tss_record()
 
@@ -117,7 +118,7 @@ async def test_a_signed_ticket_comes_back(tss_server, reporting_restore, pipe):
 async def test_an_answer_without_a_tss_status_is_a_retryable_network_failure(tss_server, pipe, answer):
     # libtatsu retries these (no STATUS= in the body); pymobiledevice3 would fail on an IndexError.
     tss_server.answer = answer
-    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5)
+    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5, signing_url=tss.TSS_CONTROLLER_ACTION_URL)
 
     with pytest.raises(requests.exceptions.RequestException) as caught:
         await TSSRequest().send_receive()
@@ -134,7 +135,7 @@ def test_the_whole_tss_request_is_bounded(tss_server, pipe, monkeypatch, answer)
         monkeypatch.setattr(tss, "TSS_CONTROLLER_ACTION_URL", f"http://127.0.0.1:{silent.getsockname()[1]}/")
     else:
         tss_server.answer = answer
-    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5)
+    real._adapt_pymobiledevice3(pipe.reporter, usb_timeout=5, signing_url=tss.TSS_CONTROLLER_ACTION_URL)
     monkeypatch.setattr(real, "NETWORK_TIMEOUT", 0.5)
     started = time.monotonic()
     outcome: list[BaseException] = []
