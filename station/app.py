@@ -25,6 +25,7 @@ from station.cli import CommandError
 from station.machine import WORKING, Port, State
 from station.scenario import Scenario
 from station.snapshot import Screen, Snapshot
+from station.systemd import Notifier
 from station.ui.render import render
 
 log = logging.getLogger("station")
@@ -103,9 +104,13 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         tasks.append(asyncio.create_task(
             _play(options.scenario, station, panel, clock, options.duration, scenario_over, stop),
             name="scenario"))
+    notifier = Notifier(station.snapshot)  # systemd: READY, the watchdog, STATUS, STOPPING
+    tasks.append(asyncio.create_task(notifier.run(), name="systemd"))
+    notifier.ready()
     try:
         await stop.wait()
     finally:
+        notifier.stopping()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

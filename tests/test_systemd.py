@@ -1,0 +1,281 @@
+"""sd_notify against a real AF_UNIX datagram socket, the unit file, the udev rules."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from station.machine import Port, State
+from station.snapshot import Snapshot
+from station.systemd import Notifier, status_line
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Listener:
+    """What systemd would read on $NOTIFY_SOCKET: each datagram with the time it came."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address)
+        self.sock.settimeout(0.05)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._done.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().split("\n"))
+            self.messages.append((time.monotonic(), fields))
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join()
+        self.sock.close()
+
+    def times(self, key: str) -> list[float]:
+        return [at for at, fields in self.messages if key in fields]
+
+    def values(self, key: str) -> list[str]:
+        return [fields[key] for _, fields in self.messages if key in fields]
+
+
+@pytest.fixture
+def listener():
+    # AF_UNIX paths are limited to 108 bytes: pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="notify-") as directory:
+        path = os.path.join(directory, "notify")
+        receiver = Listener(path)
+        try:
+            yield path, receiver
+        finally:
+            receiver.close()
+
+
+def snapshot(*states: State, faults: tuple[str, ...] = ()) -> Snapshot:
+    return Snapshot(ports=tuple(Port(slot=i + 1, state=s) for i, s in enumerate(states)), faults=faults)
+
+
+def settle(receiver: Listener, count: int = 1) -> None:
+    deadline = time.monotonic() + 2
+    while len(receiver.messages) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_the_status_line_counts_ports_by_state_and_names_the_faults():
+    picture = snapshot(State.RESTORING, State.DONE, State.LOCKED, State.EMPTY, faults=("NO NETWORK",))
+    assert status_line(picture) == "4 ports: 1 locked, 1 restoring, 1 done; NO NETWORK"
+    assert status_line(snapshot(State.EMPTY, State.EMPTY)) == "2 ports: all empty"
+    assert status_line(snapshot(State.NEEDS_CONFIRM, State.DONE, State.DONE)) == (
+        "3 ports: 1 needs confirm, 2 done")
+
+
+def test_ready_and_stopping_reach_the_socket(listener):
+    path, receiver = listener
+    notifier = Notifier(lambda: snapshot(State.DONE, State.EMPTY), environ={"NOTIFY_SOCKET": path})
+    assert notifier.enabled and notifier.watchdog_s is None
+    notifier.ready()
+    notifier.stopping()
+    settle(receiver, 2)
+    assert [fields for _, fields in receiver.messages] == [
+        {"READY": "1", "STATUS": "2 ports: 1 done"},
+        {"STOPPING": "1", "STATUS": "stopping; 2 ports: 1 done"},
+    ]
+
+
+def test_an_abstract_socket_is_named_with_an_at_sign():
+    name = f"station-test-{os.getpid()}-{time.monotonic_ns()}"
+    receiver = Listener("\0" + name)
+    try:
+        Notifier(environ={"NOTIFY_SOCKET": "@" + name}).ready()
+        settle(receiver)
+        assert receiver.values("READY") == ["1"]
+    finally:
+        receiver.close()
+
+
+def test_without_notify_socket_nothing_is_sent_and_run_returns():
+    notifier = Notifier(lambda: snapshot(State.EMPTY), environ={"WATCHDOG_USEC": "100000"})
+    assert not notifier.enabled
+    assert notifier.notify("READY=1")
+    notifier.ready()
+    notifier.stopping()
+    asyncio.run(asyncio.wait_for(notifier.run(), 1))  # returns at once: no socket, no watchdog
+
+
+def test_a_watchdog_meant_for_another_process_is_not_fed(listener):
+    path, _ = listener
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    assert Notifier(environ=env).watchdog_s is None
+    env["WATCHDOG_PID"] = str(os.getpid())
+    assert Notifier(environ=env).watchdog_s == pytest.approx(0.1)
+
+
+def test_a_failing_send_is_logged_once_and_never_raises(tmp_path, caplog):
+    notifier = Notifier(environ={"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
+    with caplog.at_level(logging.DEBUG, logger="station.systemd"):
+        assert not notifier.notify("READY=1")
+        notifier.ready()
+        notifier.stopping()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "cannot notify" in warnings[0].getMessage()
+
+
+def test_the_watchdog_is_fed_every_half_period_and_status_follows_changes(listener):
+    path, receiver = listener
+    states = [State.EMPTY]
+    notifier = Notifier(lambda: snapshot(states[0]),
+                        environ={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+
+    async def main() -> None:
+        task = asyncio.create_task(notifier.run())
+        await asyncio.sleep(0.5)
+        states[0] = State.RESTORING
+        await asyncio.sleep(0.55)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    settle(receiver)
+    pings = receiver.times("WATCHDOG")
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    assert 8 <= len(pings) <= 12, pings
+    assert min(gaps) >= 0.08, gaps  # never more often than half the period (late is load)
+    assert 0.09 <= sorted(gaps)[len(gaps) // 2] <= 0.13, gaps
+    assert receiver.values("STATUS") == ["1 ports: all empty", "1 ports: 1 restoring"]
+
+
+def test_a_blocked_loop_stops_feeding_the_watchdog(listener):
+    path, receiver = listener
+    notifier = Notifier(environ={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})  # a ping per 50 ms
+    window: list[float] = []
+
+    async def main() -> None:
+        task = asyncio.create_task(notifier.run())
+        await asyncio.sleep(0.3)
+        window.append(time.monotonic())
+        time.sleep(0.8)  # a stalled loop: a blocking call on it
+        window.append(time.monotonic())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    settle(receiver)
+    start, end = window
+    pings = receiver.times("WATCHDOG")
+    # The last ping before the stall may still be in flight for a moment.
+    assert not [at for at in pings if start + 0.1 < at < end], (start, end, pings)
+    assert len([at for at in pings if at < start]) >= 4
+    assert len([at for at in pings if at >= end]) >= 4  # fed again once the loop runs
+
+
+def test_a_simulated_station_says_ready_then_stopping(listener):
+    path, receiver = listener
+    with tempfile.TemporaryDirectory() as directory:
+        work = Path(directory)
+        config = work / "station.toml"
+        config.write_text(f'[station]\nstate_dir = "{work / "state"}"\n'
+                          f'[ipsw]\ncache_dir = "{work / "ipsw"}"\n'
+                          f'[display]\nframes_dir = "{work / "frames"}"\n')
+        env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"}
+        result = subprocess.run(
+            [sys.executable, "-m", "station.cli", "run", "--config", str(config),
+             "--sim", str(ROOT / "config/sim/find-my-unproven.toml"), "--speed", "300"],
+            capture_output=True, text=True, timeout=120, cwd=work, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    settle(receiver)
+    messages = [fields for _, fields in receiver.messages]
+    assert messages[0]["READY"] == "1" and re.match(r"\d+ ports: ", messages[0]["STATUS"])
+    # The last word names the ports as the scenario left them (its `expect`s).
+    assert messages[-1]["STOPPING"] == "1"
+    assert re.fullmatch(r"stopping; \d+ ports: 3 needs confirm, 1 locked", messages[-1]["STATUS"])
+    assert sum("READY" in m for m in messages) == 1 and sum("STOPPING" in m for m in messages) == 1
+    assert receiver.times("WATCHDOG"), "the watchdog was never fed"
+    statuses = receiver.values("STATUS")
+    assert all(re.match(r"\d+ ports: ", s) for s in statuses[:-1]), statuses
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed (Debian: apt-get install systemd)")
+def test_the_unit_file_verifies(tmp_path):
+    # An offline root holding the unit, the ExecStart it names, and systemd's own units
+    # (verify follows the unit's dependencies), so the host's /opt is not needed.
+    root = tmp_path / "root"
+    station = root / "opt/station/.venv/bin/station"
+    station.parent.mkdir(parents=True)
+    station.write_text("#!/bin/sh\n")
+    station.chmod(0o755)
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    shutil.copy(ROOT / "image/station.service", units)
+    for system in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")):
+        if system.is_dir():
+            shutil.copytree(system, root / "usr/lib/systemd/system", symlinks=True, dirs_exist_ok=True)
+            break
+    result = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "station.service"],
+                            capture_output=True, text=True, timeout=60)
+    # verify exits 0 on unknown keys and only says "Unknown key ..., ignoring": any output fails.
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr)
+
+
+# udev(7) rule syntax: comma-separated KEY op "value"; a small check, since `udevadm verify`
+# only exists from systemd 254 (Debian bookworm has 252).
+_RULE_KEY = re.compile(r'\s*(?P<key>[A-Z_]+(\{[^}]+\})?)\s*(?P<op>==|!=|\+=|-=|:=|=)\s*"(?P<value>[^"]*)"\s*')
+_MATCH_KEYS = {"ACTION", "SUBSYSTEM", "KERNEL", "DRIVER", "ATTR", "ATTRS", "ENV", "TAG"}
+_ASSIGN_KEYS = {"GROUP", "MODE", "OWNER", "TAG", "ENV", "GOTO", "LABEL", "RUN", "SYMLINK"}
+
+
+def test_the_udev_rules_parse_and_cover_normal_recovery_and_dfu():
+    path = ROOT / "image/udev/39-station-apple.rules"
+    labels, gotos, lines = set(), set(), []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        pairs = line.split(",")
+        parsed = [_RULE_KEY.fullmatch(pair) for pair in pairs]
+        assert all(parsed), f"{path.name}:{number}: cannot parse {line!r}"
+        for match in parsed:
+            key, op, value = match["key"].split("{")[0], match["op"], match["value"]
+            known = _MATCH_KEYS if op in ("==", "!=") else _ASSIGN_KEYS
+            assert key in known, f"{path.name}:{number}: {key}{op} is not a key udev knows here"
+            if key == "LABEL":
+                labels.add(value)
+            if key == "GOTO":
+                gotos.add(value)
+            if key == "MODE":
+                assert re.fullmatch(r"0[0-7]{3}", value) and value[2] in "67", value
+        lines.append(line)
+    assert gotos <= labels, gotos - labels
+    products = [re.search(r'ATTR\{idProduct\}=="([^"]+)"', l)[1] for l in lines if "idProduct" in l]
+    assert all('GROUP="plugdev"' in l for l in lines if "idProduct" in l)
+
+    def covered(product: int) -> bool:
+        return any(re.fullmatch(_glob(pattern), f"{product:04x}") for pattern in products)
+
+    for product in (0x1227, 0x1280, 0x1281, 0x1282, 0x1283, 0x12a8, 0x12ab, 0x1901):
+        assert covered(product), f"{product:#06x}"
+    assert not covered(0x1284) and not covered(0x8600)  # not a phone mode we serve
+
+
+def _glob(pattern: str) -> str:
+    """udev's fnmatch with `|` alternatives, as a regular expression."""
+    return "|".join(alternative.replace("?", ".").replace("*", ".*")
+                    for alternative in pattern.split("|"))
