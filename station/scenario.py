@@ -7,8 +7,8 @@ and the benchmarks::
     description = "..."
     duration = 900            # optional hard stop, scenario seconds
     usbmuxd = "on-demand"     # as on Debian: runs only while a phone runs iOS | "always"
-    engine = "timed"          # timed: phases walked with timers (fast, many restores) |
-                              #   real: pymobiledevice3's Restore against the simulated phones
+    engine = "real"           # real (default): pymobiledevice3's Restore against the simulated phones |
+                              #   timed: phases walked with timers (fast, for thousands of restores)
     unsigned_models = ["iPhone15,4"]  # real engine: the signing server refuses their IPSW, as Apple does
     os_image_mb = 16          # real engine: size of the simulated IPSWs' OS image (an iOS 18 one: ~8700)
 
@@ -137,7 +137,7 @@ class ScenarioInfo:
     description: str = ""
     duration: float | None = field(default=None, metadata=bounded(0, 86400))
     usbmuxd: Literal["on-demand", "always"] = "on-demand"
-    engine: Literal["timed", "real"] = "timed"
+    engine: Literal["timed", "real"] = "real"
     unsigned_models: tuple[str, ...] = ()  # models whose simulated IPSW Apple no longer signs
     os_image_mb: int = field(default=16, metadata=bounded(1, 16384))  # the simulated IPSWs' OS image
 

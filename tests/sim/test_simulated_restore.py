@@ -24,7 +24,7 @@ async def _restore(tmp_path: Path, spec: ScenarioPhone,
                    reports: list[object] | None = None) -> tuple[SimulatedPhones, list[object]]:
     config = Config(station=StationSection(state_dir=tmp_path / "state"),
                     restore=RestoreSection(timeout_s=60))
-    scenario = Scenario("trust", ScenarioInfo(), (spec,), (), {}, tmp_path)
+    scenario = Scenario("trust", ScenarioInfo(engine="timed"), (spec,), (), {}, tmp_path)
     layer = SimulatedPhones(config, scenario, Clock(speed=100, started=False))
     events: list[object] = []
     reports = [] if reports is None else reports
