@@ -25,6 +25,7 @@ from station.cli import CommandError
 from station.machine import WORKING, Port, State
 from station.scenario import Scenario
 from station.snapshot import Screen, Snapshot
+from station.shutdown import GracefulStop
 from station.systemd import Notifier
 from station.ui.render import render
 
@@ -94,8 +95,10 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
                         idle_s=IDLE_REDRAW_S, also=views)
     station.on_change = redrawer.request
     stop, scenario_over = asyncio.Event(), asyncio.Event()
+    notifier = Notifier(station.snapshot)  # systemd: READY, the watchdog, STATUS, STOPPING
+    graceful = GracefulStop(station, stop, config.station.stop_grace_s, on_draining=notifier.stopping)
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, graceful.signal)
     tasks = [asyncio.create_task(station.run(), name="phones"),
              asyncio.create_task(redrawer.run(), name="views")]
     if terminal is not None and hasattr(panel, "press"):
@@ -104,13 +107,13 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         tasks.append(asyncio.create_task(
             _play(options.scenario, station, panel, clock, options.duration, scenario_over, stop),
             name="scenario"))
-    notifier = Notifier(station.snapshot)  # systemd: READY, the watchdog, STATUS, STOPPING
     tasks.append(asyncio.create_task(notifier.run(), name="systemd"))
     notifier.ready()
     try:
         await stop.wait()
     finally:
         notifier.stopping()
+        graceful.cancel()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

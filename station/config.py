@@ -51,6 +51,8 @@ class StationSection:
     state_dir: Path = Path("/var/lib/station")
     # Free space kept for the records: below it no new restore starts (a record must fit).
     records_reserve_mb: int = field(default=64, metadata=bounded(1, 1_000_000))
+    # On SIGTERM running restores finish, for at most this long (below systemd's TimeoutStopSec).
+    stop_grace_s: float = field(default=900.0, metadata=bounded(0.0, 3600.0))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -32,7 +32,7 @@ from station.snapshot import Counters, Snapshot
 log = logging.getLogger("station.core")
 
 # Station-level faults, most urgent first: the display shows the first present.
-FAULT_ORDER = ("usbmuxd", "libusb", "usb-access", "network", "records", "panel")
+FAULT_ORDER = ("stopping", "usbmuxd", "libusb", "usb-access", "network", "records", "panel")
 
 OPERATOR_EVENTS = (machine.Confirm, machine.Cancel, machine.Abort)
 RECHECK_S = 5.0  # while a restore waits for memory or record space, look again this often
@@ -82,6 +82,7 @@ class Station:
         self._queue: deque[int] = deque()
         self._restoring: dict[int, asyncio.Task[None]] = {}
         self._stopping = False
+        self._draining = False  # stopping gracefully: running restores finish, none starts
         self._work: dict[int, asyncio.Task[None]] = {}
         # Bumped when a phone leaves: work started for the old phone can't touch the new one.
         self._generation = dict.fromkeys(self.ports, 0)
@@ -134,6 +135,16 @@ class Station:
     def set_fault(self, source: str, fault: str | None) -> None:
         if self._note_fault(source, fault):
             self._schedule()
+
+    def begin_stopping(self) -> None:
+        """No new restore starts; the running ones go on (``restores_running`` counts them)."""
+        self._draining = True
+        self.set_fault("stopping", "STOPPING")
+
+    @property
+    def restores_running(self) -> int:
+        """Restores under way, their check at the Hello screen included (its record ends there)."""
+        return len(self._restoring) + sum(port.state is State.VERIFYING for port in self.ports.values())
 
     def records_changed(self) -> None:
         """The records were written (or failed to be): restores waiting on them may go."""
@@ -208,7 +219,7 @@ class Station:
     def _schedule(self) -> None:
         """Start queued restores while there is room, memory for one more, the network, and
         records: each restore only once its session is on disk (no record, no erase)."""
-        if "network" in self.faults or self._stopping or not self._queue:
+        if "network" in self.faults or self._stopping or self._draining or not self._queue:
             return
         while self._queue and len(self._restoring) < self.max_parallel:
             problem = self._check_records()

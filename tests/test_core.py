@@ -318,3 +318,18 @@ async def test_no_restore_starts_below_the_records_reserve(tmp_path, monkeypatch
         free[0] = 1000 * mib
         await until(lambda: station.ports[1].state is State.DONE)
         assert station.snapshot().faults == ()
+
+
+async def test_stopping_lets_running_restores_finish_and_starts_none():
+    phones = DoublePhones({}, restore_s=0.3)
+    station = make_station(phones, mode="line", max_parallel_restores=1)
+    plug(station, 1, "running")
+    plug(station, 2, "waiting")
+    await until(lambda: station.ports[1].state is State.RESTORING and station.ports[2].state is State.QUEUED)
+    station.begin_stopping()
+    assert station.snapshot().faults == ("STOPPING",)
+    await until(lambda: station.ports[1].state is State.DONE)
+    await asyncio.sleep(0.1)
+    assert station.ports[2].state is State.QUEUED and phones.restores == ["running"]
+    assert station.restores_running == 0
+    await station.stop_work()
