@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,22 +43,33 @@ SCENARIOS = {
 }
 
 
+PARALLEL = 3  # scenarios played at once: ten starting together on two cores starve their
+# simulated daemons past the 3 s lockdown bound (seen as "lockdownd did not answer")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess[str]]:
-    started = {}
-    for name, (speed, _, _) in SCENARIOS.items():
-        folder = tmp_path_factory.mktemp(name)
-        config = folder / "station.toml"
-        config.write_text(f'[station]\nstate_dir = "{folder / "state"}"\n'
-                          f'[ipsw]\ncache_dir = "{folder / "ipsw"}"\n')
-        command = [sys.executable, "-m", "station.cli", "run", "--config", str(config),
-                   "--sim", str(ROOT / "config" / "sim" / f"{name}.toml"), "--speed", str(speed)]
-        started[name] = (command, subprocess.Popen(command, stdout=subprocess.PIPE,
-                                                   stderr=subprocess.PIPE, text=True, cwd=folder))
+    waiting = list(SCENARIOS.items())
+    running: dict[str, tuple[list[str], Path, subprocess.Popen[bytes]]] = {}
     finished = {}
-    for name, (command, process) in started.items():
-        stdout, stderr = process.communicate(timeout=240)
-        finished[name] = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    while waiting or running:
+        while waiting and len(running) < PARALLEL:
+            name, (speed, _, _) = waiting.pop(0)
+            folder = tmp_path_factory.mktemp(name)
+            config = folder / "station.toml"
+            config.write_text(f'[station]\nstate_dir = "{folder / "state"}"\n'
+                              f'[ipsw]\ncache_dir = "{folder / "ipsw"}"\n')
+            command = [sys.executable, "-m", "station.cli", "run", "--config", str(config),
+                       "--sim", str(ROOT / "config" / "sim" / f"{name}.toml"), "--speed", str(speed)]
+            # Output to files, not pipes: a pipe nobody reads yet fills up and blocks the station.
+            with (folder / "out").open("w") as out, (folder / "err").open("w") as err:
+                running[name] = (command, folder, subprocess.Popen(command, stdout=out, stderr=err, cwd=folder))
+        for name, (command, folder, process) in list(running.items()):
+            if process.poll() is not None:
+                del running[name]
+                finished[name] = subprocess.CompletedProcess(
+                    command, process.returncode, (folder / "out").read_text(), (folder / "err").read_text())
+        time.sleep(0.1)
     return finished
 
 
