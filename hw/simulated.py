@@ -186,7 +186,7 @@ class SimulatedPhones(UsbPhoneLayer):
         except BaseException:
             stages.move(SimMode.RECOVERY)  # a failed or stopped restore leaves the phone in iBoot
             raise
-        _erase(phone)
+        phone.erase()
         self.bench.world.reboot(phone, SimMode.NORMAL, delay=REBOOT_S / self.clock.speed)
 
     async def _real_restore(self, slot: int, device: Device, phone: SimPhone, spec: ScenarioPhone,
@@ -202,7 +202,7 @@ class SimulatedPhones(UsbPhoneLayer):
         phone.restore_fault = spec.restore_fault if self._attempts[spec.name] == 1 else ""
         phone.usb_rate = SimParams().usb_rate * self.clock.speed  # the timed engine's link, scaled alike
         await restore_in_worker(device, Path(path), report, label=f"slot{slot}", setup=self.setup)
-        _erase(phone)
+        phone.erase()
         if phone.mode is not SimMode.NORMAL:
             self.bench.world.reboot(phone, SimMode.NORMAL, delay=REBOOT_S / self.clock.speed)
 
@@ -253,17 +253,6 @@ class _Stages:
     def move(self, mode: SimMode) -> None:
         if self.phone.mode is not mode and self.world.device_of(self.phone) is not None:
             self.world.reboot(self.phone, mode, delay=self.gap_s)
-
-
-def _erase(phone: SimPhone) -> None:
-    """What a restore leaves: a phone at the Hello screen that trusts nobody.
-
-    Activation Lock lives on Apple's server and survives the erase.
-    """
-    phone.activation_state = UNACTIVATED
-    phone.find_my = False
-    phone.paired_hosts.clear()
-    phone.pairing = Pairing.AUTO_ACCEPT
 
 
 def _sim_phone(spec: ScenarioPhone, speed: float) -> SimPhone:

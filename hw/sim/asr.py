@@ -78,7 +78,6 @@ class AsrSession:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         digest, received, announced = hashlib.sha256(), 0, 0
-        started = asyncio.get_running_loop().time()
         error: str | None = "the host closed ASR before the payload"
         try:
             await _send(writer, {"Command": "Initiate", "Checksum Chunks": self.checksums})
@@ -122,7 +121,7 @@ class AsrSession:
             if error is not None:
                 logger.warning("%s ASR: %s", self.phone.serial, error)
             else:
-                seconds = asyncio.get_running_loop().time() - started
+                seconds = loop.time() - started
                 logger.info("%s ASR: received %d bytes, sha256 %s, in %.2f s", self.phone.serial,
                             received, outcome.sha256, seconds)
             if not self.outcome.done():

@@ -122,6 +122,17 @@ class SimPhone:
     def __post_init__(self) -> None:
         irecv_device(self.product_type)  # fail at construction, not in a daemon thread
 
+    def erase(self) -> None:
+        """What a restore leaves: a phone at the Hello screen that trusts nobody.
+
+        Activation Lock lives on Apple's server and survives the erase.
+        """
+        self.activation_state = UNACTIVATED
+        self.find_my = False
+        self.paired_hosts.clear()
+        self.pair_attempts = 0
+        self.pairing = Pairing.AUTO_ACCEPT
+
     # Identity ---------------------------------------------------------------
 
     @property

@@ -76,7 +76,7 @@ from hw.sim.asr import ASR_PORT, AsrOutcome, AsrSession
 from hw.sim.fdr import CTRL_PORT, FdrControl
 from hw.sim.framing import FrameError, read_plist, requests, write_plist
 from hw.sim.iboot import FAULTS as IBOOT_FAULTS
-from hw.sim.phone import UNACTIVATED, Mode, Pairing
+from hw.sim.phone import Mode
 
 if TYPE_CHECKING:
     from hw.sim.device import Handler, SimDevice
@@ -307,13 +307,8 @@ class Restored:
         self.device.world.detach(self.phone)
 
     def _erase(self) -> None:
-        phone = self.phone
         with self.device.world.lock:
-            phone.activation_state = UNACTIVATED
-            phone.find_my = False
-            phone.paired_hosts.clear()
-            phone.pair_attempts = 0
-            phone.pairing = Pairing.AUTO_ACCEPT
+            self.phone.erase()
 
     def _reboot(self, mode: Mode) -> None:
         if self.device.world.is_present(self.device.usb):

@@ -37,6 +37,7 @@ from pymobiledevice3.restore.device import Device
 from pymobiledevice3.restore.restore import FILE_DATA_FORMAT, Restore, known_errors
 from pymobiledevice3.service_connection import ServiceConnection
 
+from hw.iphone.usb_scan import APPLE_VENDOR_ID, DFU_PRODUCT_IDS, RECOVERY_PRODUCT_IDS
 from hw.phones import Mode
 from hw.sim.usb_remote import RemoteUsbBackend
 from station.worker import bars, phases
@@ -73,8 +74,6 @@ NOT_SIGNED_STATUSES = {69, 94}
 DFU_DNLOAD_IDLE = 5  # DFU state after a block is taken (USB DFU 1.1, appendix A.1)
 FILE_DATA_CHUNK = 8192  # bytes per FileData plist: pymobiledevice3 send_source_boot_object_v4, idevicerestore
 SMALL_BOOT_OBJECTS = {"__GlobalManifest__", "__RestoreVersion__", "__SystemVersion__"}  # plists and tickets
-APPLE_VENDOR_ID = 0x05AC
-IBOOT_PRODUCTS = {0x1227: Mode.DFU, **dict.fromkeys((0x1280, 0x1281, 0x1282, 0x1283), Mode.RECOVERY)}  # PROTOCOLS 3.1
 _FOREVER = 0xFFFFFFFF  # IRecv's default timeout, in seconds (136 years)
 
 
@@ -263,7 +262,8 @@ def _iboot_mode(ecid: int) -> Mode | None:
     """Recovery or DFU when the phone with ``ecid`` is on USB in iBoot now; None otherwise (one scan)."""
     wanted = f"ECID:{ecid:016X}"
     for device in _paced_find(find_all=True, idVendor=APPLE_VENDOR_ID):
-        mode = IBOOT_PRODUCTS.get(device.idProduct)
+        mode = (Mode.DFU if device.idProduct in DFU_PRODUCT_IDS
+                else Mode.RECOVERY if device.idProduct in RECOVERY_PRODUCT_IDS else None)
         with contextlib.suppress(ValueError, usb.core.USBError):  # re-enumerating: not there
             if mode is not None and wanted in (device.serial_number or ""):
                 return mode
