@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install run test bench
+.PHONY: install run test bench image image-test
 
 install: $(VENV)/.installed
 
@@ -21,3 +21,13 @@ test: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# The SD-card image (root; about 15 minutes the first time, see image/README.md).
+image:
+	image/build.sh
+
+# The image's files checked (units, udev rules, shell scripts), then the built image booted
+# in QEMU: the station Ready, the watchdog restart, the graceful stop (about 5 minutes).
+image-test: install
+	$(BIN)/python -m pytest -q tests/test_image_scripts.py tests/test_systemd.py
+	$(PYTHON) image/boot_test.py

@@ -5,13 +5,14 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from hw.backends import BACKENDS
 from hw.display import RecentLines, Redrawer, TerminalView
-from station import keys
+from station import keys, overrides
 from station.clock import Clock
 from station.config import Config
 from station.core import Station
@@ -87,6 +88,11 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
     def on_press(button: str, long: bool) -> None:  # called on gpiozero's threads
         loop.call_soon_threadsafe(station.press, button, long)
 
+    if config.override_problem:  # a bad boot-partition config: said, and the last good one runs
+        log.error("%s; %s", config.override_problem, overrides.fallback(config))
+        station.set_fault("config", "BAD CONFIG", config.override_problem)
+    else:
+        await asyncio.to_thread(overrides.remember, config)
     panel = backend.open_panel(config.buttons, config.leds, on_press)
     if panel is None:
         station.set_fault("panel", "NO BUTTONS")
@@ -107,6 +113,8 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         tasks.append(asyncio.create_task(
             _play(options.scenario, station, panel, clock, options.duration, scenario_over, stop),
             name="scenario"))
+        if options.scenario.info.stall_at is not None:
+            tasks.append(asyncio.create_task(_stall(options.scenario, clock), name="stall"))
     tasks.append(asyncio.create_task(notifier.run(), name="systemd"))
     notifier.ready()
     try:
@@ -186,6 +194,13 @@ async def _play(scenario: Scenario, station: Station, panel: object, clock: Cloc
         await asyncio.sleep(POLL_S)
     over.set()
     stop.set()
+
+
+async def _stall(scenario: Scenario, clock: Clock) -> None:
+    """The scenario's hung station: the loop blocks, so nothing (the watchdog too) is served."""
+    await clock.sleep_until(scenario.info.stall_at)
+    log.warning("scenario %s: the event loop stalls for %.0f s", scenario.name, scenario.info.stall_s)
+    time.sleep(scenario.info.stall_s)
 
 
 def _scenario_over(station: Station, scenario: Scenario, now: float) -> bool:

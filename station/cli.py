@@ -22,7 +22,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from station.config import ConfigError, find_config, load_config
+from station import overrides
+from station.config import ConfigError, find_config
 
 COMMAND_MODULES = (
     "station.commands.run",
@@ -30,9 +31,10 @@ COMMAND_MODULES = (
     "station.records.cli",
     "station.commands.devices",
     "station.commands.ports",
+    "station.commands.install",
 )
 CONFIG_HELP = ("config file (default: $STATION_CONFIG, /etc/station/station.toml, "
-               "then the checkout's config/station.toml)")
+               "then the package's own default)")
 # --config before the command has its own name: argparse copies a subcommand's values over
 # its parent's, so one shared name could not tell "before" from "after".
 CONFIG_BEFORE = "config_before_command"
@@ -148,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stdout = sys.stdout
     sys.stdout = _Stdout(stdout)  # type: ignore[assignment]
     try:
-        config = load_config(find_config(config_name(args)))
+        config = overrides.load(find_config(config_name(args)))
+        if config.override_problem and not getattr(args, "reports_config_problem", False):
+            print(f"station: {config.override_problem}; {overrides.fallback(config)}", file=sys.stderr)
         code = int(args.handler(args, config) or 0)
         sys.stdout.flush()  # a full disk shows here, not at exit as "Exception ignored"
         return code

@@ -26,7 +26,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Any, Literal, get_args, get_origin
 
-CHECKOUT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "station.toml"
+# The default config, inside the package so that a wheel installed anywhere runs with it
+# (the checkout's config/station.toml links to it; `station install-service` copies it to /etc).
+PACKAGED_CONFIG = Path(__file__).resolve().parent / "system" / "station.toml"
 SYSTEM_CONFIG = Path("/etc/station/station.toml")
 
 
@@ -51,9 +53,12 @@ class StationSection:
     state_dir: Path = Path("/var/lib/station")
     # Free space kept for the records: below it no new restore starts (a record must fit).
     records_reserve_mb: int = field(default=64, metadata=bounded(1, 1_000_000))
-    # On SIGTERM running restores finish, for at most this long (below systemd's TimeoutStopSec).
+    # On SIGTERM running restores finish, for at most this long (systemd is asked for the time).
     stop_grace_s: float = field(default=900.0, metadata=bounded(0.0, 3600.0))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # A second config file whose keys override this one's: on the appliance, the FAT boot
+    # partition's station.toml, which a shop edits from any PC (station.overrides).
+    override_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,10 @@ class Config:
     restore: RestoreSection = field(default_factory=RestoreSection)
     ipsw: IpswSection = field(default_factory=IpswSection)
     source: Path | None = field(default=None, compare=False)
+    # The override file applied (or the last good copy of it), and, when the override file
+    # itself could not be used, its one-line error: see station.overrides.
+    overrides: Path | None = field(default=None, compare=False)
+    override_problem: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         _check_pins(self.buttons, self.leds)
@@ -198,7 +207,7 @@ def _check_pins(buttons: ButtonsSection, leds: LedsSection) -> None:
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
-    """--config, else $STATION_CONFIG, else /etc/station, else the checkout's default.
+    """--config, else $STATION_CONFIG, else /etc/station, else the package's own default.
 
     An empty name is a mistake (an unset shell variable), not "use the default": a station
     that silently read another config would restore with another station's settings.
@@ -212,7 +221,7 @@ def find_config(explicit: str | os.PathLike[str] | None) -> Path:
         if not from_env:
             raise ConfigError("STATION_CONFIG is set but empty: name a config file, or unset it")
         return Path(from_env)
-    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else CHECKOUT_CONFIG
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else PACKAGED_CONFIG
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -251,12 +260,15 @@ def parse_config(data: dict[str, Any], base_dir: Path, source: Path | None = Non
     return dataclasses.replace(with_overrides(Config(), data, base_dir), source=source)
 
 
+PROVENANCE_FIELDS = ("source", "overrides", "override_problem")  # where the config came from
+
+
 def with_overrides(config: Config, data: dict[str, Any], base_dir: Path) -> Config:
     """``config`` with some sections' keys replaced, validated like the file itself."""
     sections = _fields(Config)
     changes = {}
     for name, raw in data.items():
-        if name not in sections or name == "source":
+        if name not in sections or name in PROVENANCE_FIELDS:
             raise ConfigError(f"[{_key(name)}]: unknown section{_suggest(name, sections)}")
         if not isinstance(raw, dict):
             raise ConfigError(f"[{name}] = {toml_value(raw)}: must be a table")
@@ -308,8 +320,8 @@ def _coerce(label: str, hint: Any, value: Any, base_dir: Path) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: must be a table")
         return parse_table(label, hint, value, base_dir)
-    if hint is Path:
-        return _path(where, value, base_dir)
+    if hint is Path:  # a key named *_file names a file, every other path a directory
+        return _path(where, value, base_dir, file=label.endswith("_file"))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     # bool is an int in Python; a config "true" where a number belongs is a mistake.
@@ -318,7 +330,7 @@ def _coerce(label: str, hint: Any, value: Any, base_dir: Path) -> Any:
     return value
 
 
-def _path(where: str, value: Any, base_dir: Path) -> Path:
+def _path(where: str, value: Any, base_dir: Path, file: bool = False) -> Path:
     """A directory or file named in the config: absolute, resolved, and not a file posing as a
     directory (that much is cheap to know now; whether it can be created or written is said by
     the command that writes there)."""
@@ -341,7 +353,9 @@ def _path(where: str, value: Any, base_dir: Path) -> Path:
         path = (base_dir / path).resolve()
     except (OSError, RuntimeError) as error:  # a symlink loop
         raise ConfigError(f"{where}: {error}") from None
-    if path.exists() and not path.is_dir():
+    if file and path.is_dir():
+        raise ConfigError(f"{where}: {path} is a directory, not a file")
+    if not file and path.exists() and not path.is_dir():
         raise ConfigError(f"{where}: {path} is a file, not a directory")
     return path
 

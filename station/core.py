@@ -32,7 +32,7 @@ from station.snapshot import Counters, Snapshot
 log = logging.getLogger("station.core")
 
 # Station-level faults, most urgent first: the display shows the first present.
-FAULT_ORDER = ("stopping", "usbmuxd", "libusb", "usb-access", "network", "records", "panel")
+FAULT_ORDER = ("stopping", "config", "usbmuxd", "libusb", "usb-access", "network", "records", "panel")
 
 OPERATOR_EVENTS = (machine.Confirm, machine.Cancel, machine.Abort)
 RECHECK_S = 5.0  # while a restore waits for memory or record space, look again this often
@@ -78,6 +78,7 @@ class Station:
         self.ports = {slot: Port(slot) for slot in range(1, config.hub.slots + 1)}
         self.view = navigation.View()
         self.faults: dict[str, str] = {}
+        self.fault_details: dict[str, str] = {}  # the whole line behind a fault, when it has one
         self._counts = Counters()
         self._queue: deque[int] = deque()
         self._restoring: dict[int, asyncio.Task[None]] = {}
@@ -125,14 +126,22 @@ class Station:
             self.dispatch(event.slot, Detached())
 
     def press(self, button: navigation.Button, long: bool) -> None:
-        result = navigation.press(self.view, button, long, len(self.ports), self.clock())
+        result = navigation.press(self.view, button, long, len(self.ports), self.clock(),
+                                  faults_screen=bool(self.fault_details))
         log.info("button %s%s", button.upper(), " (long)" if long else "")
         self.view = result.view
         if result.event is not None and result.slot is not None:
             self.dispatch(result.slot, result.event)
         self.on_change()
 
-    def set_fault(self, source: str, fault: str | None) -> None:
+    def set_fault(self, source: str, fault: str | None, detail: str = "") -> None:
+        """A station-level fault (None: cleared). A ``detail`` (a config file's error) is shown
+        in full on the FAULTS screen, which comes up by itself when such a fault is new."""
+        if detail and fault is not None and self.fault_details.get(source) != detail:
+            self.fault_details[source] = detail
+            self.view = navigation.show_faults(self.view, self.clock())
+        elif fault is None:
+            self.fault_details.pop(source, None)
         if self._note_fault(source, fault):
             self._schedule()
 
@@ -168,10 +177,13 @@ class Station:
         ports = tuple(self.ports.values())
         self.view = navigation.settle(self.view, ports, now)
         order = {name: i for i, name in enumerate(FAULT_ORDER)}
-        faults = tuple(self.faults[k] for k in sorted(self.faults, key=lambda k: order.get(k, 99)))
+        sources = sorted(self.faults, key=lambda k: order.get(k, 99))
+        faults = tuple(self.faults[k] for k in sources)
+        details = tuple(f"{self.faults[k]}: {self.fault_details[k]}" for k in sources
+                        if k in self.fault_details)
         counters = self.counter_source.counters() if self.counter_source else self._counts
         return Snapshot(ports=ports, screen=self.view.screen, selected=self.view.selected,
-                        counters=counters, faults=faults, now=now)
+                        counters=counters, faults=faults, fault_details=details, now=now)
 
     # -- the one way a port changes ----------------------------------------
 

@@ -1,7 +1,8 @@
 """What the three buttons mean: pure, like the port state machine.
 
 SELECT walks the slots (showing each one's detail), then the counters, then
-back to the overview. OK and BACK act on the selected slot: OK starts or
+the faults' details when a fault has some (a bad config file), then back to the
+overview. OK and BACK act on the selected slot: OK starts or
 confirms (a long press confirms a held phone), BACK cancels a queued restore
 or, held, aborts a running one; with nothing to cancel BACK returns to the
 overview.
@@ -35,10 +36,11 @@ class Press:
     event: Event | None = None
 
 
-def press(view: View, button: Button, long: bool, slots: int, now: float) -> Press:
+def press(view: View, button: Button, long: bool, slots: int, now: float,
+          faults_screen: bool = False) -> Press:
     view = replace(view, last_press=now)
     if button == "select":
-        return Press(_next_screen(view, slots))
+        return Press(_next_screen(view, slots, faults_screen))
     if button == "ok":
         return Press(view, view.selected, Confirm(long=long))
     if long:
@@ -49,14 +51,21 @@ def press(view: View, button: Button, long: bool, slots: int, now: float) -> Pre
     return Press(view, view.selected, Cancel())
 
 
-def _next_screen(view: View, slots: int) -> View:
+def _next_screen(view: View, slots: int, faults_screen: bool) -> View:
     if view.screen is Screen.OVERVIEW:
         return replace(view, screen=Screen.DETAIL)
     if view.screen is Screen.DETAIL and view.selected < slots:
         return replace(view, selected=view.selected + 1)
     if view.screen is Screen.DETAIL:
         return replace(view, screen=Screen.COUNTERS)
+    if view.screen is Screen.COUNTERS and faults_screen:
+        return replace(view, screen=Screen.FAULTS)
     return replace(view, screen=Screen.OVERVIEW, selected=1)
+
+
+def show_faults(view: View, now: float) -> View:
+    """A new fault with a detail: its screen, as if just chosen (it settles back when idle)."""
+    return replace(view, screen=Screen.FAULTS, last_press=now)
 
 
 def settle(view: View, ports: tuple[Port, ...], now: float) -> View:

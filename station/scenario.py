@@ -140,6 +140,10 @@ class ScenarioInfo:
     engine: Literal["timed", "real"] = "real"
     unsigned_models: tuple[str, ...] = ()  # models whose simulated IPSW Apple no longer signs
     os_image_mb: int = field(default=16, metadata=bounded(1, 16384))  # the simulated IPSWs' OS image
+    # A hung station: at this scenario second the event loop blocks for stall_s real seconds
+    # (what systemd's watchdog is for; make image-test checks that it restarts the station).
+    stall_at: float | None = field(default=None, metadata=bounded(0, 86400))
+    stall_s: float = field(default=0.0, metadata=bounded(0, 86400))
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,8 @@ class Scenario:
         times = [p.attach for p in self.phones] + [p.detach or 0.0 for p in self.phones]
         times += [p.at for p in self.presses] + [n.at for n in self.network]
         times += [u.at for u in self.usbmuxd]
+        if self.info.stall_at is not None:
+            times.append(self.info.stall_at)
         return max(times, default=0.0)
 
 

@@ -3,8 +3,9 @@
 On the first signal no new restore starts and the running ones go on to their end (a
 phone cut off mid-flash is left in recovery and has to be restored again), for at most
 ``[station] stop_grace_s``; then, or at a second signal, the station stops and what was
-still running is recorded as interrupted. systemd's ``TimeoutStopSec`` must be longer
-than the grace (image/station.service).
+still running is recorded as interrupted. Under systemd the drain outlasts
+``TimeoutStopSec`` only while the loop keeps asking for more time (station.systemd), so a
+station that hangs while draining is still killed (station/system/station.service).
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ class Screen(enum.Enum):
     OVERVIEW = "overview"  # every slot: number, short state, percent
     DETAIL = "detail"  # the selected slot: model, iOS, lock, phase, ETA
     COUNTERS = "counters"  # today's restored / failed / locked
+    FAULTS = "faults"  # the whole line behind a fault that has one (a bad config file)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Snapshot:
     selected: int = 1  # slot number shown by DETAIL and marked on OVERVIEW
     counters: Counters = Counters()
     faults: tuple[str, ...] = ()  # station-level faults, most urgent first ("NO NETWORK")
+    fault_details: tuple[str, ...] = ()  # "BAD CONFIG: <file>: <what is wrong>", same order
     now: float = 0.0  # station clock, for ETAs and blinking
 
     def port(self, slot: int) -> Port:

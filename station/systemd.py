@@ -16,8 +16,11 @@ feeding a dead loop. We send every half of the period, as sd_watchdog_enabled(3)
 
 systemd stops watching the watchdog as soon as the service leaves the running state
 (`service_set_state` in src/core/service.c stops it in every state but start-post,
-running and reload); `STOPPING=1` moves it to stop-sigterm, so a graceful stop that
-lets restores finish is bounded by TimeoutStopSec=, not by the watchdog.
+running and reload); `STOPPING=1` moves it to stop-sigterm, where TimeoutStopSec= runs
+instead. A graceful stop that lets restores finish outlasts that timeout only by asking,
+from the loop, for more time (`EXTEND_TIMEOUT_USEC=`, honoured beyond the original
+TimeoutStopSec=): a station that hangs while stopping is killed when the last extension
+runs out, not after the longest restore.
 
 Nothing here raises into the station: a send that fails is logged once (then at debug
 level, until one succeeds again), and the socket is non-blocking, so a full queue on
@@ -37,6 +40,11 @@ from station.snapshot import Snapshot
 log = logging.getLogger("station.systemd")
 
 STATUS_S = 1.0  # how often the status line is checked for a change (sent only when changed)
+# While stopping: systemd's stop timeout extended by this much, asked for again this often
+# (EXTEND_TIMEOUT_USEC, sd_notify(3)), so only a live loop keeps a graceful stop going.
+EXTEND_BY_S = 60.0
+EXTEND_EVERY_S = 15.0
+_EXTEND = f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY_S * 1e6)}"
 
 # The order states are listed in the status line: what needs a person, then what is busy.
 _STATUS_ORDER = (State.NEEDS_CONFIRM, State.NEEDS_TRUST, State.LOCKED, State.REFUSED,
@@ -74,6 +82,7 @@ class Notifier:
         env = os.environ if environ is None else environ
         self._status = status
         self._sent_status: str | None = None
+        self._stopping = False
         self._failing = False
         self._address: str | None = None
         name = env.get("NOTIFY_SOCKET", "")
@@ -117,10 +126,12 @@ class Notifier:
         """The station is stopping: systemd's stop timeout (not the watchdog) runs from here."""
         line = self._status_line()
         self._sent_status = "stopping" if line is None else f"stopping; {line}"
-        self.notify("STOPPING=1", f"STATUS={self._sent_status}")
+        self._stopping = True
+        self.notify("STOPPING=1", f"STATUS={self._sent_status}", _EXTEND)
 
     async def run(self) -> None:
-        """Feed the watchdog every half period and send the status line when it changes.
+        """Feed the watchdog every half period (while stopping: extend the stop timeout) and
+        send the status line when it changes.
 
         Runs on the station's loop until cancelled: a loop that is stuck stops feeding it.
         """
@@ -128,19 +139,24 @@ class Notifier:
             return
         loop = asyncio.get_running_loop()
         half = self.watchdog_s / 2 if self.watchdog_s else None
-        next_ping = loop.time()
+        next_ping = next_extend = loop.time()
         while True:
             now = loop.time()
             fields = []
             if half is not None and now >= next_ping:
                 fields.append("WATCHDOG=1")
                 next_ping = now + half
+            if self._stopping and now >= next_extend:
+                fields.append(_EXTEND)
+                next_extend = now + EXTEND_EVERY_S
             status = self._status_line()
             if status is not None and status != self._sent_status:
                 fields.append(f"STATUS={status}")
                 self._sent_status = status
             self.notify(*fields)
             wait = STATUS_S if half is None else min(STATUS_S, max(0.0, next_ping - loop.time()))
+            if self._stopping:
+                wait = min(wait, max(0.0, next_extend - loop.time()))
             await asyncio.sleep(wait)
 
     def _status_line(self) -> str | None:

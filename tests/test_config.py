@@ -9,19 +9,23 @@ from pathlib import Path
 import pytest
 
 from station.cli import main
-from station.config import CHECKOUT_CONFIG, Config, ConfigError, find_config, load_config
+from station.config import PACKAGED_CONFIG, PROVENANCE_FIELDS, Config, ConfigError, find_config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_documented_default_file_matches_the_built_in_defaults():
-    assert dataclasses.replace(load_config(CHECKOUT_CONFIG), source=None) == Config()
+    # ...but for the boot partition's overrides, which only the appliance's config names.
+    packaged = load_config(PACKAGED_CONFIG)
+    assert packaged.station.override_file == Path("/boot/firmware/station.toml")
+    station = dataclasses.replace(packaged.station, override_file=None)
+    assert dataclasses.replace(packaged, station=station) == Config()
 
 
 def test_every_key_is_documented_in_station_toml():
-    text = CHECKOUT_CONFIG.read_text()
+    text = PACKAGED_CONFIG.read_text()
     for section in dataclasses.fields(Config):
-        if section.name == "source":
+        if section.name in PROVENANCE_FIELDS:
             continue
         assert f"[{section.name}]" in text
         for key in dataclasses.fields(section.default_factory()):
@@ -72,7 +76,7 @@ def test_config_file_search_order(tmp_path, monkeypatch):
     monkeypatch.setenv("STATION_CONFIG", str(tmp_path / "env.toml"))
     assert find_config(None) == tmp_path / "env.toml"
     monkeypatch.delenv("STATION_CONFIG")
-    assert find_config(None) in (Path("/etc/station/station.toml"), CHECKOUT_CONFIG)
+    assert find_config(None) in (Path("/etc/station/station.toml"), PACKAGED_CONFIG)
 
 
 def test_station_command_stops_with_one_line_and_exit_2(tmp_path):

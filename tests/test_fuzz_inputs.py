@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from station import scenario as scenarios
 from station.cli import main
-from station.config import BCM_PINS, Config
+from station.config import BCM_PINS, PROVENANCE_FIELDS, Config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIGS = sorted((ROOT / "config").glob("*.toml"))
@@ -109,7 +109,7 @@ def _unwrap(hint: Any) -> Any:
 def fields_of(cls: type) -> list[tuple[str, Any, tuple[float, float] | None]]:
     hints = typing.get_type_hints(cls)
     return [(f.name, _unwrap(hints[f.name]), f.metadata.get("bounds")) for f in dataclasses.fields(cls)
-            if f.name != "source"]
+            if f.name not in PROVENANCE_FIELDS]
 
 
 scalars = st.one_of(st.text(max_size=8), st.booleans(), st.integers(-10**6, 10**6),

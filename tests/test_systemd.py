@@ -18,6 +18,7 @@ import pytest
 
 from station.machine import Port, State
 from station.snapshot import Snapshot
+from station import systemd
 from station.systemd import Notifier, status_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def test_ready_and_stopping_reach_the_socket(listener):
     settle(receiver, 2)
     assert [fields for _, fields in receiver.messages] == [
         {"READY": "1", "STATUS": "2 ports: 1 done"},
-        {"STOPPING": "1", "STATUS": "stopping; 2 ports: 1 done"},
+        {"STOPPING": "1", "STATUS": "stopping; 2 ports: 1 done", "EXTEND_TIMEOUT_USEC": "60000000"},
     ]
 
 
@@ -186,6 +187,37 @@ def test_a_blocked_loop_stops_feeding_the_watchdog(listener):
     assert len([at for at in pings if at >= end]) >= 4  # fed again once the loop runs
 
 
+def test_while_stopping_the_loop_extends_the_stop_timeout_until_it_stalls(listener, monkeypatch):
+    # A draining station lives past TimeoutStopSec only while its loop runs: it asks for
+    # EXTEND_TIMEOUT_USEC again and again (sd_notify(3)); a loop that hangs stops asking,
+    # and systemd kills it when the last extension runs out.
+    monkeypatch.setattr(systemd, "EXTEND_EVERY_S", 0.1)
+    monkeypatch.setattr(systemd, "STATUS_S", 0.05)
+    path, receiver = listener
+    notifier = Notifier(environ={"NOTIFY_SOCKET": path})
+    window: list[float] = []
+
+    async def main() -> None:
+        task = asyncio.create_task(notifier.run())
+        await asyncio.sleep(0.3)
+        assert not receiver.values("EXTEND_TIMEOUT_USEC")  # running: no stop timeout to extend
+        notifier.stopping()
+        await asyncio.sleep(0.5)
+        window.append(time.monotonic())
+        time.sleep(0.6)  # the loop hangs mid-drain
+        window.append(time.monotonic())
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    settle(receiver)
+    start, end = window
+    extensions = receiver.times("EXTEND_TIMEOUT_USEC")
+    assert set(receiver.values("EXTEND_TIMEOUT_USEC")) == {str(int(systemd.EXTEND_BY_S * 1e6))}
+    assert len([at for at in extensions if at < start]) >= 4
+    assert not [at for at in extensions if start + 0.05 < at < end]
+
+
 def test_a_simulated_station_says_ready_then_stopping(listener):
     path, receiver = listener
     with tempfile.TemporaryDirectory() as directory:
@@ -212,28 +244,46 @@ def test_a_simulated_station_says_ready_then_stopping(listener):
     assert all(re.match(r"\d+ ports: ", s) for s in statuses[:-1]), statuses
 
 
+# Debian bookworm's usbmuxd.service (usbmuxd 1.1.1-6), which the drop-in changes.
+DEBIAN_USBMUXD_UNIT = """[Unit]
+Description=Socket daemon for the usbmux protocol used by Apple devices
+Documentation=man:usbmuxd(8)
+
+[Service]
+ExecStart=/usr/sbin/usbmuxd --user usbmux --systemd
+"""
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                     reason="systemd-analyze is not installed (Debian: apt-get install systemd)")
-def test_the_unit_file_verifies(tmp_path):
-    # An offline root holding the unit, the ExecStart it names, and systemd's own units
-    # (verify follows the unit's dependencies), so the host's /opt is not needed.
+def test_the_unit_files_verify(tmp_path):
+    # An offline root holding the units, the programs they name, and systemd's own units
+    # (verify follows the units' dependencies), so the host's /opt is not needed.
     root = tmp_path / "root"
-    station = root / "opt/station/.venv/bin/station"
-    station.parent.mkdir(parents=True)
-    station.write_text("#!/bin/sh\n")
-    station.chmod(0o755)
+    for program in ("opt/station/.venv/bin/station", "usr/local/sbin/station-firstboot", "usr/sbin/usbmuxd"):
+        (root / program).parent.mkdir(parents=True, exist_ok=True)
+        (root / program).write_text("#!/bin/sh\n")
+        (root / program).chmod(0o755)
     units = root / "etc/systemd/system"
-    units.mkdir(parents=True)
-    shutil.copy(ROOT / "image/station.service", units)
+    (units / "usbmuxd.service.d").mkdir(parents=True)
+    shutil.copy(ROOT / "station/system/station.service", units)
+    shutil.copy(ROOT / "image/rootfs/etc/systemd/system/station-firstboot.service", units)
+    shutil.copy(ROOT / "station/system/usbmuxd-keep-running.conf", units / "usbmuxd.service.d/station.conf")
     for system in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")):
         if system.is_dir():
             shutil.copytree(system, root / "usr/lib/systemd/system", symlinks=True, dirs_exist_ok=True)
             break
-    result = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "station.service"],
+    (root / "usr/lib/systemd/system/usbmuxd.service").write_text(DEBIAN_USBMUXD_UNIT)
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={root}", "station.service",
+                             "station-firstboot.service", "usbmuxd.service"],
                             capture_output=True, text=True, timeout=60)
     # verify exits 0 on unknown keys and only says "Unknown key ..., ignoring": any output fails.
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
         result.stdout + result.stderr)
+    shown = subprocess.run(["systemctl", f"--root={root}", "cat", "usbmuxd.service"],
+                           capture_output=True, text=True, timeout=60)
+    if shown.returncode == 0:  # the drop-in replaces ExecStart: no --systemd, so no -z
+        assert "ExecStart=/usr/sbin/usbmuxd --user usbmux -f" in shown.stdout
 
 
 # udev(7) rule syntax: comma-separated KEY op "value"; a small check, since `udevadm verify`
@@ -243,8 +293,8 @@ _MATCH_KEYS = {"ACTION", "SUBSYSTEM", "KERNEL", "DRIVER", "ATTR", "ATTRS", "ENV"
 _ASSIGN_KEYS = {"GROUP", "MODE", "OWNER", "TAG", "ENV", "GOTO", "LABEL", "RUN", "SYMLINK"}
 
 
-def test_the_udev_rules_parse_and_cover_normal_recovery_and_dfu():
-    path = ROOT / "image/udev/39-station-apple.rules"
+def _parse_rules(path: Path) -> list[str]:
+    """The rule lines of a udev rules file, each checked against udev(7)'s syntax."""
     labels, gotos, lines = set(), set(), []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -264,6 +314,16 @@ def test_the_udev_rules_parse_and_cover_normal_recovery_and_dfu():
                 assert re.fullmatch(r"0[0-7]{3}", value) and value[2] in "67", value
         lines.append(line)
     assert gotos <= labels, gotos - labels
+    return lines
+
+
+def test_the_gpio_rule_parses_and_gives_gpiochips_to_group_gpio():
+    lines = _parse_rules(ROOT / "station/system/60-station-gpio.rules")
+    assert lines == ['SUBSYSTEM=="gpio", KERNEL=="gpiochip*", GROUP="gpio", MODE="0660"']
+
+
+def test_the_udev_rules_parse_and_cover_normal_recovery_and_dfu():
+    lines = _parse_rules(ROOT / "station/system/39-station-apple.rules")
     products = [re.search(r'ATTR\{idProduct\}=="([^"]+)"', l)[1] for l in lines if "idProduct" in l]
     assert all('GROUP="plugdev"' in l for l in lines if "idProduct" in l)
 
@@ -279,3 +339,35 @@ def _glob(pattern: str) -> str:
     """udev's fnmatch with `|` alternatives, as a regular expression."""
     return "|".join(alternative.replace("?", ".").replace("*", ".*")
                     for alternative in pattern.split("|"))
+
+
+def test_log_lines_carry_syslog_priorities_only_when_stderr_is_the_journal(tmp_path, monkeypatch):
+    # journald reads "<3>" as err (SyslogLevelPrefix=); it knows the stream by $JOURNAL_STREAM.
+    from station import logsetup
+    stream = open(tmp_path / "stderr", "w")
+    status = os.fstat(stream.fileno())
+    script = ("import logging,sys; from station import logsetup; logsetup.configure('info', sys.stderr);"
+              "log = logging.getLogger('station.core'); log.error('usbmuxd: NO USBMUXD');"
+              "log.warning('slow'); log.info('slot 1: EMPTY -> DETECTING'); log.debug('hidden')")
+    env = {**os.environ, "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
+    subprocess.run([sys.executable, "-c", script], stderr=stream, env=env, check=True, timeout=60)
+    stream.close()
+    assert (tmp_path / "stderr").read_text().splitlines() == [
+        "<3>station.core: usbmuxd: NO USBMUXD", "<4>station.core: slow",
+        "<6>station.core: slot 1: EMPTY -> DETECTING"]
+    # The same stream, not announced as the journal: time-stamped lines, no priority prefix.
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")
+    with open(tmp_path / "other", "w") as other:
+        assert not logsetup.to_journal(other)
+
+
+def test_a_scenario_stall_blocks_the_loop_before_the_scenario_ends(sim_config, tmp_path):
+    # make image-test's hung station: a scenario of nothing but a stall must wait for it.
+    scenario = tmp_path / "stall.toml"
+    scenario.write_text('[scenario]\nengine = "timed"\nstall_at = 0.5\nstall_s = 1.5\n')
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "station.cli", "run", "--config", str(sim_config),
+                          "--sim", str(scenario)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "the event loop stalls for 2 s" in run.stderr
+    assert time.monotonic() - started >= 2.0

@@ -4,12 +4,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 from hw.backends import UnknownBackend, backend_name
+from station import logsetup
 from station.app import RunOptions, run_station
 from station.cli import CommandError, positive_number
-from station.config import Config
+from station.config import PACKAGED_CONFIG, Config
 from station.machine import Port, State
 from station.scenario import Scenario, configure, load_scenario
 from station.ui.labels import short_state
@@ -25,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="stop after S seconds of scenario time (with --sim)")
     parser.add_argument("--check", action="store_true",
                         help="load and check the config (and the scenario), start nothing, exit")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, reports_config_problem=True)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -34,13 +38,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
             raise CommandError(f"--{option} needs --sim (it {what} scenario time)")
     scenario = load_scenario(args.sim) if args.sim else None
     if scenario is not None:
-        config = configure(config, scenario)
+        config = configure(_own_state(config), scenario)
     try:
         backend = "sim" if scenario is not None else backend_name(config.hardware.backend)
     except UnknownBackend as error:
         raise CommandError(str(error)) from None
     if args.check:  # everything above is what a real start checks first; nothing was started
+        if config.override_problem:
+            raise CommandError(config.override_problem)
         print(f"{config.source}: OK")
+        if config.overrides is not None:
+            print(f"{config.overrides}: OK")
         if scenario is not None:
             print(f"{args.sim}: OK")
         return 0
@@ -56,6 +64,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print("stopped before the scenario ended", file=sys.stderr)
         return 130
     return _summarise(result.ports, scenario)
+
+
+def _own_state(config: Config) -> Config:
+    """A simulation run on the package's own config (a wheel with no /etc/station) keeps its
+    records in the user's state directory, never in the appliance's /var/lib/station."""
+    if config.source != PACKAGED_CONFIG:
+        return config
+    home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "station-sim"
+    return replace(config, station=replace(config.station, state_dir=home, override_file=None),
+                   ipsw=replace(config.ipsw, cache_dir=home / "ipsw"), overrides=None)
 
 
 def _summarise(ports: tuple[Port, ...], scenario: Scenario, judge: bool = True) -> int:
@@ -93,7 +111,6 @@ def _summary_line(port: Port) -> str:
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logsetup.configure(level, sys.stderr)
     # pymobiledevice3 narrates every pairing at INFO; the station logs what matters itself.
     logging.getLogger("pymobiledevice3").setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -170,6 +170,19 @@ def _counters(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
         _centred(draw, x, 40, label, small(), column_w - 1)
 
 
+# Faults --------------------------------------------------------------------
+
+
+def _faults(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
+    """Each fault's whole line (a config file's error names the file, the key, what is wrong)."""
+    draw.rectangle((0, 0, WIDTH - 1, 10), fill=1)
+    _text(draw, (2, 1), "FAULTS", medium(), WIDTH - 4, 0)
+    room = (FOOTER_TOP if snapshot.faults else HEIGHT) - BODY_TOP
+    lines = snapshot.fault_details or ("none",)
+    for index, line in enumerate(_wrapped(list(lines), room // LINE_H)):
+        _text(draw, (1, BODY_TOP + index * LINE_H), line, small(), WIDTH - 2)
+
+
 # Shared pieces -------------------------------------------------------------
 
 
@@ -208,4 +221,5 @@ def _text(draw: ImageDraw.ImageDraw, at: tuple[int, int], text: str,
         draw.text(at, text, font=face, fill=ink)
 
 
-SCREENS = {Screen.OVERVIEW: _overview, Screen.DETAIL: _detail, Screen.COUNTERS: _counters}
+SCREENS = {Screen.OVERVIEW: _overview, Screen.DETAIL: _detail, Screen.COUNTERS: _counters,
+           Screen.FAULTS: _faults}

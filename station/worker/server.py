@@ -37,6 +37,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
+from station import logsetup
+
 log = logging.getLogger("station.worker.server")
 
 MAX_REQUEST = 1 << 16
@@ -216,8 +218,7 @@ def _die_with_parent() -> None:
 
 def main(argv: list[str]) -> None:
     control_fd, work_root, *preload = argv
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsetup.configure(logging.INFO, sys.stderr)  # the station's stderr: journald on a Pi
     for module in preload:
         importlib.import_module(module)
     # Move everything imported so far out of the collector's reach: a collection in a worker

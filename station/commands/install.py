@@ -1,0 +1,85 @@
+"""`station install-udev` and `station install-service`: put the files that make a Debian or
+Raspberry Pi OS system an appliance in place, from the copies inside the package.
+
+The package carries them (``station/system/``) so that a wheel installed anywhere can set a
+system up with no checkout; the SD-card image and ``image/install-station.sh`` use these
+same commands. ``--root DIR`` writes into an offline tree (an image being built) and
+skips the steps that need a running system (reloading udev and systemd).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+from station.cli import CommandError
+from station.config import Config
+
+UDEV_RULES = ("39-station-apple.rules", "60-station-gpio.rules")
+# (file in the package, where it goes, replace an existing one)
+SERVICE_FILES = (
+    ("station.service", "etc/systemd/system/station.service", True),
+    ("usbmuxd-keep-running.conf", "etc/systemd/system/usbmuxd.service.d/station.conf", True),
+    ("i2c-dev.conf", "etc/modules-load.d/station-i2c-dev.conf", True),
+    ("station-tmpfiles.conf", "etc/tmpfiles.d/station.conf", True),
+    # The operator's config is theirs: written once, never over their edits.
+    ("station.toml", "etc/station/station.toml", False),
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    for name, handler, what in (
+            ("install-udev", install_udev, "let the station user open Apple phones and GPIO chips"),
+            ("install-service", install_service,
+             "install station.service, keep usbmuxd running, load i2c-dev, default config")):
+        parser = subparsers.add_parser(name, help=what)
+        parser.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
+                            help="install into this root directory (an image being built)")
+        parser.set_defaults(handler=handler)
+
+
+def install_udev(args: argparse.Namespace, config: Config) -> int:
+    for name in UDEV_RULES:
+        _install(name, args.root / "etc/udev/rules.d" / name, replace=True)
+    if _live(args.root):
+        _run("udevadm", "control", "--reload-rules")
+        _run("udevadm", "trigger", "--subsystem-match=usb", "--subsystem-match=gpio")
+    return 0
+
+
+def install_service(args: argparse.Namespace, config: Config) -> int:
+    for name, target, replace in SERVICE_FILES:
+        _install(name, args.root / target, replace)
+    if _live(args.root):
+        _run("systemctl", "daemon-reload")
+    print("enable with: systemctl enable --now usbmuxd station")
+    return 0
+
+
+def _install(name: str, target: Path, replace: bool) -> None:
+    if target.exists() and not replace:
+        print(f"kept {target} (already there)")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with resources.as_file(resources.files("station.system") / name) as source:
+        shutil.copyfile(source, target)
+    target.chmod(0o644)
+    print(f"wrote {target}")
+
+
+def _live(root: Path) -> bool:
+    """Writing into the running system (not an image) with systemd as its init."""
+    return root.resolve() == Path("/") and Path("/run/systemd/system").is_dir()
+
+
+def _run(*command: str) -> None:
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise CommandError(f"{command[0]}: not installed") from None
+    except subprocess.CalledProcessError as error:
+        raise CommandError(f"{' '.join(command)}: {error.stderr.strip() or error.returncode}") from None
+    except subprocess.TimeoutExpired:
+        raise CommandError(f"{' '.join(command)}: no answer in 60 s") from None
