@@ -15,7 +15,9 @@ Over the serial console it then checks, printing each result:
 
 1. the first boot grew the root filesystem to the whole disk;
 2. ``station.service`` is active (running) as the ``station`` user, and has sent READY
-   (a Type=notify unit is "activating" until it does) and a STATUS line;
+   (a Type=notify unit is "activating" until it does) and a STATUS line; the station made
+   its key; gpiozero's lgpio pin library imports; ``systemd-analyze security`` is printed;
+   a second disk labelled ``station-ipsw`` (the USB SSD) is the IPSW cache, the station's;
 3. the watchdog: the station plays a scenario whose event loop stalls; systemd must kill it
    (WatchdogSec=) and start it again (Restart=on-failure);
 4. the graceful stop: the station plays a scenario with a restore running; ``systemctl stop``
@@ -167,14 +169,23 @@ def prepare(image: Path, work: Path) -> Path:
     return copy
 
 
-def boot(copy: Path, boot_dir: Path, log_path: Path) -> Console:
+def ipsw_disk(work: Path) -> Path:
+    """A small ext4 disk labelled as the IPSW cache SSD, plugged in from the start."""
+    disk = work / "boot-test-ipsw.img"
+    disk.unlink(missing_ok=True)
+    subprocess.run(["mkfs.ext4", "-q", "-L", "station-ipsw", str(disk), "64M"], check=True)
+    return disk
+
+
+def boot(copy: Path, ipsw: Path, boot_dir: Path, log_path: Path) -> Console:
     kernel = sorted(boot_dir.glob("vmlinuz-*"))[-1]
     initrd = sorted(boot_dir.glob("initrd.img-*"))[-1]
     command = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "2048",
                "-accel", "tcg", "-display", "none", "-serial", "stdio", "-monitor", "none",
                "-kernel", str(kernel), "-initrd", str(initrd),
                "-append", "console=ttyAMA0 root=LABEL=station-root rw",
-               "-drive", f"file={copy},if=virtio,format=raw"]
+               "-drive", f"file={copy},if=virtio,format=raw",
+               "-drive", f"file={ipsw},if=virtio,format=raw"]
     return Console(command, log_path)
 
 
@@ -242,11 +253,24 @@ def station_ready(console: Console) -> str:
     notify = console.run("systemctl show station -p Type -p WatchdogUSec").replace("\n", ", ")
     if "Type=notify" not in notify or not state["StatusText"]:
         raise Failed(f"{notify}, STATUS={state['StatusText']!r}")
+    # The station's key, made by the station itself on its first start, readable by it alone.
+    key = console.run("stat -c '%U %a' /var/lib/station/station_key.pem")
+    if key != "station 600":
+        raise Failed(f"station_key.pem: {key!r}, not 'station 600'")
     # gpiozero's pin library for the Pi's buttons (no GPIO chip in QEMU's virt: import only).
     console.run("/opt/station/.venv/bin/python -c 'import lgpio, gpiozero.pins.lgpio'")
     exposure = console.run("systemd-analyze security station | tail -1 | tr -cd ' -~'").strip()
     return f"active (running) as station; {notify}; STATUS={state['StatusText']!r}; " \
            f"systemd-analyze security: {exposure}"
+
+
+def the_ipsw_ssd_is_the_cache(console: Console) -> str:
+    """A disk labelled station-ipsw is mounted on the IPSW cache and belongs to the station."""
+    mount = console.run("findmnt -n -o SOURCE,FSTYPE /var/lib/station/ipsw")
+    owner = console.run("stat -c '%U %a' /var/lib/station/ipsw")
+    if owner != "station 700":
+        raise Failed(f"/var/lib/station/ipsw on {mount}: {owner!r}, not 'station 700'")
+    return f"/var/lib/station/ipsw is {mount}, {owner}"
 
 
 def watchdog_restarts_a_hung_station(console: Console) -> str:
@@ -312,13 +336,16 @@ def main(argv: list[str]) -> int:
     copy = prepare(image, work)
     log_path = work / "boot-test.log"
     started = time.monotonic()
-    console = boot(copy, boot_dir, log_path)
+    ipsw = ipsw_disk(work)
+    console = boot(copy, ipsw, boot_dir, log_path)
     try:
         console.wait_for(re.escape(PROMPT), 300)
         print(f"ok   booted to a shell in {time.monotonic() - started:.0f} s", flush=True)
         console.run("export SYSTEMD_PAGER= SYSTEMD_COLORS=0 TERM=dumb; stty cols 500")
         results = [check("first boot grew the root filesystem", first_boot_grew_the_root, console, image),
                    check("station.service is Ready", station_ready, console),
+                   check("a USB SSD labelled station-ipsw holds the IPSW cache", the_ipsw_ssd_is_the_cache,
+                         console),
                    check("the watchdog restarts a hung station", watchdog_restarts_a_hung_station, console),
                    check("systemctl stop waits for a running restore", stop_waits_for_the_restore, console),
                    check("a bad boot-partition config keeps the last good one",
@@ -329,6 +356,7 @@ def main(argv: list[str]) -> int:
     finally:
         console.close()
         copy.unlink(missing_ok=True)
+        ipsw.unlink(missing_ok=True)
     print(f"boot test: {sum(results)} of {len(results)} passed in {time.monotonic() - started:.0f} s "
           f"(console log: {log_path})")
     return 0 if all(results) else 1

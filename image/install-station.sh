@@ -55,12 +55,18 @@ say "the station in $VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip
 if [ -n "${STATION_WHEELHOUSE:-}" ]; then
     # Downloads kept between runs (the image build's cache; pip's own HTTP cache is not
-    # enough where an index answers "no-store"): fetch what is missing, install from there.
+    # enough where an index answers "no-store"): install from them alone when they are
+    # complete; else build wheels of what is missing there (sslpsk-pmd3 compiled once), and
+    # install from them. The station itself always comes from SOURCE.
     mkdir -p "$STATION_WHEELHOUSE"
-    "$VENV/bin/pip" download --quiet --dest "$STATION_WHEELHOUSE" "${SOURCE}[pi]"
-    # The station itself always comes from SOURCE, never from an older copy kept here.
-    rm -f "$STATION_WHEELHOUSE"/station-[0-9]*
-    "$VENV/bin/pip" install --quiet --no-index --find-links "$STATION_WHEELHOUSE" "${SOURCE}[pi]"
+    if ! "$VENV/bin/pip" install --quiet --no-index --find-links "$STATION_WHEELHOUSE" \
+            "${SOURCE}[pi]" 2>/dev/null; then
+        say "fetching what $STATION_WHEELHOUSE lacks"
+        "$VENV/bin/pip" wheel --quiet --wheel-dir "$STATION_WHEELHOUSE" \
+            --find-links "$STATION_WHEELHOUSE" "${SOURCE}[pi]"
+        rm -f "$STATION_WHEELHOUSE"/station-[0-9]*
+        "$VENV/bin/pip" install --quiet --no-index --find-links "$STATION_WHEELHOUSE" "${SOURCE}[pi]"
+    fi
 else
     "$VENV/bin/pip" install --quiet "${SOURCE}[pi]"
 fi
