@@ -55,7 +55,12 @@ WHEEL=$(ls "$WORK"/wheel/station-*.whl)
 
 say "root filesystem: Debian $SUITE $ARCH"
 mkdir -p "$CACHE/apt-$ARCH" "$CACHE/pip-$ARCH"
-rm -rf "$ROOTFS"
+# A build that died inside mmdebstrap can leave /proc, /sys or /dev mounted in its tree:
+# unmount them before removing it, or rm would walk into the host's.
+findmnt -rn -o TARGET | grep "^$ROOTFS/" | sort -r | while read -r mounted; do
+    umount -l "$mounted"
+done
+rm -rf --one-file-system "$ROOTFS"
 # shellcheck disable=SC2016 # the hooks' $1 is mmdebstrap's, not ours
 mmdebstrap --mode=root --variant=apt --arch="$ARCH" \
     --components="main non-free-firmware" \
@@ -80,6 +85,6 @@ say "SD-card image $OUTPUT"
 # The boot test takes the kernel and initrd from here (QEMU boots them directly).
 rm -rf "${WORK:?}/boot" && mkdir -p "$WORK/boot"
 cp -L "$ROOTFS"/boot/vmlinuz-* "$ROOTFS"/boot/initrd.img-* "$WORK/boot/"
-rm -rf "$ROOTFS"
+rm -rf --one-file-system "$ROOTFS"
 printf '\nbuilt %s (%s) in %d min %d s\n' "$OUTPUT" "$(du -h --apparent-size "$OUTPUT" | cut -f1)" \
     $((SECONDS / 60)) $((SECONDS % 60))
