@@ -57,7 +57,7 @@ say "root filesystem: Debian $SUITE $ARCH"
 mkdir -p "$CACHE/apt-$ARCH" "$CACHE/pip-$ARCH"
 # A build that died inside mmdebstrap can leave /proc, /sys or /dev mounted in its tree:
 # unmount them before removing it, or rm would walk into the host's.
-findmnt -rn -o TARGET | grep "^$ROOTFS/" | sort -r | while read -r mounted; do
+for mounted in $(findmnt -rn -o TARGET | grep "^$ROOTFS/" | sort -r || true); do
     umount -l "$mounted"
 done
 rm -rf --one-file-system "$ROOTFS"
