@@ -32,7 +32,7 @@ from station.snapshot import Counters, Snapshot
 log = logging.getLogger("station.core")
 
 # Station-level faults, most urgent first: the display shows the first present.
-FAULT_ORDER = ("stopping", "config", "usbmuxd", "libusb", "usb-access", "network", "records", "panel")
+FAULT_ORDER = ("stopping", "usbmuxd", "libusb", "usb-access", "network", "records", "panel", "config")
 
 OPERATOR_EVENTS = (machine.Confirm, machine.Cancel, machine.Abort)
 RECHECK_S = 5.0  # while a restore waits for memory or record space, look again this often
