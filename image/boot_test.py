@@ -266,10 +266,10 @@ def station_ready(console: Console) -> str:
 
 def the_ipsw_ssd_is_the_cache(console: Console) -> str:
     """A disk labelled station-ipsw is mounted on the IPSW cache and belongs to the station."""
-    mount = console.run("findmnt -n -o SOURCE,FSTYPE /var/lib/station/ipsw")
-    owner = console.run("stat -c '%U %a' /var/lib/station/ipsw")
-    if owner != "station 700":
-        raise Failed(f"/var/lib/station/ipsw on {mount}: {owner!r}, not 'station 700'")
+    mount = poll(console, "findmnt -n -o SOURCE,FSTYPE /var/lib/station/ipsw || true",
+                 lambda out: "ext4" in out, 90, "no disk mounted on /var/lib/station/ipsw")
+    owner = poll(console, "stat -c '%U %a' /var/lib/station/ipsw", lambda out: out == "station 700", 30,
+                 "the IPSW disk was not given to the station")
     return f"/var/lib/station/ipsw is {mount}, {owner}"
 
 

@@ -260,7 +260,8 @@ def test_the_unit_files_verify(tmp_path):
     # An offline root holding the units, the programs they name, and systemd's own units
     # (verify follows the units' dependencies), so the host's /opt is not needed.
     root = tmp_path / "root"
-    for program in ("opt/station/.venv/bin/station", "usr/local/sbin/station-firstboot", "usr/sbin/usbmuxd"):
+    for program in ("opt/station/.venv/bin/station", "usr/local/sbin/station-firstboot", "usr/sbin/usbmuxd",
+                    "usr/bin/systemd-tmpfiles"):
         (root / program).parent.mkdir(parents=True, exist_ok=True)
         (root / program).write_text("#!/bin/sh\n")
         (root / program).chmod(0o755)
@@ -268,6 +269,10 @@ def test_the_unit_files_verify(tmp_path):
     (units / "usbmuxd.service.d").mkdir(parents=True)
     shutil.copy(ROOT / "station/system/station.service", units)
     shutil.copy(ROOT / "image/rootfs/etc/systemd/system/station-firstboot.service", units)
+    shutil.copy(ROOT / "image/rootfs/etc/systemd/system/station-ipsw-owner.service", units)
+    # What systemd-fstab-generator makes of the image's fstab line for the IPSW disk.
+    (units / "var-lib-station-ipsw.mount").write_text(
+        "[Mount]\nWhat=/dev/disk/by-label/station-ipsw\nWhere=/var/lib/station/ipsw\nType=ext4\n")
     shutil.copy(ROOT / "station/system/usbmuxd-keep-running.conf", units / "usbmuxd.service.d/station.conf")
     for system in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")):
         if system.is_dir():
@@ -275,7 +280,7 @@ def test_the_unit_files_verify(tmp_path):
             break
     (root / "usr/lib/systemd/system/usbmuxd.service").write_text(DEBIAN_USBMUXD_UNIT)
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={root}", "station.service",
-                             "station-firstboot.service", "usbmuxd.service"],
+                             "station-firstboot.service", "station-ipsw-owner.service", "usbmuxd.service"],
                             capture_output=True, text=True, timeout=60)
     # verify exits 0 on unknown keys and only says "Unknown key ..., ignoring": any output fails.
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (

@@ -45,7 +45,8 @@ LABEL=$root_label      /               ext4  rw,noatime,errors=remount-ro  0 1
 LABEL=$firmware_label  /boot/firmware  vfat  rw,noatime,umask=0022,fmask=0133  0 2
 # The IPSW cache on a USB SSD when one labelled station-ipsw is plugged in (an SD card
 # reads at about 45 MB/s, the whole USB 2.0 budget); without it, the cache is on the card.
-LABEL=station-ipsw     /var/lib/station/ipsw  ext4  rw,noatime,nofail,x-systemd.device-timeout=5s  0 2
+# nofail: the boot never waits for it; udev may take a while to name a USB disk by label.
+LABEL=station-ipsw     /var/lib/station/ipsw  ext4  rw,noatime,nofail,x-systemd.device-timeout=45s  0 2
 FSTAB
 echo station > "$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tstation\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' \
@@ -53,7 +54,7 @@ printf '127.0.0.1\tlocalhost\n127.0.1.1\tstation\n::1\t\tlocalhost ip6-localhost
 # systemd makes a new machine id on first boot (and runs its first-boot units).
 echo uninitialized > "$root/etc/machine-id"
 chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.service \
-    systemd-timesyncd.service station-firstboot.service >/dev/null
+    systemd-timesyncd.service station-firstboot.service station-ipsw-owner.service >/dev/null
 # Appliance: no password logins; the root account stays locked.
 chroot "$root" passwd --lock root >/dev/null
 
