@@ -1,6 +1,9 @@
 """`make image-test`'s boot test: the built SD-card image boots in QEMU and runs the station.
 
-    python3 image/boot_test.py [IMAGE]      (default build/image/station-arm64.img; root)
+    python3 image/boot_test.py [IMAGE]      (default build/image/station-$ARCH.img; root)
+
+ARCH=amd64 boots the same appliance built for a PC (``ARCH=amd64 image/build.sh``) in
+``qemu-system-x86_64``, the machine the hardware-in-the-loop tests use.
 
 A copy of the image boots in ``qemu-system-aarch64 -M virt`` (TCG: there is no Raspberry Pi
 machine with USB in this QEMU, and no usable KVM here; ../shared/IMAGE-NOTES.md) with the
@@ -44,6 +47,12 @@ BUILD = Path(os.environ.get("BUILD", HERE.parent / "build"))
 FIRMWARE_OFFSET = 1 << 20  # image/assemble.sh: the FAT partition starts at 1 MiB
 FIRMWARE_MB = 256
 PROMPT = "root@station:~# "
+ARCH = os.environ.get("ARCH", "arm64")
+# Per architecture: the QEMU machine (TCG: no usable KVM here) and the serial console.
+MACHINES = {
+    "arm64": (["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72"], "ttyAMA0"),
+    "amd64": (["qemu-system-x86_64", "-M", "q35", "-cpu", "max"], "ttyS0"),
+}
 GROW_MB = 512
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # bash's bracketed-paste switches and the like
 
@@ -161,7 +170,7 @@ def prepare(image: Path, work: Path) -> Path:
         root = f"{copy}?offset={(1 + FIRMWARE_MB) << 20}"
         dropin = Path(temp) / "autologin.conf"
         dropin.write_text(AUTOLOGIN)
-        unit_dir = "/etc/systemd/system/serial-getty@ttyAMA0.service.d"
+        unit_dir = f"/etc/systemd/system/serial-getty@{MACHINES[ARCH][1]}.service.d"
         script = Path(temp) / "debugfs"
         script.write_text(f"mkdir {unit_dir}\nwrite {dropin} {unit_dir}/autologin.conf\n"
                           f"sif {unit_dir}/autologin.conf mode 0100644\n")
@@ -180,10 +189,11 @@ def ipsw_disk(work: Path) -> Path:
 def boot(copy: Path, ipsw: Path, boot_dir: Path, log_path: Path) -> Console:
     kernel = sorted(boot_dir.glob("vmlinuz-*"))[-1]
     initrd = sorted(boot_dir.glob("initrd.img-*"))[-1]
-    command = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "2048",
+    machine, console = MACHINES[ARCH]
+    command = [*machine, "-smp", "2", "-m", "2048",
                "-accel", "tcg", "-display", "none", "-serial", "stdio", "-monitor", "none",
                "-kernel", str(kernel), "-initrd", str(initrd),
-               "-append", "console=ttyAMA0 root=LABEL=station-root rw",
+               "-append", f"console={console} root=LABEL=station-root rw",
                "-drive", f"file={copy},if=virtio,format=raw",
                "-drive", f"file={ipsw},if=virtio,format=raw"]
     return Console(command, log_path)
@@ -326,8 +336,11 @@ def a_bad_boot_config_keeps_the_last_good_one(console: Console) -> str:
 
 
 def main(argv: list[str]) -> int:
-    image = Path(argv[1]) if len(argv) > 1 else BUILD / "image/station-arm64.img"
-    boot_dir = BUILD / "image/work-arm64/boot"
+    if ARCH not in MACHINES:
+        print(f"boot test: ARCH={ARCH}: must be one of {', '.join(MACHINES)}", file=sys.stderr)
+        return 2
+    image = Path(argv[1]) if len(argv) > 1 else BUILD / f"image/station-{ARCH}.img"
+    boot_dir = BUILD / f"image/work-{ARCH}/boot"
     if not image.exists() or not list(boot_dir.glob("vmlinuz-*")):
         print(f"boot test: no {image} (or its kernel in {boot_dir}): run `make image` first", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ set -eu
 case ${1:-} in
     build) wanted="mmdebstrap:mmdebstrap qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support
         arch-test:arch-test mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk mkfs.ext4:e2fsprogs" ;;
-    test) wanted="qemu-system-aarch64:qemu-system-arm shellcheck:shellcheck mcopy:mtools
+    test) wanted="qemu-system-aarch64:qemu-system-arm qemu-system-x86_64:qemu-system-x86 shellcheck:shellcheck mcopy:mtools
         debugfs:e2fsprogs systemd-analyze:systemd" ;;
     *) echo "usage: $0 build|test" >&2; exit 2 ;;
 esac
