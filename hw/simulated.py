@@ -70,6 +70,9 @@ HELLO_WAIT_S = 60.0
 ENUMERATION_GAP_S = 8.0  # a phone is off the bus this long between two restore stages
 SIM_LOCKDOWN_TIMEOUT_S = 3.0  # simulated daemons answer in milliseconds; a stalled one is found sooner
 REAL_GRACE_FLOOR_S = 10.0  # pymobiledevice3 recovery.py: sleep(10) after iBEC's "go" in the DFU path
+# The layer's own delay in seeing a phone again, twice over: the simulated usbmuxd shares the
+# station's process, so a loaded machine slows both (at 300x, 1 s lost a DFU phone mid-restore).
+TIMED_GRACE_FLOOR_S = 2 * layer.REAPPEAR_S
 TRUST_WAIT_S = 120.0  # scenario seconds a restore waits for Trust (the real worker's trust_timeout)
 
 
@@ -97,11 +100,11 @@ class SimulatedPhones(UsbPhoneLayer):
         # The phones' own waits pass in scenario time; a simulated daemon answers at once.
         speed = clock.speed
         super().__init__(slots, setup, usb_backend=self.bench.usb_backend,
-                         # pymobiledevice3's own waits run in real time (up to 10 s between
-                         # iBoot stages): the real engine's grace for a re-enumerating phone
-                         # never drops below them, however fast the scenario plays.
+                         # pymobiledevice3's own waits and the layer's scans run in real time: the
+                         # grace for a re-enumerating phone never drops below them, however fast
+                         # the scenario plays.
                          restore_grace_s=max(REAL_GRACE_FLOOR_S if scenario.info.engine == "real"
-                                             else 1.0, layer.RESTORE_GRACE_S / speed),
+                                             else TIMED_GRACE_FLOOR_S, layer.RESTORE_GRACE_S / speed),
                          hello_wait_s=HELLO_WAIT_S, ready_wait_s=max(2.0, layer.READY_WAIT_S / speed),
                          retry_s=max(0.2, layer.RETRY_S / speed),
                          lockdown_timeout_s=SIM_LOCKDOWN_TIMEOUT_S)

@@ -57,6 +57,9 @@ READY_WAIT_S = 30.0  # a phone just plugged in or booted: its daemons may need t
 RETRY_S = 3.0  # between two questions to a phone that could not answer yet
 VERIFY_UNKNOWN_TRIES = 3  # post-restore: an UNKNOWN right after the reboot is not the answer
 SETTLE_S = 3 * USB_POLL_S  # long enough for the next USB scan to see a phone usbmuxd announced
+# A phone back on the bus is seen by the next scan; one that came back on usbmuxd (in restore mode,
+# with usbmuxd started on demand) by the next connection attempt: the layer's own delay, in real time.
+REAPPEAR_S = USB_POLL_S + USBMUXD_RETRY_S
 BUSY_GRACE_S = 2.0  # a phone caught re-enumerating is off the bus about this long (a DFU reset)
 PORT_MEMORY = 512  # normal-mode serials whose last port (and ECID) is remembered
 

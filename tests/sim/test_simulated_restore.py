@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hw.iphone import layer
 from hw.phones import PhoneArrived, RestoreError, TrustRequest
 from hw.sim import Mode as SimMode
 from hw.simulated import SimulatedPhones
@@ -80,3 +81,19 @@ async def test_a_trusting_phone_is_restored(tmp_path):
     assert "StartSession" in phone.requests(), "restored over a paired session"
     assert not phone.paired_hosts, "erased: it trusts nobody now"
     assert not [r for r in reports if isinstance(r, TrustRequest)]
+
+
+@pytest.mark.parametrize("engine", ["timed", "real"])
+@pytest.mark.parametrize("speed", [1, 30, 300, 3000])
+def test_a_restored_phone_keeps_its_slot_for_as_long_as_the_station_takes_to_see_it_again(
+        tmp_path, engine, speed):
+    # A phone that moves to restore mode is seen again only once usbmuxd (started on demand when
+    # it arrives, as on Debian) has the station connected again: up to one USB scan and one
+    # reconnect attempt later, in real time whatever the scenario's speed. A grace shorter than
+    # that (and than twice that on a loaded machine, where the simulated usbmuxd shares the
+    # station's process) lost a DFU phone's slot mid-restore: RESTORING -> EMPTY, then the phone
+    # came back as a new one in recovery.
+    config = Config(station=StationSection(state_dir=tmp_path / "state"))
+    scenario = Scenario("grace", ScenarioInfo(engine=engine), (), (), {}, tmp_path)
+    phones = SimulatedPhones(config, scenario, Clock(speed=speed, started=False))
+    assert phones.restore_grace_s >= 2 * (layer.USB_POLL_S + layer.USBMUXD_RETRY_S)
