@@ -124,15 +124,20 @@ def _cell(draw: ImageDraw.ImageDraw, port: Port, x: int, y: int, selected: bool)
 def _detail(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
     port = next((p for p in snapshot.ports if p.slot == snapshot.selected),
                 Port(snapshot.selected))
-    draw.rectangle((0, 0, WIDTH - 1, 10), fill=1)
-    _text(draw, (1, 1), f"SLOT {port.slot} {port.state.name.replace('_', ' ')}", medium(),
-          WIDTH - 2, 0)
-    footer_taken = port.state is State.RESTORING or bool(snapshot.faults)
-    room = (FOOTER_TOP if footer_taken else HEIGHT) - BODY_TOP
-    for index, line in enumerate(_wrapped(detail_lines(port, snapshot.now), room // LINE_H)):
-        _text(draw, (1, BODY_TOP + index * LINE_H), line, small(), WIDTH - 2)
+    _titled(draw, f"SLOT {port.slot} {port.state.name.replace('_', ' ')}",
+            detail_lines(port, snapshot.now),
+            footer_taken=port.state is State.RESTORING or bool(snapshot.faults))
     if port.state is State.RESTORING:
         _bar(draw, (1, FOOTER_TOP - 1, WIDTH - 2, HEIGHT - 2), port.percent, 1)
+
+
+def _titled(draw: ImageDraw.ImageDraw, title: str, lines: list[str], footer_taken: bool) -> None:
+    """A title bar, then ``lines`` wrapped below it, down into the footer when it is free."""
+    draw.rectangle((0, 0, WIDTH - 1, 10), fill=1)
+    _text(draw, (1, 1), title, medium(), WIDTH - 2, 0)
+    room = (FOOTER_TOP if footer_taken else HEIGHT) - BODY_TOP
+    for index, line in enumerate(_wrapped(lines, room // LINE_H)):
+        _text(draw, (1, BODY_TOP + index * LINE_H), line, small(), WIDTH - 2)
 
 
 def _wrapped(lines: list[str], room: int) -> list[str]:
@@ -175,12 +180,7 @@ def _counters(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
 
 def _faults(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
     """Each fault's whole line (a config file's error names the file, the key, what is wrong)."""
-    draw.rectangle((0, 0, WIDTH - 1, 10), fill=1)
-    _text(draw, (2, 1), "FAULTS", medium(), WIDTH - 4, 0)
-    room = (FOOTER_TOP if snapshot.faults else HEIGHT) - BODY_TOP
-    lines = snapshot.fault_details or ("none",)
-    for index, line in enumerate(_wrapped(list(lines), room // LINE_H)):
-        _text(draw, (1, BODY_TOP + index * LINE_H), line, small(), WIDTH - 2)
+    _titled(draw, "FAULTS", list(snapshot.fault_details) or ["none"], footer_taken=bool(snapshot.faults))
 
 
 # Shared pieces -------------------------------------------------------------
