@@ -57,15 +57,16 @@ def fallback(config: Config) -> str:
 def remember(config: Config) -> None:
     """Keep the override file the running station uses as the last good one.
 
-    Read and checked again here rather than trusted from start-up: the shop may have
-    edited it since, and only a file that parses may become the fallback."""
+    Read once, and the copy itself checked before it replaces the last good one, rather
+    than trusted from start-up: the shop may have edited the file since, and only a file
+    that parses may become the fallback."""
     file = config.station.override_file
     if config.override_problem or file is None or config.overrides != file:
         return
     target = config.station.state_dir / LAST_GOOD
+    temp = None
     try:
         data = file.read_bytes()
-        _apply(dataclasses.replace(config, overrides=None), file, file)
         if target.exists() and target.read_bytes() == data:
             return
         fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".override.")
@@ -73,10 +74,15 @@ def remember(config: Config) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
+        _apply(dataclasses.replace(config, overrides=None), Path(temp), file)
         os.replace(temp, target)
+        temp = None
         log.info("kept %s as the last good overrides (%s)", file, target)
     except (ConfigError, OSError) as error:  # a fallback not kept is not a reason to stop
         log.warning("could not keep %s as the last good overrides: %s", file, error)
+    finally:
+        if temp is not None:
+            Path(temp).unlink(missing_ok=True)
 
 
 def _apply(base: Config, file: Path, named: Path) -> Config:

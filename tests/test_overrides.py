@@ -50,6 +50,7 @@ def test_a_bad_override_runs_on_the_last_good_one_and_says_what_is_wrong(files):
     assert "last good copy" in overrides.fallback(config)
     overrides.remember(config)  # a bad file never becomes the fallback
     assert b"lines" not in (config.station.state_dir / overrides.LAST_GOOD).read_bytes()
+    assert not list(config.station.state_dir.glob(".override.*"))  # the refused copy is gone
 
 
 def test_a_bad_override_with_no_good_one_yet_runs_on_the_base_config(files):
