@@ -105,3 +105,13 @@ def test_the_display_shows_the_whole_line_then_settles_to_the_overview():
     for _ in range(9):  # SELECT: 7 details, the counters, then the faults again
         station.press("select", False)
     assert station.snapshot().screen is Screen.FAULTS
+
+
+def test_a_file_edited_bad_after_start_up_is_not_kept(files):
+    base, override = files
+    override.write_text('[restore]\nmode = "line"\n')
+    config = overrides.load(base)  # good at start-up...
+    override.write_text('[restore]\nmode = "lines"\n')  # ...edited before it is kept
+    overrides.remember(config)
+    assert not (config.station.state_dir / overrides.LAST_GOOD).exists()
+    assert not list(config.station.state_dir.glob(".override.*"))
