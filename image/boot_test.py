@@ -206,14 +206,8 @@ def service(console: Console) -> dict[str, str]:
 
 
 def wait_service(console: Console, want: dict[str, str], timeout: float) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = service(console)
-        if all(state.get(k) == v for k, v in want.items()):
-            return state
-        if time.monotonic() > deadline:
-            raise Failed(f"station.service is {state}, not {want}")
-        time.sleep(3)
+    return poll(lambda: service(console), lambda state: all(state.get(k) == v for k, v in want.items()),
+                timeout, f"station.service is not {want}")
 
 
 def play(console: Console, scenario: str, speed: float) -> None:
@@ -225,13 +219,19 @@ def play(console: Console, scenario: str, speed: float) -> None:
     console.run("systemctl reset-failed station; systemctl restart station", timeout=300)
 
 
-def poll(console: Console, command: str, done, timeout: float, why: str) -> str:
+def poll(probe, done, timeout: float, why: str):
+    """``probe()`` every 3 s until ``done`` says yes; its last answer, or Failed saying why."""
     deadline = time.monotonic() + timeout
-    while not done(out := console.run(command)):
+    while not done(out := probe()):
         if time.monotonic() > deadline:
-            raise Failed(f"{why} within {timeout:.0f} s")
+            raise Failed(f"{why} within {timeout:.0f} s (last: {out!r})")
         time.sleep(3)
     return out
+
+
+def polled(console: Console, command: str, done, timeout: float, why: str) -> str:
+    """A shell command in the VM, run until its output is what ``done`` wants."""
+    return poll(lambda: console.run(command), done, timeout, why)
 
 
 def check(name: str, test, *args) -> bool:
@@ -276,9 +276,9 @@ def station_ready(console: Console) -> str:
 
 def the_ipsw_ssd_is_the_cache(console: Console) -> str:
     """A disk labelled station-ipsw is mounted on the IPSW cache and belongs to the station."""
-    mount = poll(console, "findmnt -n -o SOURCE,FSTYPE /var/lib/station/ipsw || true",
+    mount = polled(console, "findmnt -n -o SOURCE,FSTYPE /var/lib/station/ipsw || true",
                  lambda out: "ext4" in out, 90, "no disk mounted on /var/lib/station/ipsw")
-    owner = poll(console, "stat -c '%U %a' /var/lib/station/ipsw", lambda out: out == "station 700", 30,
+    owner = polled(console, "stat -c '%U %a' /var/lib/station/ipsw", lambda out: out == "station 700", 30,
                  "the IPSW disk was not given to the station")
     return f"/var/lib/station/ipsw is {mount}, {owner}"
 
@@ -286,7 +286,7 @@ def the_ipsw_ssd_is_the_cache(console: Console) -> str:
 def watchdog_restarts_a_hung_station(console: Console) -> str:
     before = int(service(console)["NRestarts"])
     play(console, "stall.toml", 1)
-    poll(console, "journalctl -b -u station -o cat | grep -c 'Watchdog timeout' || true",
+    polled(console, "journalctl -b -u station -o cat | grep -c 'Watchdog timeout' || true",
          lambda out: out.strip() not in ("", "0"), 240, "no watchdog timeout")
     state = wait_service(console, {"ActiveState": "active", "SubState": "running"}, 240)
     restarts = int(state["NRestarts"])
@@ -301,7 +301,7 @@ def stop_waits_for_the_restore(console: Console) -> str:
     hung = time.monotonic()  # the station from the watchdog check is stalled: SIGTERM unheard
     play(console, "restore.toml", 10)
     hung_stop = time.monotonic() - hung
-    poll(console, "journalctl -b -u station -o cat -n 300 | grep 'slot 1' | tail -1 || true",
+    polled(console, "journalctl -b -u station -o cat -n 300 | grep 'slot 1' | tail -1 || true",
          lambda out: "-> RESTORING" in out, 300, "slot 1 did not start restoring")
     started = time.monotonic()
     console.run("systemctl stop station", timeout=900)
