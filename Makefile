@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install run test bench image image-test
+.PHONY: install run test bench image image-test hil
 
 install: $(VENV)/.installed
 
@@ -31,3 +31,8 @@ image:
 image-test: install
 	$(BIN)/python -m pytest -q tests/test_image_scripts.py tests/test_systemd.py
 	$(PYTHON) image/boot_test.py
+
+# Hardware in the loop: the amd64 appliance in QEMU with gadget phones on dummy_hcd, met by the
+# real kernel, udev and usbmuxd (root; builds the amd64 image first if missing; image/hil.py).
+hil:
+	$(PYTHON) image/hil.py

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import plistlib
+import ssl
 import threading
 from dataclasses import dataclass
 from urllib.parse import parse_qs
@@ -79,13 +80,14 @@ class Seen:
 
 
 class ActivationServer:
-    def __init__(self, world: SimWorld, host: str = "127.0.0.1") -> None:
+    def __init__(self, world: SimWorld, host: str = "127.0.0.1", port: int = 0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.world = world
         self.host = host
         self.seen: list[Seen] = []
         self._fault: Fault | None = None
         self._release = threading.Event()  # ends hangs at shutdown
-        self._http = LocalHttpServer("activation", self.answer, host)
+        self._http = LocalHttpServer("activation", self.answer, host, port, tls)
 
     @property
     def url(self) -> str:

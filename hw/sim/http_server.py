@@ -8,6 +8,7 @@ type, body), or None to hang up without a word, as a dropped connection does.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,9 +21,12 @@ Answering = Callable[[str, bytes], Answer]
 
 
 class LocalHttpServer:
-    def __init__(self, name: str, answer: Answering, host: str = "127.0.0.1") -> None:
+    def __init__(self, name: str, answer: Answering, host: str = "127.0.0.1", port: int = 0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.name = name  # in thread names and log lines
         self.host = host
+        self.port = port  # 0: any free port; the gadget phones' VM serves Apple's own (80, 443)
+        self.tls = tls
         self._answer = answer
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -31,7 +35,8 @@ class LocalHttpServer:
     def base_url(self) -> str:
         if self._httpd is None:
             raise RuntimeError(f"{self.name} server is not running")
-        return f"http://{self.host}:{self._httpd.server_address[1]}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self._httpd.server_address[1]}"
 
     @property
     def running(self) -> bool:
@@ -40,7 +45,9 @@ class LocalHttpServer:
     def start(self) -> None:
         if self._httpd is not None:
             return
-        self._httpd = _Server((self.host, 0), _Handler, self)
+        self._httpd = _Server((self.host, self.port), _Handler, self)
+        if self.tls is not None:
+            self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),  # quick shutdown
                                         name=f"sim-{self.name}", daemon=True)
         self._thread.start()

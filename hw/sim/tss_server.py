@@ -96,14 +96,15 @@ class _Known:
 
 
 class TssServer:
-    def __init__(self, unsigned: Collection[tuple[str, str]] = (), host: str = "127.0.0.1") -> None:
+    def __init__(self, unsigned: Collection[tuple[str, str]] = (), host: str = "127.0.0.1",
+                 port: int = 0) -> None:
         """``unsigned``: (build, ProductType) pairs Apple no longer signs, e.g. ("21F90", "iPhone14,7")."""
         self.host = host
         self.seen: list[Seen] = []
         self._unsigned = set(unsigned)
         self._known: dict[tuple[int, int], list[_Known]] = {}
         self._lock = threading.Lock()
-        self._http = LocalHttpServer("tss", self._answer_http, host)
+        self._http = LocalHttpServer("tss", self._answer_http, host, port)
 
     # Builds ------------------------------------------------------------------------------
 

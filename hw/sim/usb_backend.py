@@ -205,23 +205,8 @@ class SimUsbBackend(usb.backend.IBackend):
             return _fill(data, self._string_descriptor(dev, wValue & 0xFF, wIndex))
         if dev.mode in USBMUX_MODES:
             raise _stall()
-        with self.world.lock:
-            self._check(dev)  # the phone may have left while this thread waited for the lock
-            phone_iboot = self._iboot(dev)
-            if dev.mode is Mode.DFU and bmRequestType == DFU_OUT:
-                return phone_iboot.dfu_out(dev, bRequest, wValue, data.tobytes())
-            if dev.mode is Mode.DFU and bmRequestType == DFU_IN:
-                return _fill(data, phone_iboot.dfu_in(dev, bRequest))
-            if dev.mode is Mode.RECOVERY and bmRequestType == IBOOT_COMMAND and bRequest in (0, 1):  # NUL-terminated
-                phone_iboot.command(dev, data.tobytes().split(b"\0", 1)[0].decode(errors="replace"))
-                return len(data)
-            if dev.mode is Mode.RECOVERY and bmRequestType == IBOOT_ANSWER and bRequest == 0:
-                return _fill(data, phone_iboot.answer(dev))
-            if dev.mode is Mode.RECOVERY and bmRequestType == IBOOT_UPLOAD and bRequest == 0:
-                return phone_iboot.start_upload(dev)
-            if dev.mode is Mode.RECOVERY and bmRequestType == DFU_OUT and bRequest == iboot.DFU_DNLOAD:
-                return phone_iboot.poke(dev)
-        raise _stall()
+        answer = iboot_request(self.world, dev, bmRequestType, bRequest, wValue, data.tobytes())
+        return _fill(data, answer) if isinstance(answer, bytes) else answer
 
     def _iboot(self, dev: UsbDevice) -> IBoot:
         return iboot_of(self.world, dev.phone)
@@ -253,6 +238,31 @@ class SimUsbBackend(usb.backend.IBackend):
     def _check(self, dev: UsbDevice) -> None:
         if not self.world.is_present(dev):
             raise USBError("No such device (it may have been disconnected)", errno=errno.ENODEV)
+
+
+def iboot_request(world: SimWorld, dev: UsbDevice, request_type: int, request: int, value: int,
+                  data: bytes) -> bytes | int:
+    """A vendor or class control request to a phone in DFU or recovery (this backend's, and the
+    kernel gadget's in ``hw.gadget``): an IN request's data stage, or how many bytes an OUT
+    request took. Anything iBoot or SecureROM does not take stalls (raises ``USBError``)."""
+    with world.lock:
+        if not world.is_present(dev):  # the phone may have left while this thread waited for the lock
+            raise USBError("No such device (it may have been disconnected)", errno=errno.ENODEV)
+        phone_iboot = iboot_of(world, dev.phone)
+        if dev.mode is Mode.DFU and request_type == DFU_OUT:
+            return phone_iboot.dfu_out(dev, request, value, data)
+        if dev.mode is Mode.DFU and request_type == DFU_IN:
+            return phone_iboot.dfu_in(dev, request)
+        if dev.mode is Mode.RECOVERY and request_type == IBOOT_COMMAND and request in (0, 1):  # NUL-terminated
+            phone_iboot.command(dev, data.split(b"\0", 1)[0].decode(errors="replace"))
+            return len(data)
+        if dev.mode is Mode.RECOVERY and request_type == IBOOT_ANSWER and request == 0:
+            return phone_iboot.answer(dev)
+        if dev.mode is Mode.RECOVERY and request_type == IBOOT_UPLOAD and request == 0:
+            return phone_iboot.start_upload(dev)
+        if dev.mode is Mode.RECOVERY and request_type == DFU_OUT and request == iboot.DFU_DNLOAD:
+            return phone_iboot.poke(dev)
+    raise _stall()
 
 
 def _fill(data: array, payload: bytes) -> int:

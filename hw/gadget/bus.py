@@ -1,0 +1,257 @@
+"""The simulated world's phones on a real kernel's USB bus: one dummy UDC per hub port.
+
+``hw.sim.world.SimWorld`` stays the truth about which phone is where and in which mode (the
+simulated iBoot and restore move phones between modes in it, as they do for the pyusb
+simulator); this module mirrors every enumeration onto the port's gadget, so the kernel, udev,
+usbmuxd and libusb meet the phone as they would meet an iPhone:
+
+- iOS and the restore ramdisk: usbmuxd's interface (class ff/fe/02, one bulk pair), spoken by
+  ``hw.gadget.usbmux_device`` and bridged to the phone's simulated daemons (``hw.sim.device``);
+- recovery and DFU: iBoot's and SecureROM's control requests, answered by the same code as the
+  pyusb simulator's (``hw.sim.usb_backend.iboot_request``), and recovery's bulk upload endpoint.
+
+Strings: configfs numbers the gadget's strings 1 manufacturer, 2 product, 3 serial. A real phone
+in recovery or DFU has its nonces at index 1 (pymobiledevice3 and libirecovery read index 1
+whatever iManufacturer says) and its serial string at 4, so here the nonces take the
+manufacturer's place; readers that follow iSerialNumber (usbmuxd, pyusb, the station) see no
+difference.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import queue
+import socket
+import threading
+from pathlib import Path
+
+from usb.core import USBError
+
+from hw.gadget import functionfs
+from hw.gadget.configfs import PortGadget
+from hw.gadget.functionfs import Event, Interface
+from hw.gadget.usbmux_device import MuxDevice
+from hw.sim.device import SimDevice
+from hw.sim.iboot import iboot_of, nonces_of
+from hw.sim.loop import BackgroundLoop
+from hw.sim.phone import USBMUX_MODES, Mode
+from hw.sim.usb_backend import iboot_request, iboot_serial, nonce_string
+from hw.sim.world import SimWorld, UsbArrived, UsbDevice, UsbEvent, UsbLeft
+
+logger = logging.getLogger(__name__)
+
+PRODUCT_IDS = {Mode.RECOVERY: 0x1281, Mode.DFU: 0x1227}  # PROTOCOLS.md 3.1; iOS and restore: 0x12a8
+MUX_PRODUCT_ID = 0x12A8
+MUX_INTERFACE = Interface(0xFF, 0xFE, 0x02, (0x81, 0x02))  # usbmuxd usb.h INTERFACE_CLASS/SUBCLASS/PROTOCOL
+RECOVERY_INTERFACE = Interface(0xFF, 0xFF, 0x51, (0x04,))  # uploads: bulk OUT EP 0x04 (irecv.py send_buffer)
+DFU_INTERFACE = Interface(0xFE, 0x01, 0x00)
+READ_SIZE = 1 << 16
+
+
+class _Face:
+    """One FunctionFS function of a port, open for the whole run, with its ep0 reader."""
+
+    def __init__(self, port: "_Port", face: str, interface: Interface, flags: int) -> None:
+        self.port = port
+        self.face = face
+        mount = port.gadget.mounts[face]
+        self.ep0 = os.open(mount / "ep0", os.O_RDWR)
+        os.write(self.ep0, functionfs.descriptors([interface], flags))
+        os.write(self.ep0, functionfs.no_strings())
+        self.endpoints = [os.open(mount / f"ep{n}", os.O_RDWR) for n in range(1, len(interface.endpoints) + 1)]
+        threading.Thread(target=self._events, name=f"{port.name}-{face}-ep0", daemon=True).start()
+
+    def _events(self) -> None:
+        while True:
+            try:
+                data = os.read(self.ep0, 4 * functionfs.EVENT.size)
+            except OSError as error:
+                if error.errno == errno.EINTR:
+                    continue
+                logger.debug("%s %s ep0: %s", self.port.name, self.face, error)
+                return
+            for event in functionfs.events(data):
+                logger.debug("%s %s: %s", self.port.name, self.face, event.name)
+                self.port.event(self, event)
+
+
+class _Port:
+    """One hub port: its gadget, and the enumeration shown on it now."""
+
+    def __init__(self, name: str, gadget: PortGadget, world: SimWorld, loop: BackgroundLoop) -> None:
+        self.name = name
+        self.gadget = gadget
+        self.world = world
+        self.loop = loop
+        self.device: UsbDevice | None = None
+        self.mux: MuxDevice | None = None
+        self.sim: SimDevice | None = None
+        self.faces = {
+            "mux": _Face(self, "mux", MUX_INTERFACE, 0),
+            "recovery": _Face(self, "recovery", RECOVERY_INTERFACE, functionfs.ALL_CTRL_RECIP),
+            "dfu": _Face(self, "dfu", DFU_INTERFACE, functionfs.ALL_CTRL_RECIP),
+        }
+        mux_in, mux_out = self.faces["mux"].endpoints
+        self._mux_in = mux_in
+        threading.Thread(target=self._read_mux, args=(mux_out,), name=f"{name}-mux-out", daemon=True).start()
+        threading.Thread(target=self._read_uploads, args=(self.faces["recovery"].endpoints[0],),
+                         name=f"{name}-recovery-out", daemon=True).start()
+
+    # -- enumerations ---------------------------------------------------------
+
+    def show(self, device: UsbDevice) -> None:
+        self.hide()
+        phone = device.phone
+        self.device = device
+        if device.mode in USBMUX_MODES:
+            self.sim = SimDevice(device, self.world)
+            self.mux = MuxDevice(f"{self.name} {phone.serial}", self._send_mux, self._open_port)
+            strings = ("Apple Inc.", "iPhone", phone.udid.replace("-", ""))
+            self.gadget.show("mux", MUX_PRODUCT_ID, strings)
+        else:
+            with self.world.lock:
+                nonces = nonces_of(self.world, phone)
+            product = "Apple Mobile Device (DFU Mode)" if device.mode is Mode.DFU \
+                else "Apple Mobile Device (Recovery Mode)"
+            strings = (nonce_string(*nonces), product, iboot_serial(phone, device.mode))
+            self.gadget.show("dfu" if device.mode is Mode.DFU else "recovery", PRODUCT_IDS[device.mode], strings)
+        logger.info("%s: %s in %s mode is on the bus", self.name, phone.serial, device.mode.value)
+
+    def hide(self) -> None:
+        if self.device is None:
+            return
+        self.gadget.hide()
+        if self.mux is not None:
+            self.mux.close()
+        if self.sim is not None:
+            self.loop.call(self.sim.close)
+        logger.info("%s: %s left the bus", self.name, self.device.phone.serial)
+        self.device, self.mux, self.sim = None, None, None
+
+    # -- usbmuxd's interface --------------------------------------------------
+
+    def _read_mux(self, endpoint: int) -> None:
+        while True:
+            try:
+                data = os.read(endpoint, READ_SIZE)
+            except OSError:  # not enabled yet, or the host went away: wait for the next enumeration
+                threading.Event().wait(0.05)
+                continue
+            mux = self.mux
+            if mux is not None and data:
+                mux.receive(data)
+
+    def _send_mux(self, packet: bytes) -> None:
+        os.write(self._mux_in, packet)
+
+    def _open_port(self, port: int) -> socket.socket | None:
+        sim = self.sim
+        handler = sim.handler(port) if sim is not None else None
+        if sim is None or handler is None:
+            return None
+        ours, theirs = socket.socketpair()
+
+        async def serve() -> None:
+            reader, writer = await asyncio.open_connection(sock=theirs)
+            await sim.serve(handler, reader, writer)
+
+        self.loop.call(lambda: asyncio.ensure_future(serve()))
+        return ours
+
+    # -- iBoot and SecureROM --------------------------------------------------
+
+    def event(self, face: _Face, event: Event) -> None:
+        if event.kind in (functionfs.DISABLE, functionfs.UNBIND) and face.face == "mux" and self.mux is not None:
+            self.mux.close()
+        if event.kind != functionfs.SETUP:
+            return
+        device = self.device
+        try:
+            if device is None or device.mode in USBMUX_MODES:
+                raise USBError("no iBoot here", errno=errno.EPIPE)
+            data = b"" if event.is_in else os.read(face.ep0, event.length)
+            answer = iboot_request(self.world, device, event.request_type, event.request, event.value, data)
+        except USBError as error:
+            logger.debug("%s: request %#04x/%d stalled: %s", self.name, event.request_type, event.request, error)
+            _stall(face.ep0, event)
+            return
+        if event.is_in:
+            os.write(face.ep0, bytes(answer)[:event.length] if isinstance(answer, bytes) else b"")
+
+    def _read_uploads(self, endpoint: int) -> None:
+        while True:
+            try:
+                data = os.read(endpoint, 0x8000)
+            except OSError:
+                threading.Event().wait(0.05)
+                continue
+            device = self.device
+            if device is None or device.mode is not Mode.RECOVERY:
+                continue
+            with self.world.lock:
+                try:
+                    iboot_of(self.world, device.phone).bulk_out(device, 0x04, data)
+                except USBError as error:
+                    logger.info("%s: upload refused: %s", self.name, error)
+
+
+def _stall(ep0: int, event: Event) -> None:
+    """FunctionFS stalls a request answered in the wrong direction."""
+    try:
+        if event.is_in:
+            os.read(ep0, 0)
+        else:
+            os.write(ep0, b"")
+    except OSError:
+        pass  # EL2HLT: the stall happened
+
+
+class KernelBus:
+    """Mirrors the world's enumerations onto dummy UDCs, one port path per UDC, in order."""
+
+    def __init__(self, world: SimWorld, udcs: dict[tuple[int, ...], str], mount_root: Path) -> None:
+        self.world = world
+        self.loop = BackgroundLoop("gadget-daemons")
+        self._events: queue.SimpleQueue[UsbEvent | None] = queue.SimpleQueue()
+        self._ports: dict[tuple[int, ...], _Port] = {}
+        self._udcs = udcs
+        self._mount_root = mount_root
+        self._thread: threading.Thread | None = None
+        self._unsubscribe = lambda: None
+
+    def start(self) -> None:
+        self.loop.start()
+        for index, (path, udc) in enumerate(sorted(self._udcs.items())):
+            gadget = PortGadget(f"iphone{index + 1}", udc, self._mount_root)
+            gadget.create()
+            self._ports[path] = _Port(gadget.name, gadget, self.world, self.loop)
+        self._thread = threading.Thread(target=self._apply, name="gadget-bus", daemon=True)
+        self._thread.start()
+        # World callbacks hold its lock and must not block: the gadget work happens on our thread.
+        self._unsubscribe = self.world.subscribe(self._events.put)
+
+    def _apply(self) -> None:
+        while (event := self._events.get()) is not None:
+            port = self._ports.get(event.device.port_path)
+            if port is None:
+                logger.error("no UDC for port %s", event.device.port_path)
+                continue
+            try:
+                if isinstance(event, UsbArrived):
+                    port.show(event.device)
+                elif isinstance(event, UsbLeft) and port.device is event.device:
+                    port.hide()
+            except OSError as error:
+                logger.error("%s: %s", port.name, error)
+
+    def stop(self) -> None:
+        self._unsubscribe()
+        self._events.put(None)
+        if self._thread is not None:
+            self._thread.join()
+        for port in self._ports.values():
+            port.hide()
+            port.gadget.remove()
+        self.loop.stop()
