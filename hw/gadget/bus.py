@@ -25,6 +25,8 @@ import os
 import queue
 import socket
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from usb.core import USBError
@@ -37,17 +39,16 @@ from hw.sim.device import SimDevice
 from hw.sim.iboot import iboot_of, nonces_of
 from hw.sim.loop import BackgroundLoop
 from hw.sim.phone import USBMUX_MODES, Mode
-from hw.sim.usb_backend import iboot_request, iboot_serial, nonce_string
+from hw.sim.usb_backend import PRODUCT_IDS, iboot_request, string_table
 from hw.sim.world import SimWorld, UsbArrived, UsbDevice, UsbEvent, UsbLeft
 
 logger = logging.getLogger(__name__)
 
-PRODUCT_IDS = {Mode.RECOVERY: 0x1281, Mode.DFU: 0x1227}  # PROTOCOLS.md 3.1; iOS and restore: 0x12a8
-MUX_PRODUCT_ID = 0x12A8
 MUX_INTERFACE = Interface(0xFF, 0xFE, 0x02, (0x81, 0x02))  # usbmuxd usb.h INTERFACE_CLASS/SUBCLASS/PROTOCOL
 RECOVERY_INTERFACE = Interface(0xFF, 0xFF, 0x51, (0x04,))  # uploads: bulk OUT EP 0x04 (irecv.py send_buffer)
 DFU_INTERFACE = Interface(0xFE, 0x01, 0x00)
 READ_SIZE = 1 << 16
+UPLOAD_PIECE = 0x8000  # what pymobiledevice3 and libirecovery write at a time
 
 
 class _Face:
@@ -105,18 +106,15 @@ class _Port:
         self.hide()
         phone = device.phone
         self.device = device
+        with self.world.lock:
+            strings = string_table(device, nonces_of(self.world, phone))
         if device.mode in USBMUX_MODES:
             self.sim = SimDevice(device, self.world)
             self.mux = MuxDevice(f"{self.name} {phone.serial}", self._send_mux, self._open_port)
-            strings = ("Apple Inc.", "iPhone", phone.udid.replace("-", ""))
-            self.gadget.show("mux", MUX_PRODUCT_ID, strings)
-        else:
-            with self.world.lock:
-                nonces = nonces_of(self.world, phone)
-            product = "Apple Mobile Device (DFU Mode)" if device.mode is Mode.DFU \
-                else "Apple Mobile Device (Recovery Mode)"
-            strings = (nonce_string(*nonces), product, iboot_serial(phone, device.mode))
-            self.gadget.show("dfu" if device.mode is Mode.DFU else "recovery", PRODUCT_IDS[device.mode], strings)
+            face, shown = "mux", (strings[1], strings[2], strings[3])
+        else:  # the nonces (index 1 on a phone) where configfs puts the manufacturer (module docstring)
+            face, shown = ("dfu" if device.mode is Mode.DFU else "recovery"), (strings[1], strings[3], strings[4])
+        self.gadget.show(face, PRODUCT_IDS[device.mode], shown)
         logger.info("%s: %s in %s mode is on the bus", self.name, phone.serial, device.mode.value)
 
     def hide(self) -> None:
@@ -133,12 +131,7 @@ class _Port:
     # -- usbmuxd's interface --------------------------------------------------
 
     def _read_mux(self, endpoint: int) -> None:
-        while True:
-            try:
-                data = os.read(endpoint, READ_SIZE)
-            except OSError:  # not enabled yet, or the host went away: wait for the next enumeration
-                threading.Event().wait(0.05)
-                continue
+        for data in _transfers(endpoint, READ_SIZE):
             mux = self.mux
             if mux is not None and data:
                 mux.receive(data)
@@ -181,12 +174,7 @@ class _Port:
             os.write(face.ep0, bytes(answer)[:event.length] if isinstance(answer, bytes) else b"")
 
     def _read_uploads(self, endpoint: int) -> None:
-        while True:
-            try:
-                data = os.read(endpoint, 0x8000)
-            except OSError:
-                threading.Event().wait(0.05)
-                continue
+        for data in _transfers(endpoint, UPLOAD_PIECE):
             device = self.device
             if device is None or device.mode is not Mode.RECOVERY:
                 continue
@@ -195,6 +183,16 @@ class _Port:
                     iboot_of(self.world, device.phone).bulk_out(device, 0x04, data)
                 except USBError as error:
                     logger.info("%s: upload refused: %s", self.name, error)
+
+
+def _transfers(endpoint: int, size: int) -> Iterator[bytes]:
+    """What the host sends to an OUT endpoint, a transfer at a time. Reads fail while the
+    function is not enabled, or once the host has gone: then wait for the next enumeration."""
+    while True:
+        try:
+            yield os.read(endpoint, size)
+        except OSError:
+            time.sleep(0.05)
 
 
 def _stall(ep0: int, event: Event) -> None:
