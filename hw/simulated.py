@@ -50,7 +50,7 @@ from hw.iphone.slots import SlotMap
 from hw.iphone.usb_topology import PortPeers
 from hw.phones import (Device, LayerFault, PhoneEvent, RestoreError, RestoreProgress, RestoreReport,
                        TrustRequest)
-from hw.sim import ACTIVATED, UNACTIVATED, Pairing, SimPhone, SimulatedBench, point_activation_at
+from hw.sim import Pairing, SimPhone, SimulatedBench, phone_named, point_activation_at
 from hw.sim import Mode as SimMode
 from hw.sim.phone import FindMyAnswer
 from hw.sim.firmware import SIM_BUILD
@@ -259,15 +259,10 @@ class _Stages:
 
 
 def _sim_phone(spec: ScenarioPhone, speed: float) -> SimPhone:
-    digest = hashlib.sha256(spec.name.encode()).digest()
-    ecid = spec.ecid if spec.ecid is not None else int.from_bytes(digest[:7], "big")
-    serial = spec.serial or "".join("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"[b % 34] for b in digest[8:20])
-    activated = spec.activated or spec.find_my  # Find My is only ever on for a set-up phone
-    return SimPhone(
-        ecid=ecid, serial=serial, product_type=spec.model, ios_version=spec.ios,
-        build=spec.build or "21F90", mode=SimMode(spec.mode),
-        activation_state=ACTIVATED if activated else UNACTIVATED,
-        activation_lock=spec.activation_lock, find_my=spec.find_my,
+    return phone_named(
+        spec.name, ecid=spec.ecid, serial=spec.serial, activated=spec.activated, find_my=spec.find_my,
+        product_type=spec.model, ios_version=spec.ios, build=spec.build or "21F90", mode=SimMode(spec.mode),
+        activation_lock=spec.activation_lock,
         pairing=Pairing(spec.pairing), bus=SIM_BUS, port_path=(1, spec.slot),
         find_my_answer=FindMyAnswer(spec.find_my_answer), activation_answer=spec.activation_answer,
         activation_ready_after=spec.activation_ready_after / speed, lockdown_stalls=spec.lockdown_stalls,

@@ -12,7 +12,6 @@ Slot N is the Nth dummy UDC; ``modprobe dummy_hcd num=N`` makes N of them, each 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import socket
 import sys
@@ -21,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from hw.sim import ACTIVATED, UNACTIVATED, Mode, Pairing, SimPhone
+from hw.sim import Mode, Pairing, SimPhone, phone_named
 from hw.sim.world import SimWorld
 
 log = logging.getLogger("hw.gadget")
@@ -56,15 +55,11 @@ def load_phones(path: Path) -> dict[str, tuple[int, SimPhone]]:
 
 
 def _phone(raw: dict[str, Any]) -> SimPhone:
-    digest = hashlib.sha256(raw["name"].encode()).digest()
-    serial = raw.get("serial") or "".join("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"[b % 34] for b in digest[8:20])
-    activated = raw.get("activated", False) or raw.get("find_my", False)
-    return SimPhone(ecid=int(raw.get("ecid", int.from_bytes(digest[:7], "big"))), serial=serial,
-                    product_type=raw.get("model", "iPhone14,5"), ios_version=raw.get("ios", "17.5.1"),
-                    mode=Mode(raw.get("mode", "normal")),
-                    activation_state=ACTIVATED if activated else UNACTIVATED,
-                    activation_lock=raw.get("activation_lock", False), find_my=raw.get("find_my", False),
-                    pairing=Pairing(raw.get("pairing", "auto")), bus=1, port_path=(int(raw["slot"]),))
+    return phone_named(raw["name"], ecid=raw.get("ecid"), serial=raw.get("serial", ""),
+                       activated=raw.get("activated", False), find_my=raw.get("find_my", False),
+                       product_type=raw.get("model", "iPhone14,5"), ios_version=raw.get("ios", "17.5.1"),
+                       mode=Mode(raw.get("mode", "normal")), activation_lock=raw.get("activation_lock", False),
+                       pairing=Pairing(raw.get("pairing", "auto")), bus=1, port_path=(int(raw["slot"]),))
 
 
 def udcs() -> dict[tuple[int, ...], str]:

@@ -8,7 +8,7 @@ local HTTP servers) are fake.
 from hw.sim.activation_server import ActivationServer, Hang, Refuse, point_activation_at
 from hw.sim.bench import SimulatedBench
 from hw.sim.iboot import FAULTS as IBOOT_FAULTS
-from hw.sim.phone import ACTIVATED, UNACTIVATED, Mode, Pairing, SimPhone
+from hw.sim.phone import ACTIVATED, UNACTIVATED, Mode, Pairing, SimPhone, phone_named
 from hw.sim.restored import parse_fault
 from hw.sim.usb_backend import SimUsbBackend
 from hw.sim.usbmuxd import SimUsbmuxd
@@ -27,5 +27,6 @@ def check_restore_fault(value: str) -> None:
 
 __all__ = [
     "ACTIVATED", "check_restore_fault", "UNACTIVATED", "ActivationServer", "Hang", "Mode", "Pairing", "Refuse", "SimPhone",
-    "SimUsbBackend", "SimUsbmuxd", "SimWorld", "SimulatedBench", "UsbDevice", "point_activation_at",
+    "SimUsbBackend", "SimUsbmuxd", "SimWorld", "SimulatedBench", "UsbDevice", "phone_named",
+    "point_activation_at",
 ]

@@ -201,3 +201,16 @@ class SimPhone:
         """Names of what the phone received, in order (lockdown ``Request`` or service ``Command``)."""
         with self._received_lock:
             return [str(m.get("Request", m.get("Command", "?"))) for m in self.received]
+
+
+def phone_named(name: str, *, ecid: int | None = None, serial: str = "", activated: bool = False,
+                find_my: bool = False, **facts: Any) -> SimPhone:
+    """A phone whose ECID and serial number, unless given, come from its name: the same in
+    every run of a scenario (the station's simulation and the gadget phones name theirs)."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return SimPhone(
+        ecid=ecid if ecid is not None else int.from_bytes(digest[:7], "big"),
+        serial=serial or "".join("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"[b % 34] for b in digest[8:20]),
+        # Find My is only ever on for a set-up (activated) phone.
+        activation_state=ACTIVATED if activated or find_my else UNACTIVATED, find_my=find_my, **facts)
+
