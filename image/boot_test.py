@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -335,6 +336,21 @@ def a_bad_boot_config_keeps_the_last_good_one(console: Console) -> str:
     return f"STATUS={state['StatusText']!r}; journal (-p err): {line}"
 
 
+def on_the_console(console: Console, started: float, checks: Callable[[], list[bool]]) -> list[bool]:
+    """Wait for the VM's shell, make its output plain, run ``checks``, then stop the VM. A
+    failure outside any one check (no shell, QEMU gone) fails the run."""
+    try:
+        console.wait_for(re.escape(PROMPT), 300)
+        print(f"ok   booted to a shell in {time.monotonic() - started:.0f} s", flush=True)
+        console.run("export SYSTEMD_PAGER= SYSTEMD_COLORS=0 TERM=dumb; stty cols 500")
+        return checks()
+    except Failed as error:
+        print(f"FAIL {error}", flush=True)
+        return [False]
+    finally:
+        console.close()
+
+
 def main(argv: list[str]) -> int:
     if ARCH not in MACHINES:
         print(f"boot test: ARCH={ARCH}: must be one of {', '.join(MACHINES)}", file=sys.stderr)
@@ -352,22 +368,15 @@ def main(argv: list[str]) -> int:
     ipsw = ipsw_disk(work)
     console = boot(copy, ipsw, boot_dir, log_path)
     try:
-        console.wait_for(re.escape(PROMPT), 300)
-        print(f"ok   booted to a shell in {time.monotonic() - started:.0f} s", flush=True)
-        console.run("export SYSTEMD_PAGER= SYSTEMD_COLORS=0 TERM=dumb; stty cols 500")
-        results = [check("first boot grew the root filesystem", first_boot_grew_the_root, console, image),
-                   check("station.service is Ready", station_ready, console),
-                   check("a USB SSD labelled station-ipsw holds the IPSW cache", the_ipsw_ssd_is_the_cache,
-                         console),
-                   check("the watchdog restarts a hung station", watchdog_restarts_a_hung_station, console),
-                   check("systemctl stop waits for a running restore", stop_waits_for_the_restore, console),
-                   check("a bad boot-partition config keeps the last good one",
-                         a_bad_boot_config_keeps_the_last_good_one, console)]
-    except Failed as error:
-        print(f"FAIL {error}", flush=True)
-        results = [False]
+        results = on_the_console(console, started, lambda: [
+            check("first boot grew the root filesystem", first_boot_grew_the_root, console, image),
+            check("station.service is Ready", station_ready, console),
+            check("a USB SSD labelled station-ipsw holds the IPSW cache", the_ipsw_ssd_is_the_cache, console),
+            check("the watchdog restarts a hung station", watchdog_restarts_a_hung_station, console),
+            check("systemctl stop waits for a running restore", stop_waits_for_the_restore, console),
+            check("a bad boot-partition config keeps the last good one",
+                  a_bad_boot_config_keeps_the_last_good_one, console)])
     finally:
-        console.close()
         copy.unlink(missing_ok=True)
         ipsw.unlink(missing_ok=True)
     print(f"boot test: {sum(results)} of {len(results)} passed in {time.monotonic() - started:.0f} s "

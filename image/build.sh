@@ -45,13 +45,8 @@ if [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
 fi
 
 say "the station's wheel"
-mkdir -p "$CACHE" "$WORK"
-[ -x "$CACHE/buildenv/bin/pip" ] || python3 -m venv "$CACHE/buildenv"
-rm -rf "$WORK/wheel" "$WORK/source" && mkdir -p "$WORK/source"
-# From the files the package is made of (not from the checkout, whose build/ holds this).
-cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/station" "$REPO/hw" "$WORK/source/"
-"$CACHE/buildenv/bin/pip" wheel --quiet --no-deps --wheel-dir "$WORK/wheel" "$WORK/source"
-WHEEL=$(ls "$WORK"/wheel/station-*.whl)
+mkdir -p "$WORK"
+WHEEL=$(BUILD=$BUILD "$HERE/wheel.sh" "$WORK/wheel")
 
 say "root filesystem: Debian $SUITE $ARCH"
 mkdir -p "$CACHE/apt-$ARCH" "$CACHE/pip-$ARCH"

@@ -108,18 +108,10 @@ Environment=REQUESTS_CA_BUNDLE=/run/hil/ca.pem
 
 
 def wheel() -> Path:
-    """This tree's station wheel, made as image/build.sh makes it (from the package's files only:
-    the checkout's build/ holds gigabytes of images)."""
-    out, source, env = BUILD / "hil/wheel", BUILD / "hil/source", BUILD / "cache/buildenv"
-    subprocess.run(["rm", "-rf", str(out), str(source)], check=True)
-    source.mkdir(parents=True)
-    subprocess.run(["cp", "-r", *(str(ROOT / name) for name in ("pyproject.toml", "README.md", "station", "hw")),
-                    str(source)], check=True)
-    if not (env / "bin/pip").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
-    subprocess.run([str(env / "bin/pip"), "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(source)],
-                   check=True)
-    return next(out.glob("station-*.whl"))
+    """This tree's station wheel, made as the image's is (image/wheel.sh)."""
+    built = subprocess.run([str(HERE / "wheel.sh"), str(BUILD / "hil/wheel")], check=True,
+                           stdout=subprocess.PIPE, text=True, env={**os.environ, "BUILD": str(BUILD)})
+    return Path(built.stdout.strip())
 
 
 def hil_disk(work: Path, station_wheel: Path) -> Path:
@@ -260,21 +252,16 @@ def main() -> int:
     copy = boot_test.prepare(image, work)
     log_path = work / "hil.log"
     console = boot_test.boot(copy, disk, boot_dir, log_path)  # the HIL disk where the SSD was
-    results: list[bool] = []
+    hil = Hil(console)
+
+    def scenarios() -> list[bool]:
+        if not check("set up: gadget phones, Apple on loopback, the station on its Pi backend", hil.setup):
+            return [False]
+        return [check(name, scenario, hil) for name, scenario in SCENARIOS]
+
     try:
-        console.wait_for(re.escape(boot_test.PROMPT), 300)
-        print(f"ok   booted to a shell in {time.monotonic() - started:.0f} s", flush=True)
-        console.run("export SYSTEMD_PAGER= SYSTEMD_COLORS=0 TERM=dumb; stty cols 500")
-        hil = Hil(console)
-        if check("set up: gadget phones, Apple on loopback, the station on its Pi backend", hil.setup):
-            results = [check(name, scenario, hil) for name, scenario in SCENARIOS]
-        else:
-            results = [False]
-    except Failed as error:
-        print(f"FAIL {error}", flush=True)
-        results = [False]
+        results = boot_test.on_the_console(console, started, scenarios)
     finally:
-        console.close()
         copy.unlink(missing_ok=True)
     print(f"hil: {sum(results)} of {len(SCENARIOS)} scenarios passed in {time.monotonic() - started:.0f} s "
           f"(console log: {log_path})")
