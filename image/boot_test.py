@@ -65,24 +65,7 @@ engine = "timed"
 stall_at = 5
 stall_s = 600
 """
-RESTORE_SCENARIO = """\
-# The boot test's graceful stop: one phone restoring when `systemctl stop` comes.
-[scenario]
-description = "one phone restoring (timed engine)"
-engine = "timed"
-
-[config.restore]
-mode = "line"
-
-[[phone]]
-name = "restoring"
-slot = 1
-model = "iPhone15,4"
-ios = "18.0.1"
-serial = "G6TZK2P4BOOT"
-attach = 1
-expect = "done"
-"""
+RESTORE_SCENARIO = HERE.parent / "config/sim/one-restore.toml"  # a restore running at `systemctl stop`
 SHOP_CONFIG = """\
 # Set up by image/boot_test.py, as a shop edits this file: simulated hardware.
 [hardware]
@@ -160,7 +143,7 @@ def prepare(image: Path, work: Path) -> Path:
     fat = f"{copy}@@{FIRMWARE_OFFSET}"
     with tempfile.TemporaryDirectory() as temp:
         files = {"station.toml": SHOP_CONFIG, "stall.toml": STALL_SCENARIO,
-                 "restore.toml": RESTORE_SCENARIO}
+                 "restore.toml": RESTORE_SCENARIO.read_text()}
         for name, text in files.items():
             (Path(temp) / name).write_text(text)
         subprocess.run(["mcopy", "-o", "-i", fat, str(Path(temp) / "station.toml"), "::/station.toml"],

@@ -9,29 +9,15 @@ import sys
 import time
 from pathlib import Path
 
-SCENARIO = """
-[scenario]
-description = "one phone restoring when the station is told to stop"
-duration = 3000
-engine = "timed"
-[config.restore]
-mode = "line"
-[[phone]]
-name = "restoring"
-slot = 1
-model = "iPhone14,7"
-serial = "F2LXQ0J1N7KC"
-attach = 0
-expect = "done"
-"""
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = ROOT / "config/sim/one-restore.toml"
 
 
 def start(tmp_path: Path) -> subprocess.Popen[str]:
-    (tmp_path / "scenario.toml").write_text(SCENARIO)
     (tmp_path / "station.toml").write_text(f'[station]\nstate_dir = "{tmp_path / "state"}"\n'
                                            f'[ipsw]\ncache_dir = "{tmp_path / "ipsw"}"\n')
     return subprocess.Popen([sys.executable, "-m", "station.cli", "run", "--config", str(tmp_path / "station.toml"),
-                             "--sim", str(tmp_path / "scenario.toml"), "--speed", "100"],
+                             "--sim", str(SCENARIO), "--speed", "100"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
 
 

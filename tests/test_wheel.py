@@ -16,21 +16,7 @@ from station.config import SYSTEM_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_FILES = ("pyproject.toml", "README.md", "station", "hw")
-SCENARIO = """\
-[scenario]
-description = "one phone, restored"
-engine = "timed"
-[config.restore]
-mode = "line"
-[[phone]]
-name = "clean"
-slot = 1
-model = "iPhone15,4"
-ios = "18.0.1"
-serial = "G6TZK2P4WHEL"
-attach = 1
-expect = "done"
-"""
+SCENARIO = ROOT / "config/sim/one-restore.toml"
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +83,7 @@ def test_commands_run_from_the_wheel_alone(venv):
 
 def test_a_simulation_from_the_wheel_keeps_its_records_in_the_users_state_dir(venv):
     work, _ = venv
-    (work / "one.toml").write_text(SCENARIO)
-    run = station(work, "run", "--sim", "one.toml", "--speed", "100", timeout=240)
+    run = station(work, "run", "--sim", str(SCENARIO), "--speed", "100", timeout=240)
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
     assert "slot 1: DONE" in run.stdout
     state = work / "home/.local/state/station-sim"
