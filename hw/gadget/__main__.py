@@ -164,10 +164,14 @@ def run(phones_file: Path) -> int:
 
 
 def send(words: list[str]) -> int:
-    with socket.socket(socket.AF_UNIX) as client:
-        client.connect(str(CONTROL))
-        client.sendall((" ".join(words) + "\n").encode())
-        answer = client.makefile().readline().strip()
+    try:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(CONTROL))
+            client.sendall((" ".join(words) + "\n").encode())
+            answer = client.makefile().readline().strip()
+    except OSError as error:
+        print(f"gadget: no gadget phones running at {CONTROL}: {error.strerror or error}", file=sys.stderr)
+        return 2
     print(answer)
     return 1 if answer.startswith("error") else 0
 
@@ -175,10 +179,13 @@ def send(words: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hw.gadget", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run").add_argument("phones", type=Path)
+    run_parser = commands.add_parser("run")
+    run_parser.add_argument("phones", type=Path)
+    run_parser.add_argument("--debug", action="store_true", help="log every USB event and connection")
     commands.add_parser("send").add_argument("words", nargs="+")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return run(args.phones) if args.command == "run" else send(args.words)
     except BadPhones as error:

@@ -250,6 +250,5 @@ class KernelBus:
         if self._thread is not None:
             self._thread.join()
         for port in self._ports.values():
-            port.hide()
-            port.gadget.remove()
+            port.hide()  # off the bus; configfs is cleared by the next run (PortGadget.create)
         self.loop.stop()

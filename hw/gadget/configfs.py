@@ -29,6 +29,8 @@ class PortGadget:
         self.face: str | None = None
 
     def create(self) -> None:
+        if self.root.exists():  # left by a run that ended: its files are closed now, so it can go
+            self.remove()
         self.root.mkdir()
         _write(self.root / "idVendor", "0x05ac")
         _write(self.root / "bcdUSB", "0x0200")
@@ -62,9 +64,15 @@ class PortGadget:
         self.face = None
 
     def remove(self) -> None:
-        self.hide()
+        """The gadget gone from configfs. Only once no process holds its FunctionFS files open
+        (a mount in use cannot be unmounted): the next run removes what this one leaves."""
+        if (self.root / "UDC").read_text().strip():
+            _write(self.root / "UDC", "")
+        for link in (self.root / "configs/c.1").glob("ffs.*"):
+            link.unlink()
+        self.face = None
         for face, mount in self.mounts.items():
-            subprocess.run(["umount", str(mount)], check=False)
+            subprocess.run(["umount", str(mount)], check=False, capture_output=True)
             _rmdir(self.root / f"functions/ffs.{self.name}-{face}")
         for sub in ("configs/c.1/strings/0x409", "configs/c.1", "strings/0x409"):
             _rmdir(self.root / sub)

@@ -6,6 +6,7 @@ import struct
 import pytest
 
 from hw.gadget import functionfs
+from hw.gadget import __main__ as gadget
 from hw.gadget.__main__ import BadPhones, load_phones, main
 
 
@@ -39,3 +40,10 @@ def test_a_bad_phones_file_is_one_line_naming_what_is_wrong(tmp_path, capsys, te
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert says in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_command_with_no_gadget_phones_running_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gadget, "CONTROL", tmp_path / "control")
+    assert main(["send", "plug", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "no gadget phones running" in err and len(err.strip().splitlines()) == 1
