@@ -64,7 +64,8 @@ def test_the_wheel_carries_the_system_files(venv):
     _, wheel = venv
     names = zipfile.ZipFile(wheel).namelist()
     for name in ("station.service", "39-station-apple.rules", "60-station-gpio.rules",
-                 "usbmuxd-keep-running.conf", "i2c-dev.conf", "station-tmpfiles.conf", "station.toml"):
+                 "usbmuxd-keep-running.conf", "i2c-dev.conf", "station-tmpfiles.conf", "station.toml",
+                 "modprobe-station.conf"):
         assert f"station/system/{name}" in names
 
 
@@ -102,6 +103,15 @@ def test_install_udev_and_service_write_into_a_root(venv):
     rules = (root / "etc/udev/rules.d/39-station-apple.rules").read_text()
     assert rules == (ROOT / "station/system/39-station-apple.rules").read_text()
     assert (root / "etc/systemd/system/station.service").exists()
+    # apple-mfi-fastcharge never loads: loaded by the first phone after boot, it takes that phone
+    # from usbmuxd (docs/real-stack.md). Read back by modprobe itself, where there is one.
+    modprobe = shutil.which("modprobe") or "/usr/sbin/modprobe"
+    if Path(modprobe).exists():
+        config = subprocess.run([modprobe, "-C", str(root / "etc/modprobe.d"), "--showconfig"],
+                                capture_output=True, text=True, timeout=60).stdout
+        assert "blacklist apple_mfi_fastcharge" in config.splitlines()
+    else:
+        assert "blacklist apple_mfi_fastcharge" in (root / "etc/modprobe.d/station.conf").read_text()
     (root / "etc/station/station.toml").write_text("# the operator's own\n")
     again = station(work, "install-service", "--root", str(root))
     assert "kept" in again.stdout  # an edited config is never overwritten

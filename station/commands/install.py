@@ -23,6 +23,7 @@ SERVICE_FILES = (
     ("station.service", "etc/systemd/system/station.service", True),
     ("usbmuxd-keep-running.conf", "etc/systemd/system/usbmuxd.service.d/station.conf", True),
     ("i2c-dev.conf", "etc/modules-load.d/station-i2c-dev.conf", True),
+    ("modprobe-station.conf", "etc/modprobe.d/station.conf", True),
     ("station-tmpfiles.conf", "etc/tmpfiles.d/station.conf", True),
     # The operator's config is theirs: written once, never over their edits.
     ("station.toml", "etc/station/station.toml", False),
@@ -33,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, handler, what in (
             ("install-udev", install_udev, "let the station user open Apple phones and GPIO chips"),
             ("install-service", install_service,
-             "install station.service, keep usbmuxd running, load i2c-dev, default config")):
+             "install station.service, keep usbmuxd running, load i2c-dev, "
+             "keep apple-mfi-fastcharge out, default config")):
         parser = subparsers.add_parser(name, help=what)
         parser.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
                             help="install into this root directory (an image being built)")
