@@ -137,12 +137,14 @@ class Hil:
         run = self.console.run
         run("mkdir -p /mnt/hil && mount -o ro LABEL=HIL /mnt/hil")
         run(f"{VENV}/bin/pip install --quiet --no-deps --force-reinstall /mnt/hil/station-*.whl", timeout=300)
+        # The checkout's system files too (udev rules, unit, modprobe.d): the image may be older.
+        run(f"{VENV}/bin/station install-udev >/dev/null && {VENV}/bin/station install-service >/dev/null")
         run(f"modprobe dummy_hcd num={SLOTS} && modprobe libcomposite && modprobe usb_f_fs")
         run("printf '127.0.0.1 albert.apple.com gs.apple.com\\n' >> /etc/hosts")
         run("mkdir -p /run/systemd/system/station.service.d && "
             "cp /mnt/hil/station-hil.conf /run/systemd/system/station.service.d/ && systemctl daemon-reload")
         run("systemctl stop station")
-        run(f"systemd-run --unit hil-gadget --property=Environment=PYTHONUNBUFFERED=1 {GADGET} run "
+        run(f"systemd-run --unit hil-gadget --property=Environment=PYTHONUNBUFFERED=1 {GADGET} run --debug "
             "/mnt/hil/phones.toml")
         boot_test.polled(self.console, "test -S /run/hil/control && echo up || true", lambda out: out == "up",
                        120, "the gadget phones did not start")
