@@ -26,7 +26,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 from usb.core import USBError
@@ -35,7 +35,7 @@ from hw.gadget import functionfs
 from hw.gadget.configfs import PortGadget
 from hw.gadget.functionfs import Event, Interface
 from hw.gadget.usbmux_device import MuxDevice
-from hw.sim.device import SimDevice
+from hw.sim.device import Handler, SimDevice
 from hw.sim.iboot import iboot_of, nonces_of
 from hw.sim.loop import BackgroundLoop
 from hw.sim.phone import USBMUX_MODES, Mode
@@ -144,14 +144,7 @@ class _Port:
         handler = sim.handler(port) if sim is not None else None
         if sim is None or handler is None:
             return None
-        ours, theirs = socket.socketpair()
-
-        async def serve() -> None:
-            reader, writer = await asyncio.open_connection(sock=theirs)
-            await sim.serve(handler, reader, writer)
-
-        self.loop.call(lambda: asyncio.ensure_future(serve()))
-        return ours
+        return bridge(sim, handler, self.loop)
 
     # -- iBoot and SecureROM --------------------------------------------------
 
@@ -193,6 +186,23 @@ def _transfers(endpoint: int, size: int) -> Iterator[bytes]:
             yield os.read(endpoint, size)
         except OSError:
             time.sleep(0.05)
+
+
+def bridge(sim: SimDevice, handler: Handler, loop: BackgroundLoop) -> socket.socket:
+    """A socket to ``handler``, which serves it as an accepted connection, as the simulated
+    usbmuxd's sockets are: lockdownd's StartSession turns its end into the TLS server side
+    (asyncio's start_tls takes a stream from a connect() for a client's)."""
+    ours, theirs = socket.socketpair()
+
+    async def accept() -> None:
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Awaitable[None]:
+            return sim.serve(handler, reader, writer)
+
+        await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(), connected), sock=theirs)
+
+    loop.call(lambda: asyncio.ensure_future(accept()))
+    return ours
 
 
 def _stall(ep0: int, event: Event) -> None:
