@@ -60,6 +60,9 @@ SETTLE_S = 3 * USB_POLL_S  # long enough for the next USB scan to see a phone us
 # A phone back on the bus is seen by the next scan; one that came back on usbmuxd (in restore mode,
 # with usbmuxd started on demand) by the next connection attempt: the layer's own delay, in real time.
 REAPPEAR_S = USB_POLL_S + USBMUXD_RETRY_S
+# usbmuxd announces a phone only once its preflight is done (preflight.c: QueryType, StartSession
+# or a Pair attempt), also the phones it finds when it (re)starts: 7 s seen in make hil's VM.
+PREFLIGHT_S = 15.0
 BUSY_GRACE_S = 2.0  # a phone caught re-enumerating is off the bus about this long (a DFU reset)
 PORT_MEMORY = 512  # normal-mode serials whose last port (and ECID) is remembered
 
@@ -102,6 +105,7 @@ class UsbPhoneLayer:
         self.lockdown_timeout_s = lockdown_timeout_s
         self._mux: dict[int, _Sighting] = {}  # by usbmuxd DeviceID
         self._mux_up = False
+        self._mux_since = 0.0  # when the current usbmuxd connection came up
         self._mux_problem = "NO USBMUXD"
         self._sightings = 0
         self._usb: list[UsbPhone] = []
@@ -186,6 +190,8 @@ class UsbPhoneLayer:
             self._mux[device.devid] = _Sighting(device, self._sightings)
 
     def _set_mux_up(self, up: bool, problem: str = "") -> None:
+        if up and not self._mux_up:
+            self._mux_since = time.monotonic()
         self._mux_up = up
         self._mux_problem = problem or self._mux_problem
         self._report_usbmuxd()
@@ -261,6 +267,14 @@ class UsbPhoneLayer:
             device = self._boot_device(phone)
             if slot is not None and device is not None:
                 present[slot] = device
+        if self._mux_up and time.monotonic() - self._mux_since < PREFLIGHT_S:
+            # A usbmuxd just (re)started has not announced its phones yet: one still on the bus
+            # at its port is still there.
+            for slot, told in self._told.items():
+                serial = told.udid.replace("-", "")
+                if (slot not in present and told.mode is Mode.NORMAL and serial in on_usb
+                        and self.slot_map.slot_for(self._port_of[serial]) == slot):
+                    present[slot] = told
         for path in self._busy_until:  # caught re-enumerating: it is still there
             slot = self.slot_map.slot_for(path)
             if slot is not None and slot not in present and slot in self._told:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hw.sim.device import SimDevice
+from hw.sim.device import SimDevice, serve_accepted
 from hw.sim.framing import plist_dict
 from hw.sim.loop import BackgroundLoop
 from hw.sim.phone import USBMUX_MODES
@@ -84,6 +84,12 @@ class SimUsbmuxd:
         self._unsubscribe = None
         self._ids = itertools.count(1)
         self._attached: dict[int, _Attached] = {}  # DeviceID -> device
+        # usbmuxd announces a phone (Attached, ListDevices) only once its preflight is done
+        # (preflight.c: lockdownd QueryType, StartSession or a Pair attempt), also each phone it
+        # finds when it starts. 0 by default (the suite's thousands of plug-ins); make hil's
+        # VM took 0.3-7 s with the real daemon (docs/real-stack.md).
+        self.preflight_s = 0.0
+        self._preflighting: dict[int, tuple[_Attached, asyncio.TimerHandle]] = {}
         self._listeners: set[asyncio.StreamWriter] = set()
         self._clients: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -146,14 +152,16 @@ class SimUsbmuxd:
         conn.setblocking(False)
         self._sockets = {sock for sock in self._sockets if sock.fileno() != -1}  # closed ones go
         self._sockets.add(conn)
-        # A server-side stream protocol (as start_unix_server makes): lockdownd's TLS needs it.
-        protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._serve_client)
-        asyncio.ensure_future(asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock=conn))
+        asyncio.ensure_future(serve_accepted(conn, self._serve_client))
 
     async def _shutdown(self) -> None:
         """Drop every device and client; ``stop`` closes the sockets once the loop has stopped."""
         if self._server is not None:
             asyncio.get_running_loop().remove_reader(self._server.fileno())
+        for attached, timer in self._preflighting.values():
+            timer.cancel()
+            attached.device.close()
+        self._preflighting.clear()
         for attached in self._attached.values():
             attached.device.close()
         self._attached.clear()
@@ -170,21 +178,34 @@ class SimUsbmuxd:
         if usb.mode not in USBMUX_MODES:
             return
         if isinstance(event, UsbArrived):
-            device_id = self._next_id()
-            attached = self._attached[device_id] = _Attached(device_id, SimDevice(usb, self.world))
-            self._broadcast(attached.message())
+            attached = _Attached(self._next_id(), SimDevice(usb, self.world))
+            if self.preflight_s > 0:
+                timer = asyncio.get_running_loop().call_later(self.preflight_s, self._announce, attached)
+                self._preflighting[attached.device_id] = (attached, timer)
+            else:
+                self._announce(attached)
             return
+        for device_id, (attached, timer) in list(self._preflighting.items()):
+            if attached.device.usb is usb:  # gone before it was announced: nobody is told
+                del self._preflighting[device_id]
+                timer.cancel()
+                attached.device.close()
         for device_id, attached in list(self._attached.items()):
             if attached.device.usb is usb:
                 del self._attached[device_id]
                 attached.device.close()
                 self._broadcast({"MessageType": "Detached", "DeviceID": device_id})
 
+    def _announce(self, attached: _Attached) -> None:
+        self._preflighting.pop(attached.device_id, None)
+        self._attached[attached.device_id] = attached
+        self._broadcast(attached.message())
+
     def _next_id(self) -> int:
         """usbmuxd's counter: never reuses an id still in use."""
         while True:
             device_id = next(self._ids)
-            if device_id not in self._attached:
+            if device_id not in self._attached and device_id not in self._preflighting:
                 return device_id
 
     def _broadcast(self, message: dict[str, Any]) -> None:

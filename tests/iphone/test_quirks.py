@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from hw.iphone import layer
 from hw.iphone.lock_evidence import FIND_MY_UNCONFIRMED
 from hw.iphone.slots import SlotMap
 from hw.phones import Device, LayerFault, Lock, Mode, PhoneArrived, PhoneError, PhoneLeft
@@ -157,6 +158,37 @@ async def test_listen_replay_on_reconnect_does_not_make_phones_leave(tmp_path, m
         await h.until(lambda e: e == LayerFault("usbmuxd", None))
         await asyncio.sleep(1.5)
     assert not [e for e in h.events if isinstance(e, (PhoneLeft, PhoneArrived))]
+
+
+async def test_a_restarted_usbmuxd_preflighting_its_phones_does_not_make_them_leave(tmp_path, monkeypatch):
+    """usbmuxd announces a phone only once its preflight is done (preflight.c), also to a
+    station that reconnected at once after a restart: seen in make hil's VM, where both idle
+    phones went EMPTY and were checked again (docs/real-stack.md). A phone unplugged
+    meanwhile still leaves."""
+    async with running_layer(tmp_path, monkeypatch) as h:
+        stays, goes = phone(), phone()
+        await arrive(h, stays, 1)
+        await arrive(h, goes, 2)
+        h.events.clear()
+        h.bench.usbmuxd.preflight_s = 2.5
+        h.bench.usbmuxd.stop()
+        h.bench.usbmuxd.start()
+        await h.until(lambda e: e == LayerFault("usbmuxd", None))
+        h.bench.world.detach(goes)
+        await h.until(lambda e: isinstance(e, PhoneLeft) and e.slot == 2)
+        await asyncio.sleep(3.0)  # preflight over: announced again
+    assert [e for e in h.events if isinstance(e, (PhoneLeft, PhoneArrived))] == [PhoneLeft(2)]
+
+
+async def test_a_phone_usbmuxd_never_announces_again_leaves_after_the_preflight_bound(tmp_path, monkeypatch):
+    """On the bus but hidden by usbmuxd for good (a preflight that never ends): not a phone forever."""
+    monkeypatch.setattr(layer, "PREFLIGHT_S", 1.0)
+    async with running_layer(tmp_path, monkeypatch) as h:
+        await arrive(h, phone(), 1)
+        h.bench.usbmuxd.preflight_s = 30.0
+        h.bench.usbmuxd.stop()
+        h.bench.usbmuxd.start()
+        await h.until(lambda e: isinstance(e, PhoneLeft) and e.slot == 1, timeout=5.0)
 
 
 async def test_a_usb3_phone_is_one_slot_on_both_halves_of_its_port(tmp_path, monkeypatch):
