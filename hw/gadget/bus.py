@@ -26,7 +26,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from usb.core import USBError
@@ -35,7 +35,7 @@ from hw.gadget import functionfs
 from hw.gadget.configfs import PortGadget
 from hw.gadget.functionfs import Event, Interface
 from hw.gadget.usbmux_device import MuxDevice
-from hw.sim.device import Handler, SimDevice
+from hw.sim.device import Handler, SimDevice, serve_accepted
 from hw.sim.iboot import iboot_of, nonces_of
 from hw.sim.loop import BackgroundLoop
 from hw.sim.phone import USBMUX_MODES, Mode
@@ -189,19 +189,11 @@ def _transfers(endpoint: int, size: int) -> Iterator[bytes]:
 
 
 def bridge(sim: SimDevice, handler: Handler, loop: BackgroundLoop) -> socket.socket:
-    """A socket to ``handler``, which serves it as an accepted connection, as the simulated
-    usbmuxd's sockets are: lockdownd's StartSession turns its end into the TLS server side
-    (asyncio's start_tls takes a stream from a connect() for a client's)."""
+    """A socket to ``handler``, which serves it as an accepted connection (``serve_accepted``),
+    as the simulated usbmuxd's sockets are."""
     ours, theirs = socket.socketpair()
-
-    async def accept() -> None:
-        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Awaitable[None]:
-            return sim.serve(handler, reader, writer)
-
-        await asyncio.get_running_loop().connect_accepted_socket(
-            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(), connected), sock=theirs)
-
-    loop.call(lambda: asyncio.ensure_future(accept()))
+    loop.call(lambda: asyncio.ensure_future(
+        serve_accepted(theirs, lambda reader, writer: sim.serve(handler, reader, writer))))
     return ours
 
 

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 import ssl
 import tempfile
 import time
@@ -26,6 +27,14 @@ LOCKDOWN_PORT = 62078
 FIRST_SERVICE_PORT = 49152  # lockdownd hands out ephemeral ports for started services
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def serve_accepted(sock: socket.socket, serve: Handler) -> None:
+    """``serve`` an accepted socket as a server-side stream, as asyncio.start_server makes them:
+    lockdownd's StartSession turns its end into the TLS server, which a stream from a
+    connect() cannot become (asyncio's start_tls takes that for a client's)."""
+    protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(), serve)
+    await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock=sock)
 
 
 class SimDevice:
