@@ -55,12 +55,12 @@ model = "iPhone15,2"
 serial = "HILFINDMY002"
 find_my = true
 
+# Erased but still Activation Locked (at the Hello screen): Apple answers with its Apple ID form.
 [[phone]]
 name = "alock"
 slot = 3
 model = "iPhone13,2"
 serial = "HILALOCK0003"
-activated = true
 activation_lock = true
 
 [[phone]]
