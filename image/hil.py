@@ -74,6 +74,7 @@ name = "recovery"
 slot = 5
 model = "iPhone14,7"
 serial = "HILRECOV0005"
+ecid = 0x1A2B3C4D5E6F71
 mode = "recovery"
 
 [[phone]]
@@ -81,6 +82,7 @@ name = "dfu"
 slot = 6
 model = "iPhone12,1"
 serial = "HILDFUPH0006"
+ecid = 0x1A2B3C4D5E6F72
 mode = "dfu"
 
 [[phone]]
@@ -209,18 +211,13 @@ def boot_modes_identified_by_ecid(hil: Hil) -> str:
         hil.send("unplug", name)
     hil.send("plug", "recovery")
     hil.send("plug", "dfu")
-    out = []
-    for slot, mode in ((5, "RECOVERY"), (6, "DFU")):
-        deadline = time.monotonic() + 240
-        while True:
-            lines = hil.console.run(f"journalctl -b -u station -o cat | grep -E '^slot {slot} \\[ECID ' || true")
-            if f"({mode}: lock not readable)" in lines:
-                out.append(lines.splitlines()[-1])
-                break
-            if time.monotonic() > deadline:
-                raise Failed(f"slot {slot}: no {mode} phone identified by ECID: {lines[-300:]}")
-            time.sleep(3)
-    return " | ".join(out)
+    seen = []
+    for ecid, mode in (("1A2B3C4D5E6F71", "RECOVERY"), ("1A2B3C4D5E6F72", "DFU")):
+        last = hil.until(f"ECID {ecid}", "NEEDS_CONFIRM", 240)[-1]
+        if f"({mode}: lock not readable)" not in last:
+            raise Failed(f"ECID {ecid}: {last}")
+        seen.append(last.split(": ", 1)[1])
+    return " | ".join(seen)
 
 
 def a_phone_that_refuses_pairing(hil: Hil) -> str:
