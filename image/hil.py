@@ -207,17 +207,24 @@ def usbmuxd_restarted(hil: Hil) -> str:
 
 
 def boot_modes_identified_by_ecid(hil: Hil) -> str:
+    """Found on the bus (libusb, not usbmuxd) by their iBoot serial strings: the station labels a
+    recovery phone by its serial number (SRNM), a DFU phone, which shows none, by its ECID;
+    `station devices` lists both ECIDs."""
     for name in ("clear2", "findmy", "alock"):
         hil.send("unplug", name)
     hil.send("plug", "recovery")
     hil.send("plug", "dfu")
     seen = []
-    for ecid, mode in (("1A2B3C4D5E6F71", "RECOVERY"), ("1A2B3C4D5E6F72", "DFU")):
-        last = hil.until(f"ECID {ecid}", "NEEDS_CONFIRM", 240)[-1]
+    for ident, mode in (("HILRECOV0005", "RECOVERY"), ("ECID 1A2B3C4D5E6F72", "DFU")):
+        last = hil.until(ident, "NEEDS_CONFIRM", 240)[-1]
         if f"({mode}: lock not readable)" not in last:
-            raise Failed(f"ECID {ecid}: {last}")
+            raise Failed(f"[{ident}]: {last}")
         seen.append(last.split(": ", 1)[1])
-    return " | ".join(seen)
+    table = hil.console.run(f"cd /tmp && {VENV}/bin/station devices", timeout=120)
+    for ecid, mode in (("1A2B3C4D5E6F71", "recovery"), ("1A2B3C4D5E6F72", "dfu")):
+        if not any(mode in line.split() and ecid in line.split() for line in table.splitlines()):
+            raise Failed(f"`station devices` does not list the {mode} phone {ecid}:\n{table}")
+    return " | ".join(seen) + "; `station devices` lists both ECIDs"
 
 
 def a_phone_that_refuses_pairing(hil: Hil) -> str:
