@@ -87,7 +87,7 @@ class SimUsbmuxd:
         # usbmuxd announces a phone (Attached, ListDevices) only once its preflight is done
         # (preflight.c: lockdownd QueryType, StartSession or a Pair attempt), also each phone it
         # finds when it starts. 0 by default (the suite's thousands of plug-ins); make hil's
-        # VM took 0.3-7 s with the real daemon (docs/real-stack.md).
+        # VM took 7 s with the real daemon, a Pair included (docs/real-stack.md).
         self.preflight_s = 0.0
         self._preflighting: dict[int, tuple[_Attached, asyncio.TimerHandle]] = {}
         self._listeners: set[asyncio.StreamWriter] = set()
