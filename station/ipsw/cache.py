@@ -283,7 +283,7 @@ class IpswCache:
 
     def _make_dir(self) -> None:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, as the state directory is
         except OSError as error:
             raise IpswError(f"cannot create the cache directory {self.dir}: {error.strerror}") from None
 

@@ -225,7 +225,9 @@ class _Writer:
 
     def __init__(self, path: Path, truncate: bool) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else 0), 0o644)
+        # Private whatever the umask of whoever runs `ipsw add`: the station would otherwise make
+        # it private at its start, and that chmod changes the ctime its verification relies on.
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else 0), 0o600)
         self._read_pos = 0
         self.size = 0 if truncate else os.fstat(self._fd).st_size
         os.lseek(self._fd, self.size, os.SEEK_SET)

@@ -11,6 +11,7 @@ from station.config import IpswSection
 from station.ipsw import record
 from station.ipsw.cache import IpswCache
 from station.ipsw.errors import IpswError, NoIpswError
+from station.records import statedir
 
 from .conftest import Server
 from .factory import build_ipsw, os_bytes, synthetic_manifest
@@ -54,6 +55,21 @@ def test_a_restart_trusts_the_stored_result_until_size_or_mtime_change(
     os.utime(path, ns=(0, 1_000_000_000))
     assert IpswCache(section).entries()[0].state == "changed (verify again)"
     assert IpswCache(section).select("iPhone14,7").path == path and hashed == [path]
+    assert IpswCache(section).entries()[0].state == "verified"
+
+
+def test_an_add_by_an_operator_stays_verified_when_the_station_starts(
+        server: Server, section: IpswSection, ipsw14_7: Path) -> None:
+    """`sudo -u station station ipsw add` runs with the login umask (022), not the service's 077.
+    Were the file 0644, the station's start would make it private (statedir.secure), which
+    changes its ctime, and the verification would be lost: found by `make hil`."""
+    server.publish(ipsw14_7, ("iPhone14,7",), "18.0.1", "22A3370")
+    old = os.umask(0o022)
+    try:
+        path = IpswCache(section).add(str(ipsw14_7)).path
+    finally:
+        os.umask(old)
+    assert statedir.secure(section.cache_dir) == 0  # nothing in the cache was readable by others
     assert IpswCache(section).entries()[0].state == "verified"
 
 
