@@ -291,6 +291,19 @@ def test_the_unit_files_verify(tmp_path):
         assert "ExecStart=/usr/sbin/usbmuxd --user usbmux -f" in shown.stdout
 
 
+def test_the_service_works_in_a_directory_it_can_write():
+    """lgpio (gpiozero's Pi 5 pin factory) makes its notification pipes ``.lgd-nfyN`` in the
+    working directory, or in $LG_WD, and opens them relative to the working directory
+    (joan2937/lg #12). With the unit's default, / under ProtectSystem=strict, that fails:
+    `make hil` logged "xCreatePipe: Can't set permissions (436) for //.lgd-nfy0", then
+    "no buttons or LEDs" -- a station with dead buttons."""
+    unit = (ROOT / "station/system/station.service").read_text()
+    settings = dict(re.findall(r"^(\w+)=(.*)$", unit, re.MULTILINE))
+    writable = [f"/run/{settings['RuntimeDirectory']}"] if "RuntimeDirectory" in settings else []
+    writable += [f"/var/lib/{settings['StateDirectory']}"] if "StateDirectory" in settings else []
+    assert settings.get("WorkingDirectory") in writable, settings.get("WorkingDirectory")
+
+
 # udev(7) rule syntax: comma-separated KEY op "value"; a small check, since `udevadm verify`
 # only exists from systemd 254 (Debian bookworm has 252).
 _RULE_KEY = re.compile(r'\s*(?P<key>[A-Z_]+(\{[^}]+\})?)\s*(?P<op>==|!=|\+=|-=|:=|=)\s*"(?P<value>[^"]*)"\s*')
