@@ -69,6 +69,7 @@ def test_an_add_by_an_operator_stays_verified_when_the_station_starts(
         path = IpswCache(section).add(str(ipsw14_7)).path
     finally:
         os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o600
     assert statedir.secure(section.cache_dir) == 0  # nothing in the cache was readable by others
     assert IpswCache(section).entries()[0].state == "verified"
 
