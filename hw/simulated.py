@@ -27,11 +27,9 @@ phone that refuses trust is not restored either.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -39,7 +37,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ipsw_parser.ipsw import IPSW
 from pymobiledevice3.exceptions import (PairingDialogResponsePendingError, PairingError,
                                         PasswordRequiredError)
 
@@ -53,7 +50,7 @@ from hw.phones import (Device, LayerFault, PhoneEvent, RestoreError, RestoreProg
 from hw.sim import Pairing, SimPhone, SimulatedBench, phone_named, point_activation_at
 from hw.sim import Mode as SimMode
 from hw.sim.phone import FindMyAnswer
-from hw.sim.firmware import SIM_BUILD
+from hw.sim.firmware import SIM_BUILD, os_image_of
 from hw.sim.tss_server import TssServer
 from hw.sim.world import SimWorld
 from station.clock import Clock
@@ -199,7 +196,7 @@ class SimulatedPhones(UsbPhoneLayer):
         if path is None:
             raise RestoreError("NO IPSW: the real engine restores from a cached IPSW", False)
         self.signing.add_ipsw(Path(path))  # Apple signs the builds it released
-        phone.os_image = await asyncio.to_thread(_os_image, Path(path), phone)
+        phone.os_image = await asyncio.to_thread(os_image_of, Path(path), phone.hardware_model)
         # The scenario's fault strikes the first attempt; a retry meets a phone that works.
         self._attempts[spec.name] += 1
         phone.restore_fault = spec.restore_fault if self._attempts[spec.name] == 1 else ""
@@ -272,18 +269,3 @@ def _sim_phone(spec: ScenarioPhone, speed: float) -> SimPhone:
 def open_simulated_phones(config: Config, scenario: Scenario | None, clock: Clock) -> SimulatedPhones:
     empty = Scenario("none", ScenarioInfo(), (), (), {}, Path())
     return SimulatedPhones(config, scenario or empty, clock)
-
-
-
-def _os_image(ipsw: Path, phone: SimPhone) -> tuple[int, str]:
-    """(size, SHA-256) of the OS image the phone's ASR must receive: the Erase identity's OS member."""
-    with zipfile.ZipFile(ipsw) as archive:
-        manifest = IPSW(archive).build_manifest
-        member = manifest.get_build_identity(phone.hardware_model.lower(), restore_behavior="Erase") \
-            .get_component_path("OS")
-        digest, size = hashlib.sha256(), 0
-        with archive.open(member) as stream:
-            while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-    return size, digest.hexdigest()

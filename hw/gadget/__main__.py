@@ -5,23 +5,32 @@
 
 ``PHONES.toml`` lists the phones (``[[phone]]`` with name, slot and hw.sim.SimPhone's facts:
 model, serial, ecid, mode, ios, activated, activation_lock, find_my, pairing); none is plugged
-in until told. Commands: ``plug NAME``, ``unplug NAME``, ``mode NAME normal|recovery|dfu``
+in until told. ``[[ipsw]]`` (path, models, ios, build) is a build Apple signs: written to
+``path`` (``hw.sim.firmware.build_ipsw``) unless it is there, for the station's ``ipsw add``,
+and what the phones of those models' ASR must receive when they restore from it. Commands: ``plug NAME``, ``unplug NAME``, ``mode NAME normal|recovery|dfu``
 (the phone reboots into it), ``ports`` (the ``[hub] ports`` table for the station), ``quit``.
 Slot N is the Nth dummy UDC; ``modprobe dummy_hcd num=N`` makes N of them, each its own bus.
+``kill -USR1`` on a ``run`` logs every thread's stack (where a stuck phone is waiting).
 """
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import socket
 import sys
 import threading
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hw.sim import Mode, Pairing, SimPhone, phone_named
 from hw.sim.world import SimWorld
+
+if TYPE_CHECKING:
+    from hw.sim.tss_server import TssServer
 
 log = logging.getLogger("hw.gadget")
 
@@ -31,27 +40,49 @@ MOUNTS = Path("/run/hil/ffs")
 UDC_CLASS = Path("/sys/class/udc")
 PHONE_KEYS = {"name", "slot", "model", "serial", "ecid", "mode", "ios", "activated", "activation_lock",
               "find_my", "pairing"}
+IPSW_KEYS = {"path", "models", "ios", "build"}
 
 
 class BadPhones(ValueError):
     pass
 
 
-def load_phones(path: Path) -> dict[str, tuple[int, SimPhone]]:
+@dataclass(frozen=True)
+class Build:
+    path: Path
+    models: tuple[str, ...]
+    ios: str
+    build: str
+
+
+@dataclass(frozen=True)
+class Bench:
+    phones: dict[str, tuple[int, SimPhone]]
+    builds: tuple[Build, ...]
+
+
+def load_bench(path: Path) -> Bench:
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise BadPhones(f"{path}: {error}") from None
     phones: dict[str, tuple[int, SimPhone]] = {}
     for number, raw in enumerate(data.get("phone", []), 1):
-        where = f"{path}: [[phone]] #{number}"
-        unknown = set(raw) - PHONE_KEYS
-        if unknown:
-            raise BadPhones(f"{where}: unknown key {sorted(unknown)[0]!r}")
-        if not {"name", "slot"} <= set(raw):
-            raise BadPhones(f"{where}: needs name and slot")
+        _check(raw, f"{path}: [[phone]] #{number}", PHONE_KEYS, {"name", "slot"})
         phones[raw["name"]] = (int(raw["slot"]), _phone(raw))
-    return phones
+    builds = []
+    for number, raw in enumerate(data.get("ipsw", []), 1):
+        _check(raw, f"{path}: [[ipsw]] #{number}", IPSW_KEYS, IPSW_KEYS)
+        builds.append(Build(Path(raw["path"]), tuple(raw["models"]), raw["ios"], raw["build"]))
+    return Bench(phones, tuple(builds))
+
+
+def _check(raw: dict[str, Any], where: str, known: set[str], needed: set[str]) -> None:
+    unknown = set(raw) - known
+    if unknown:
+        raise BadPhones(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    if not needed <= set(raw):
+        raise BadPhones(f"{where}: needs {', '.join(sorted(needed))}")
 
 
 def _phone(raw: dict[str, Any]) -> SimPhone:
@@ -135,7 +166,9 @@ def run(phones_file: Path) -> int:
     from hw.gadget.apple import apple_servers
     from hw.gadget.bus import KernelBus
 
-    phones = load_phones(phones_file)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack
+    bench = load_bench(phones_file)
+    phones = bench.phones
     slots = udcs()
     if not slots:
         print("gadget: no dummy UDC: modprobe dummy_hcd num=N (and libcomposite, usb_f_fs)", file=sys.stderr)
@@ -147,6 +180,8 @@ def run(phones_file: Path) -> int:
     world = SimWorld([phone for _, phone in phones.values()], reboot_seconds=1.0)
     bus = KernelBus(world, slots, MOUNTS)
     activation, signing = apple_servers(world, PKI)
+    for build in bench.builds:
+        serve_build(build, signing, [phone for _, phone in phones.values()])
     activation.start()
     signing.start()
     bus.start()
@@ -161,6 +196,19 @@ def run(phones_file: Path) -> int:
         activation.stop()
         signing.stop()
     return 0
+
+
+def serve_build(build: Build, signing: "TssServer", phones: list[SimPhone]) -> None:
+    from hw.sim.firmware import build_ipsw, os_image_of
+
+    if not build.path.exists():
+        build.path.parent.mkdir(parents=True, exist_ok=True)
+        build_ipsw(build.path, build.models, build.ios, build.build)
+    signing.add_ipsw(build.path)
+    for phone in phones:
+        if phone.product_type in build.models:
+            phone.os_image = os_image_of(build.path, phone.hardware_model)
+    log.info("IPSW %s for %s at %s", build.build, ", ".join(build.models), build.path)
 
 
 def send(words: list[str]) -> int:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ipsw_parser.ipsw import IPSW
 from pyimg4 import IM4P
 from pymobiledevice3.irecv_devices import IRecvDevice
 from pymobiledevice3.restore.img4 import COMPONENT_FOURCC
@@ -207,6 +208,20 @@ def build_ipsw(path: Path, product_types: str | Sequence[str], version: str, bui
             archive.writestr(_info(member, zipfile.ZIP_DEFLATED), data)
     os.replace(part, path)
     return path
+
+
+def os_image_of(ipsw: Path, hardware_model: str) -> tuple[int, str]:
+    """(size, SHA-256) of the OS image a phone's ASR must receive: its Erase identity's OS member."""
+    with zipfile.ZipFile(ipsw) as archive:
+        manifest = IPSW(archive).build_manifest
+        member = manifest.get_build_identity(hardware_model.lower(), restore_behavior="Erase") \
+            .get_component_path("OS")
+        digest, size = hashlib.sha256(), 0
+        with archive.open(member) as stream:
+            while chunk := stream.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def read_build_manifest(ipsw: Path) -> bytes:

@@ -1,13 +1,17 @@
 """What the gadget phones write to FunctionFS, and how they take a bad phones file (``make hil``'s input)."""
 from __future__ import annotations
 
+import plistlib
 import struct
 
 import pytest
 
 from hw.gadget import functionfs
 from hw.gadget import __main__ as gadget
-from hw.gadget.__main__ import BadPhones, load_phones, main
+from hw.gadget import bus
+from hw.gadget.__main__ import BadPhones, load_bench, main, serve_build
+from hw.sim.firmware import os_image_of, read_build_manifest
+from hw.sim.tss_server import TssServer
 
 
 def test_descriptors_carry_both_speeds_with_their_bulk_packet_sizes():
@@ -21,6 +25,15 @@ def test_descriptors_carry_both_speeds_with_their_bulk_packet_sizes():
     assert [(e[2], e[4]) for e in endpoints] == [(0x81, 64), (0x02, 64), (0x81, 512), (0x02, 512)]
 
 
+def test_recovery_has_as_many_bulk_out_endpoints_as_dummy_hcd_needs_to_number_one_4():
+    """The 8th bulk OUT endpoint is the host's 0x04 on dummy_hcd (bus.py); FunctionFS maps the
+    endpoints by the descriptors' own addresses, so those must differ."""
+    endpoints = bus.RECOVERY_INTERFACE.endpoints
+    assert len(endpoints) == 8 and len(set(endpoints)) == 8
+    assert not any(address & functionfs.DIR_IN for address in endpoints)
+    assert functionfs.endpoint_files(bus.RECOVERY_INTERFACE)[-1] == "ep8"
+
+
 def test_a_setup_event_is_read_as_the_host_sent_it():
     raw = struct.pack("<BBHHHB3x", 0xC0, 0, 0, 0, 255, functionfs.SETUP)
     (event,) = functionfs.events(raw)
@@ -29,14 +42,15 @@ def test_a_setup_event_is_read_as_the_host_sent_it():
 
 @pytest.mark.parametrize("text, says", [
     ('[[phone]]\nname = "a"\nslot = 1\nlocked = true\n', "unknown key 'locked'"),
-    ('[[phone]]\nname = "a"\n', "needs name and slot"),
+    ('[[phone]]\nname = "a"\n', "needs name, slot"),
+    ('[[ipsw]]\npath = "a.ipsw"\nmodels = ["iPhone14,5"]\n', "[[ipsw]] #1: needs build, ios, models, path"),
     ('[[phone]\n', "phones.toml"),
 ])
 def test_a_bad_phones_file_is_one_line_naming_what_is_wrong(tmp_path, capsys, text, says):
     path = tmp_path / "phones.toml"
     path.write_text(text)
     with pytest.raises(BadPhones, match="phones.toml"):
-        load_phones(path)
+        load_bench(path)
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert says in err and len(err.strip().splitlines()) == 1
@@ -47,3 +61,42 @@ def test_a_command_with_no_gadget_phones_running_is_one_line(tmp_path, monkeypat
     assert main(["send", "plug", "a"]) == 2
     err = capsys.readouterr().err
     assert "no gadget phones running" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_build_in_the_phones_file_is_written_signed_and_expected_by_its_models_phones(tmp_path):
+    path = tmp_path / "phones.toml"
+    ipsw = tmp_path / "cache" / "restore.ipsw"
+    path.write_text(f"""
+[[phone]]
+name = "restorer"
+slot = 1
+model = "iPhone14,3"
+
+[[phone]]
+name = "other"
+slot = 2
+model = "iPhone14,5"
+
+[[ipsw]]
+path = "{ipsw}"
+models = ["iPhone14,3"]
+ios = "18.2"
+build = "22C152"
+""")
+    bench = load_bench(path)
+    signing = TssServer()
+    serve_build(bench.builds[0], signing, [phone for _, phone in bench.phones.values()])
+    restorer, other = bench.phones["restorer"][1], bench.phones["other"][1]
+    assert restorer.os_image == os_image_of(ipsw, restorer.hardware_model)
+    assert other.os_image is None  # its ASR takes whatever a restore sends it
+    assert signing.answer(_ticket_request(ipsw)).startswith(b"STATUS=0&")  # Apple signs it
+    mtime = ipsw.stat().st_mtime_ns
+    serve_build(bench.builds[0], signing, [restorer])
+    assert ipsw.stat().st_mtime_ns == mtime  # a build already there is used, not written again
+
+
+def _ticket_request(ipsw):
+    identity = plistlib.loads(read_build_manifest(ipsw))["BuildIdentities"][0]
+    return plistlib.dumps({"ApChipID": int(identity["ApChipID"], 16), "ApBoardID": int(identity["ApBoardID"], 16),
+                           "ApECID": 1, "UniqueBuildID": identity["UniqueBuildID"], "ApNonce": bytes(32),
+                           "ApProductionMode": True, "ApSecurityDomain": 1, "@ApImg4Ticket": True})
