@@ -45,7 +45,13 @@ from hw.sim.world import SimWorld, UsbArrived, UsbDevice, UsbEvent, UsbLeft
 logger = logging.getLogger(__name__)
 
 MUX_INTERFACE = Interface(0xFF, 0xFE, 0x02, (0x81, 0x02))  # usbmuxd usb.h INTERFACE_CLASS/SUBCLASS/PROTOCOL
-RECOVERY_INTERFACE = Interface(0xFF, 0xFF, 0x51, (0x04,))  # uploads: bulk OUT EP 0x04 (irecv.py send_buffer)
+# Uploads go to bulk OUT EP 0x04 (pymobiledevice3 irecv.py send_buffer, libirecovery). The UDC,
+# not the function, numbers endpoints: dummy_hcd's bulk OUT ones come as 2, 7, 12, 1, then its
+# generic ones count 1, 2, 3, 4 (dummy_hcd.c ep_info, epautoconf.c usb_ep_autoconfig_ss), so
+# the 8th is the host's 0x04 and the host skips the repeated numbers (config.c "duplicate
+# endpoint"). FunctionFS's VIRTUAL_ADDR, meant to keep a descriptor's own address, fails on
+# Linux 6.1: "config_ep_by_speed(ep2out-bulk) returned -5", and the host "can't set config #1".
+RECOVERY_INTERFACE = Interface(0xFF, 0xFF, 0x51, tuple(range(0x01, 0x09)))
 DFU_INTERFACE = Interface(0xFE, 0x01, 0x00)
 READ_SIZE = 1 << 16
 UPLOAD_PIECE = 0x8000  # what pymobiledevice3 and libirecovery write at a time
@@ -61,7 +67,7 @@ class _Face:
         self.ep0 = os.open(mount / "ep0", os.O_RDWR)
         os.write(self.ep0, functionfs.descriptors([interface], flags))
         os.write(self.ep0, functionfs.no_strings())
-        self.endpoints = [os.open(mount / f"ep{n}", os.O_RDWR) for n in range(1, len(interface.endpoints) + 1)]
+        self.endpoints = [os.open(mount / name, os.O_RDWR) for name in functionfs.endpoint_files(interface)]
         threading.Thread(target=self._events, name=f"{port.name}-{face}-ep0", daemon=True).start()
 
     def _events(self) -> None:
@@ -97,8 +103,9 @@ class _Port:
         mux_in, mux_out = self.faces["mux"].endpoints
         self._mux_in = mux_in
         threading.Thread(target=self._read_mux, args=(mux_out,), name=f"{name}-mux-out", daemon=True).start()
-        threading.Thread(target=self._read_uploads, args=(self.faces["recovery"].endpoints[0],),
-                         name=f"{name}-recovery-out", daemon=True).start()
+        for number, endpoint in enumerate(self.faces["recovery"].endpoints, 1):
+            threading.Thread(target=self._read_uploads, args=(endpoint,), name=f"{name}-recovery-out{number}",
+                             daemon=True).start()
 
     # -- enumerations ---------------------------------------------------------
 
@@ -167,13 +174,15 @@ class _Port:
             os.write(face.ep0, bytes(answer)[:event.length] if isinstance(answer, bytes) else b"")
 
     def _read_uploads(self, endpoint: int) -> None:
+        """Whatever the host writes to any of recovery's OUT endpoints goes to iBoot with the
+        address the host wrote to: it takes 0x04's and refuses the others', as a phone would."""
         for data in _transfers(endpoint, UPLOAD_PIECE):
             device = self.device
             if device is None or device.mode is not Mode.RECOVERY:
                 continue
             with self.world.lock:
                 try:
-                    iboot_of(self.world, device.phone).bulk_out(device, 0x04, data)
+                    iboot_of(self.world, device.phone).bulk_out(device, functionfs.endpoint_address(endpoint), data)
                 except USBError as error:
                     logger.info("%s: upload refused: %s", self.name, error)
 

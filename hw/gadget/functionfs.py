@@ -1,12 +1,13 @@
 """FunctionFS: a USB function written in user space (Linux ``include/uapi/linux/usb/functionfs.h``).
 
 ep0 takes the function's descriptors and strings once; the kernel then makes one file per
-endpoint (``ep1``, ``ep2``... in the order the descriptors list them) and reports what the
+endpoint (``endpoint_files``) and reports what the
 host does as 12-byte events on ep0. A control request the function handles (``SETUP``) is
 answered by writing the data stage to ep0 (IN) or reading it (OUT); doing the opposite stalls it.
 """
 from __future__ import annotations
 
+import fcntl
 import struct
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ EVENT = struct.Struct("<BBHHHB3x")  # usb_ctrlrequest, then the event type
 BIND, UNBIND, ENABLE, DISABLE, SETUP, SUSPEND, RESUME = range(7)
 EVENT_NAMES = ("BIND", "UNBIND", "ENABLE", "DISABLE", "SETUP", "SUSPEND", "RESUME")
 BULK = 2
+ENDPOINT_DESC_SIZE = 9  # struct usb_endpoint_descriptor, the audio fields included
+ENDPOINT_DESC = (2 << 30) | (ENDPOINT_DESC_SIZE << 16) | (ord("g") << 8) | 130  # _IOR('g', 130, ...)
 DIR_IN = 0x80
 
 
@@ -62,6 +65,17 @@ def descriptors(interfaces: list[Interface], flags: int = 0) -> bytes:
     body = struct.pack("<II", len(full), len(high)) + b"".join(full) + b"".join(high)
     header = struct.pack("<III", DESCRIPTORS_MAGIC_V2, 12 + len(body), HAS_FS_DESC | HAS_HS_DESC | flags)
     return header + body
+
+
+def endpoint_files(interface: Interface) -> list[str]:
+    """The files FunctionFS makes for the endpoints: ``ep1``... in descriptor order."""
+    return [f"ep{number}" for number in range(1, len(interface.endpoints) + 1)]
+
+
+def endpoint_address(endpoint: int) -> int:
+    """The address the host uses for an enabled endpoint: the UDC's choice, not the descriptor's
+    (FUNCTIONFS_ENDPOINT_DESC gives the descriptor as the UDC rewrote it)."""
+    return fcntl.ioctl(endpoint, ENDPOINT_DESC, bytes(ENDPOINT_DESC_SIZE))[2]
 
 
 def no_strings() -> bytes:

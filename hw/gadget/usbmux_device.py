@@ -151,6 +151,7 @@ class MuxDevice:
             logger.info("%s: nothing listens on port %d: RST", self.name, dport)
             self._segment(sport, dport, 0, seq + 1, TH_RST)
             return
+        logger.debug("%s: connection %d to port %d", self.name, sport, dport)
         connection = _Connection(sport, dport, sock, host_next=seq + 1, host_window=window << 8)
         self._connections[(sport, dport)] = connection
         self._segment(sport, dport, connection.seq, connection.host_next, TH_SYN | TH_ACK)
