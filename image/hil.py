@@ -14,12 +14,14 @@ wheel installed over the image's, so the run tests the code checked out. Inside 
 - Debian's udev and usbmuxd, and ``station.service`` with its Pi backend (no OLED or buttons in
   the VM: the station says so and runs on), ``[hub] ports`` from the gadget's UDCs.
 
-Each scenario then drives the phones and reads the station's journal (``slot N [ID] A -> B``)
-and records over the serial console, and prints its result and run time.
+Each scenario then drives the phones and reads, over the serial console, the station's journal
+(``slot N [ID] A -> B``), its records (``station records list --json``) and the kernel's log,
+and prints its result and run time.
 Standard library only: this runs on the build host.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -36,8 +38,9 @@ from boot_test import Console, Failed, check  # noqa: E402
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BUILD = boot_test.BUILD
-SLOTS = 6
+SLOTS = 7
 VENV = "/opt/station/.venv"
+STATION_USER = f"runuser -u station -- {VENV}/bin/station"  # the service's own user, as its files expect
 GADGET = f"{VENV}/bin/python -m hw.gadget"
 
 PHONES = """\
@@ -91,6 +94,20 @@ slot = 5
 model = "iPhone14,2"
 serial = "HILDENIED007"
 pairing = "denied"
+
+# Erased, not locked: restored from the build below, through recovery and restore mode, on a
+# port of its own (docs/real-stack.md: usbmuxd hid phones on reused ports after restores).
+[[phone]]
+name = "restorer"
+slot = 7
+model = "iPhone14,3"
+serial = "HILRESTOR008"
+
+[[ipsw]]
+path = "/run/hil/ipsw/iPhone14,3_18.2_22C152_Restore.ipsw"
+models = ["iPhone14,3"]
+ios = "18.2"
+build = "22C152"
 """
 SHOP_CONFIG = """\
 # Set up by image/hil.py: the Pi backend (real usbmuxd, libusb, pymobiledevice3), counter mode.
@@ -101,7 +118,7 @@ backend = "pi"
 mode = "counter"
 
 [hub]
-slots = 6
+slots = 7
 """
 STATION_DROPIN = """\
 [Service]
@@ -151,10 +168,14 @@ class Hil:
         boot_test.polled(self.console, "test -S /run/hil/control && echo up || true", lambda out: out == "up",
                        120, "the gadget phones did not start")
         ports = run(f"{GADGET} send ports")
+        run(f"{STATION_USER} ipsw add --trust-unlisted /run/hil/ipsw/*.ipsw", timeout=300)
         run(f"cp /mnt/hil/station.toml /boot/firmware/station.toml && echo '{ports}' >> /boot/firmware/station.toml")
         run("rm -rf /var/lib/station/records* && systemctl reset-failed station; systemctl start station",
             timeout=300)
         boot_test.wait_service(self.console, {"ActiveState": "active", "SubState": "running"}, 240)
+        pipes = run("journalctl -b -u station -o cat | grep -F 'lgd-nfy' || true")
+        if pipes:  # lgpio's pipes in the working directory (tests/test_systemd.py)
+            raise Failed(f"the buttons' pin factory could not start: {pipes.splitlines()[0]}")
         usbmuxd = run("dpkg-query -W -f '${Version}' usbmuxd")
         return f"usbmuxd {usbmuxd}; [hub] {ports}"
 
@@ -165,6 +186,26 @@ class Hil:
         """The station's `slot N [ident] A -> B (why)` lines for one phone, oldest first."""
         out = self.console.run(f"journalctl -b -u station -o cat | grep -F '[{ident}]' || true", timeout=120)
         return [line for line in out.splitlines() if " -> " in line]
+
+    def sessions(self, phone: str) -> list[dict]:
+        """The station's records of one phone, by serial number or ECID, oldest first."""
+        out = self.console.run(f"{STATION_USER} records list --json", timeout=120)
+        rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        return [row for row in rows if phone in (row.get("serial"), row.get("ecid"))]
+
+    def record(self, phone: str, which: int = -1, **want: object) -> dict:
+        """The phone's record (``which``: its latest), once it holds ``want`` (the journal's line
+        can come a moment before the record's write); Failed saying what it holds instead."""
+        def matches(rows: list[dict]) -> bool:
+            return len(rows) >= abs(which) and all(rows[which].get(key) == value for key, value in want.items())
+
+        rows = boot_test.poll(lambda: self.sessions(phone), matches, 30, f"no record of {phone} with {want}")
+        return rows[which]
+
+    def kernel_devices(self, bus: str, since: str) -> list[int]:
+        """The device numbers the kernel gave on ``bus`` ("3-1") since ``since`` (journalctl time)."""
+        out = self.console.run(f"journalctl -k -o cat --since '{since}' | grep -F 'usb {bus}: new ' || true")
+        return [int(number) for number in re.findall(r"device number (\d+)", out)]
 
     def until(self, ident: str, state: str, timeout: float, after: int = 0) -> list[str]:
         """Wait for the phone's port to reach ``state`` (after its first ``after`` transitions)."""
@@ -182,7 +223,12 @@ def four_phones_with_mixed_locks(hil: Hil) -> str:
     for serial, state in ends.items():
         lines = hil.until(serial, state, 240)
         seen.append(lines[-1].split("] ", 1)[1])
-    return "; ".join(seen)
+    for slot, serial, method, result in ((1, "HILCLEAR0001", "activation-server", "clear"),
+                                         (2, "HILFINDMY002", "fmip", "locked"),
+                                         (3, "HILALOCK0003", "activation-server", "locked"),
+                                         (4, "HILCLEAR0004", "activation-server", "clear")):
+        hil.record(serial, slot=slot, state=ends[serial].lower(), lock_method=method, lock_result=result)
+    return "; ".join(seen) + "; each has its record"
 
 
 def unplugged_and_plugged_again(hil: Hil) -> str:
@@ -192,16 +238,24 @@ def unplugged_and_plugged_again(hil: Hil) -> str:
     again = len(hil.transitions("HILCLEAR0001"))
     hil.send("plug", "clear")
     lines = hil.until("HILCLEAR0001", "NEEDS_CONFIRM", 240, after=again)
-    return " | ".join(line.split("] ", 1)[1] for line in lines[before:])
+    hil.record("HILCLEAR0001", which=-2, outcome="detached", reason="detached in needs_confirm")
+    hil.record("HILCLEAR0001", state="needs_confirm", lock_result="clear", outcome=None)
+    return " | ".join(line.split("] ", 1)[1] for line in lines[before:]) + "; one record closed, a new one open"
 
 
 def usbmuxd_restarted(hil: Hil) -> str:
-    counts = {serial: len(hil.transitions(serial)) for serial in ("HILCLEAR0001", "HILCLEAR0004")}
+    serials = ("HILCLEAR0001", "HILCLEAR0004")
+    counts = {serial: len(hil.transitions(serial)) for serial in serials}
+    records = {serial: len(hil.sessions(serial)) for serial in serials}
     hil.console.run("systemctl restart usbmuxd")
     time.sleep(20)
     moved = {serial: hil.transitions(serial)[count:] for serial, count in counts.items()}
     if any(moved.values()):
         raise Failed(f"phones changed state when usbmuxd restarted: {moved}")
+    for serial in serials:
+        row = hil.record(serial, state="needs_confirm", outcome=None)
+        if len(hil.sessions(serial)) != records[serial]:
+            raise Failed(f"usbmuxd's restart opened a new record of {serial} (#{row['id']})")
     lost = hil.console.run("journalctl -b -u station -o cat | grep -c 'usbmuxd connection lost' || true")
     return f"both phones kept their state; the station saw usbmuxd go {lost.strip()} time(s)"
 
@@ -220,6 +274,9 @@ def boot_modes_identified_by_ecid(hil: Hil) -> str:
         if f"({mode}: lock not readable)" not in last:
             raise Failed(f"[{ident}]: {last}")
         seen.append(last.split(": ", 1)[1])
+    hil.record("HILRECOV0005", slot=5, ecid="1A2B3C4D5E6F71", state="needs_confirm", lock_method="none",
+               lock_result="unknown")
+    hil.record("1A2B3C4D5E6F72", slot=6, serial="", state="needs_confirm", lock_result="unknown")
     table = hil.console.run(f"cd /tmp && {VENV}/bin/station devices", timeout=120)
     for ecid, mode in (("1A2B3C4D5E6F71", "recovery"), ("1A2B3C4D5E6F72", "dfu")):
         if not any(mode in line.split() and ecid in line.split() for line in table.splitlines()):
@@ -231,7 +288,39 @@ def a_phone_that_refuses_pairing(hil: Hil) -> str:
     hil.send("unplug", "recovery")
     hil.send("plug", "denied")
     lines = hil.until("HILDENIED007", "(NEEDS_TRUST|LOCKED|NEEDS_CONFIRM|REFUSED)", 240)
-    return lines[-1].split("] ", 1)[1]
+    hil.record("HILDENIED007", slot=5, state="needs_trust", lock_result="unknown")
+    return lines[-1].split("] ", 1)[1] + "; its record says needs_trust"
+
+
+def a_phone_restored_through_its_boot_modes(hil: Hil) -> str:
+    """Line mode: an erased, unlocked phone restores by itself, as pymobiledevice3's Restore moves
+    it normal -> recovery -> restore mode -> normal, a new USB device each time on the same port;
+    its slot holds throughout, and it ends with a record and an erasure certificate."""
+    for name in ("clear", "dfu", "denied"):
+        hil.send("unplug", name)
+    hil.console.run("sed -i 's/^mode = \"counter\"/mode = \"line\"/' /boot/firmware/station.toml && "
+                    "systemctl restart station", timeout=300)
+    boot_test.wait_service(hil.console, {"ActiveState": "active", "SubState": "running"}, 240)
+    since = hil.console.run("date '+%Y-%m-%d %H:%M:%S'")
+    bus = re.search(r'"(\d+-1)" = 7\b', hil.console.run("grep ports /boot/firmware/station.toml")).group(1)
+    hil.send("plug", "restorer")
+    try:
+        lines = hil.until("HILRESTOR008", "DONE", 600)
+    except Failed as error:
+        hidden = hil.console.run("journalctl -b -u usbmuxd -o cat | grep -c 'lockdown error -8' || true")
+        raise Failed(f"{error}; usbmuxd's preflight failed {hidden.strip()} time(s) (docs/real-stack.md)") from None
+    if any("-> EMPTY" in line for line in lines):
+        raise Failed(f"the slot let go of the phone during its restore: {lines}")
+    numbers = hil.kernel_devices(bus, since)
+    if len(set(numbers)) < 4:
+        raise Failed(f"expected 4 enumerations (normal, recovery, restore, normal) on {bus}, saw {numbers}")
+    row = hil.record("HILRESTOR008", slot=7, state="done", result="done", lock_result="clear",
+                     verify_result="clear", ipsw_build="22C152", ios_after="18.2", attempts=1)
+    certificate = hil.console.run(f"{STATION_USER} cert HILRESTOR008 | grep -c HILRESTOR008 || true")
+    if certificate.strip() in ("", "0"):
+        raise Failed("`station cert HILRESTOR008` has no certificate naming the phone")
+    return (f"{' | '.join(line.split('] ', 1)[1] for line in lines)}; USB device numbers {numbers} on {bus}; "
+            f"record #{row['id']} done, certificate issued")
 
 
 SCENARIOS: list[tuple[str, Callable[[Hil], str]]] = [
@@ -240,6 +329,8 @@ SCENARIOS: list[tuple[str, Callable[[Hil], str]]] = [
     ("usbmuxd restarted while phones are attached", usbmuxd_restarted),
     ("a recovery-mode and a DFU phone identified by ECID", boot_modes_identified_by_ecid),
     ("a phone whose pairing is refused", a_phone_that_refuses_pairing),
+    ("a phone restored: normal -> recovery -> restore mode -> normal, the slot holding",
+     a_phone_restored_through_its_boot_modes),
 ]
 
 
