@@ -166,7 +166,6 @@ def run(phones_file: Path) -> int:
     from hw.gadget.apple import apple_servers
     from hw.gadget.bus import KernelBus
 
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack
     bench = load_bench(phones_file)
     phones = bench.phones
     slots = udcs()
@@ -177,6 +176,8 @@ def run(phones_file: Path) -> int:
     if missing:
         print(f"gadget: phone {missing[0]} has a slot with no UDC ({len(slots)} UDCs)", file=sys.stderr)
         return 2
+    # `kill -USR1`: every thread's stack, to the process's own stderr (the journal under systemd).
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     world = SimWorld([phone for _, phone in phones.values()], reboot_seconds=1.0)
     bus = KernelBus(world, slots, MOUNTS)
     activation, signing = apple_servers(world, PKI)
