@@ -166,12 +166,14 @@ class _Port:
                 raise USBError("no iBoot here", errno=errno.EPIPE)
             data = b"" if event.is_in else os.read(face.ep0, event.length)
             answer = iboot_request(self.world, device, event.request_type, event.request, event.value, data)
+            if event.is_in:
+                os.write(face.ep0, bytes(answer)[:event.length] if isinstance(answer, bytes) else b"")
         except USBError as error:
             logger.debug("%s: request %#04x/%d stalled: %s", self.name, event.request_type, event.request, error)
             _stall(face.ep0, event)
-            return
-        if event.is_in:
-            os.write(face.ep0, bytes(answer)[:event.length] if isinstance(answer, bytes) else b"")
+        except OSError as error:  # EIDRM: the host gave up on it, or the phone left the bus meanwhile
+            logger.debug("%s: request %#04x/%d cancelled: %s", self.name, event.request_type, event.request,
+                         error.strerror)
 
     def _read_uploads(self, endpoint: int) -> None:
         """Whatever the host writes to any of recovery's OUT endpoints goes to iBoot with the

@@ -1,8 +1,10 @@
 """What the gadget phones write to FunctionFS, and how they take a bad phones file (``make hil``'s input)."""
 from __future__ import annotations
 
+import errno
 import plistlib
 import struct
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,7 +13,9 @@ from hw.gadget import __main__ as gadget
 from hw.gadget import bus
 from hw.gadget.__main__ import BadPhones, load_bench, main, serve_build
 from hw.sim.firmware import os_image_of, read_build_manifest
+from hw.sim import Mode, phone_named
 from hw.sim.tss_server import TssServer
+from hw.sim.world import SimWorld
 
 
 def test_descriptors_carry_both_speeds_with_their_bulk_packet_sizes():
@@ -100,3 +104,28 @@ def _ticket_request(ipsw):
     return plistlib.dumps({"ApChipID": int(identity["ApChipID"], 16), "ApBoardID": int(identity["ApBoardID"], 16),
                            "ApECID": 1, "UniqueBuildID": identity["UniqueBuildID"], "ApNonce": bytes(32),
                            "ApProductionMode": True, "ApSecurityDomain": 1, "@ApImg4Ticket": True})
+
+
+def test_a_request_the_host_gave_up_on_leaves_the_port_answering_the_next(monkeypatch):
+    """A phone that reboots while the host's control request is in flight (iBoot's "go") makes
+    FunctionFS cancel it: reading its data stage fails with EIDRM. `make hil` saw that kill the
+    port's ep0 thread, and the phone's next recovery enumeration was never answered."""
+    world = SimWorld([phone_named("p", mode=Mode.RECOVERY)], reboot_seconds=1.0)
+    port = object.__new__(bus._Port)
+    port.name, port.world, port.mux = "iphone1", world, None
+    port.device = world.attach(world.phones[0])
+    face = SimpleNamespace(face="recovery", ep0=-1)
+    reads = iter([OSError(errno.EIDRM, "Identifier removed"), b"setenv auto-boot false\0"])
+
+    def read(fd, size):
+        result = next(reads)
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    monkeypatch.setattr(bus.os, "read", read)
+    command = functionfs.Event(functionfs.SETUP, 0x40, 0, 0, 0, 23)  # a command with its data stage
+    port.event(face, command)  # cancelled: nothing to answer, nothing raised
+    port.event(face, command)
+    assert world.phones[0].iboot_commands[-1] == "setenv auto-boot false"
+    world.close()
