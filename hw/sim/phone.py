@@ -213,4 +213,3 @@ def phone_named(name: str, *, ecid: int | None = None, serial: str = "", activat
         serial=serial or "".join("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"[b % 34] for b in digest[8:20]),
         # Find My is only ever on for a set-up (activated) phone.
         activation_state=ACTIVATED if activated or find_my else UNACTIVATED, find_my=find_my, **facts)
-

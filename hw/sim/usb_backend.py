@@ -13,14 +13,12 @@ one fail with ENODEV, as libusb does.
 """
 from __future__ import annotations
 
-import errno
 import logging
 from array import array
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import usb.backend
-from usb.core import USBError
 
 from hw.sim import iboot
 from hw.sim.iboot import IBoot, iboot_of
@@ -193,7 +191,7 @@ class SimUsbBackend(usb.backend.IBackend):
         with self.world.lock:
             self._check(dev)
             if dev.mode is not Mode.RECOVERY:
-                raise _stall()
+                raise iboot.stall()
             return self._iboot(dev).bulk_out(dev, ep, data.tobytes())
 
     def ctrl_transfer(self, dev_handle: _Handle, bmRequestType: int, bRequest: int, wValue: int, wIndex: int,
@@ -204,7 +202,7 @@ class SimUsbBackend(usb.backend.IBackend):
             self._maybe_vanish(dev)
             return _fill(data, self._string_descriptor(dev, wValue & 0xFF, wIndex))
         if dev.mode in USBMUX_MODES:
-            raise _stall()
+            raise iboot.stall()
         answer = iboot_request(self.world, dev, bmRequestType, bRequest, wValue, data.tobytes())
         return _fill(data, answer) if isinstance(answer, bytes) else answer
 
@@ -218,7 +216,7 @@ class SimUsbBackend(usb.backend.IBackend):
             nonces = iboot.nonces_of(self.world, dev.phone)
         text = string_table(dev, nonces).get(index)
         if text is None or langid != LANGID_EN_US:
-            raise _stall()
+            raise iboot.stall()
         encoded = text.encode("utf-16-le")[:252]
         return bytes([len(encoded) + 2, DESC_STRING]) + encoded
 
@@ -233,11 +231,11 @@ class SimUsbBackend(usb.backend.IBackend):
             if dev.mode not in USBMUX_MODES:
                 self._iboot(dev).keep_stage(dev)
             self.world.reboot(phone, dev.mode, delay=VANISH_REBOOT_S)
-        raise USBError("No such device (it may have been disconnected)", errno=errno.ENODEV)
+        raise iboot.gone()
 
     def _check(self, dev: UsbDevice) -> None:
         if not self.world.is_present(dev):
-            raise USBError("No such device (it may have been disconnected)", errno=errno.ENODEV)
+            raise iboot.gone()
 
 
 def iboot_request(world: SimWorld, dev: UsbDevice, request_type: int, request: int, value: int,
@@ -247,7 +245,7 @@ def iboot_request(world: SimWorld, dev: UsbDevice, request_type: int, request: i
     request took. Anything iBoot or SecureROM does not take stalls (raises ``USBError``)."""
     with world.lock:
         if not world.is_present(dev):  # the phone may have left while this thread waited for the lock
-            raise USBError("No such device (it may have been disconnected)", errno=errno.ENODEV)
+            raise iboot.gone()
         phone_iboot = iboot_of(world, dev.phone)
         if dev.mode is Mode.DFU and request_type == DFU_OUT:
             return phone_iboot.dfu_out(dev, request, value, data)
@@ -262,15 +260,11 @@ def iboot_request(world: SimWorld, dev: UsbDevice, request_type: int, request: i
             return phone_iboot.start_upload(dev)
         if dev.mode is Mode.RECOVERY and request_type == DFU_OUT and request == iboot.DFU_DNLOAD:
             return phone_iboot.poke(dev)
-    raise _stall()
+    raise iboot.stall()
 
 
 def _fill(data: array, payload: bytes) -> int:
     count = min(len(payload), len(data) * data.itemsize)
     data[:count] = array("B", payload[:count])
     return count
-
-
-def _stall() -> USBError:
-    return USBError("Pipe error", errno=errno.EPIPE)
 
