@@ -7,8 +7,9 @@
 model, serial, ecid, mode, ios, activated, activation_lock, find_my, pairing); none is plugged
 in until told. ``[[ipsw]]`` (path, models, ios, build) is a build Apple signs: written to
 ``path`` (``hw.sim.firmware.build_ipsw``) unless it is there, for the station's ``ipsw add``,
-and what the phones of those models' ASR must receive when they restore from it. Commands: ``plug NAME``, ``unplug NAME``, ``mode NAME normal|recovery|dfu``
-(the phone reboots into it), ``ports`` (the ``[hub] ports`` table for the station), ``quit``.
+and what the phones of those models' ASR must receive when they restore from it.
+Commands: ``plug NAME``, ``unplug NAME``, ``mode NAME normal|recovery|dfu`` (the phone reboots
+into it), ``ports`` (the ``[hub] ports`` table for the station), ``quit``.
 Slot N is the Nth dummy UDC; ``modprobe dummy_hcd num=N`` makes N of them, each its own bus.
 ``kill -USR1`` on a ``run`` logs every thread's stack (where a stuck phone is waiting).
 """
@@ -178,11 +179,12 @@ def run(phones_file: Path) -> int:
         return 2
     # `kill -USR1`: every thread's stack, to the process's own stderr (the journal under systemd).
     faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
-    world = SimWorld([phone for _, phone in phones.values()], reboot_seconds=1.0)
+    every_phone = [phone for _, phone in phones.values()]
+    world = SimWorld(every_phone, reboot_seconds=1.0)
     bus = KernelBus(world, slots, MOUNTS)
     activation, signing = apple_servers(world, PKI)
     for build in bench.builds:
-        serve_build(build, signing, [phone for _, phone in phones.values()])
+        serve_build(build, signing, every_phone)
     activation.start()
     signing.start()
     bus.start()
@@ -190,7 +192,7 @@ def run(phones_file: Path) -> int:
     try:
         serve(Controller(world, phones, slots), CONTROL)
     finally:
-        for _, phone in phones.values():
+        for phone in every_phone:
             world.detach(phone)
         bus.stop()
         world.close()
