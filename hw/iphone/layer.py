@@ -24,6 +24,7 @@ slot keeps the phone unless the slot stays empty for ``RESTORE_GRACE_S``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from importlib import metadata
@@ -43,7 +44,7 @@ from hw.iphone.usb_scan import Scan, UsbPhone, UsbScanner, UsbUnavailable
 from hw.iphone.usb_topology import PortPeers
 from hw.network import ACTIVATION_HOST, host_and_port, watch_network
 from hw.phones import (Device, LayerFault, Lock, LockCheck, Mode, PhoneArrived, PhoneError,
-                       PhoneEvent, PhoneLeft, RestoreReport)
+                       PhoneEvent, PhoneLeft, RestoreError, RestoreReport)
 
 log = logging.getLogger(__name__)
 
@@ -459,6 +460,13 @@ class UsbPhoneLayer:
             self._restore_began[device.ecid] = self._sightings
         try:
             await self._restore_in_worker(slot, device, firmware, report)
+        except RestoreError:
+            # usbmuxd drops a pulled phone at once and the worker fails on it (DeviceNotFoundError,
+            # a dead ASR socket) before the next USB scan: report the failure only once the slot
+            # knows whether its phone is still there, so a pulled cable is a departure, not a retry.
+            self._release(device)
+            await self._settled(device)
+            raise
         except BaseException:
             self._release(device)
             raise
@@ -471,6 +479,13 @@ class UsbPhoneLayer:
             if _same_phone(told, device):
                 self._held[slot] = _Held(SETTLE_S, until_scan=self._scans)
         self._reconcile()
+
+    async def _settled(self, device: Device) -> None:
+        """Until the phone's last hold ends: seen by a newer scan, or gone (PhoneLeft)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SETTLE_S + 3 * USB_POLL_S):
+                while any(slot in self._held for slot, told in self._told.items() if _same_phone(told, device)):
+                    await self._changes(USB_POLL_S)
 
     async def _restore_in_worker(self, slot: int, device: Device, firmware: object,
                                  report: Callable[[RestoreReport], None]) -> None:

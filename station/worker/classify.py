@@ -27,8 +27,10 @@ _RULES: tuple[tuple[tuple[type[BaseException], ...], Kind, bool, str], ...] = (
      "the IPSW does not fit this phone"),
     ((NotImplementedError,), Kind.DEVICE_REJECTED, False, "phone not supported"),
     ((usb.core.NoBackendError,), Kind.USB, False, "no libusb"),
-    ((usb.core.USBError, pmd3.IRecvError, pmd3.NoDeviceConnectedError, pmd3.ConnectionFailedError,
-      pmd3.ConnectionTerminatedError, pmd3.NotConnectedError, pmd3.IncorrectModeError, ConnectionError),
+    # DeviceNotFoundError: usbmuxd does not list the phone (between enumerations, or preflighting it).
+    ((usb.core.USBError, pmd3.IRecvError, pmd3.NoDeviceConnectedError, pmd3.DeviceNotFoundError,
+      pmd3.ConnectionFailedError, pmd3.ConnectionTerminatedError, pmd3.NotConnectedError,
+      pmd3.IncorrectModeError, ConnectionError),
      Kind.USB, True, "USB connection lost"),
     ((TimeoutError,), Kind.TIMEOUT, True, "timed out"),
     ((pmd3.ProtocolError, pmd3.LockdownError), Kind.DEVICE_REJECTED, False, "the phone refused"),

@@ -12,7 +12,7 @@ import pytest
 from hw.iphone import layer
 from hw.iphone.lock_evidence import FIND_MY_UNCONFIRMED
 from hw.iphone.slots import SlotMap
-from hw.phones import Device, LayerFault, Lock, Mode, PhoneArrived, PhoneError, PhoneLeft
+from hw.phones import Device, LayerFault, Lock, Mode, PhoneArrived, PhoneError, PhoneLeft, RestoreError
 from hw.sim import ACTIVATED, SimPhone, SimWorld
 from hw.sim import Mode as SimMode
 from hw.sim.phone import FindMyAnswer
@@ -241,4 +241,40 @@ async def test_a_held_phone_keeps_its_slot_by_ecid_on_a_port_the_table_does_not_
         await h.layer.restore(device, None, lambda report: None)
         assert h.layer._told[3].mode is Mode.RECOVERY
     assert [e.slot for e in h.events if isinstance(e, PhoneArrived)] == [3]
+    assert not [e for e in h.events if isinstance(e, PhoneLeft)]
+
+
+async def test_a_restore_whose_cable_was_pulled_ends_after_the_phone_left(tmp_path, monkeypatch):
+    """usbmuxd drops a pulled phone at once, so the worker fails (pymobiledevice3's
+    DeviceNotFoundError, a lost ASR socket) before the next USB scan: the failure must not
+    reach the station first, or a pulled phone is queued for a retry instead of leaving."""
+    sim = phone()
+    async with running_layer(tmp_path, monkeypatch, restore_grace_s=3.0) as h:
+        device = await h.layer.identify(await arrive(h, sim, 2))
+
+        async def worker(slot, device, firmware, report):
+            h.bench.world.detach(sim)
+            raise RestoreError("USB connection lost: DeviceNotFoundError", True)
+
+        h.layer._restore_in_worker = worker
+        async with asyncio.timeout(10):
+            with pytest.raises(RestoreError):
+                await h.layer.restore(device, None, lambda report: None)
+        assert PhoneLeft(2) in h.events
+
+
+async def test_a_restore_that_lost_usb_with_the_phone_still_there_fails_without_a_departure(
+        tmp_path, monkeypatch):
+    sim = phone()
+    async with running_layer(tmp_path, monkeypatch, restore_grace_s=3.0) as h:
+        device = await h.layer.identify(await arrive(h, sim, 2))
+
+        async def worker(slot, device, firmware, report):
+            raise RestoreError("USB connection lost: ConnectionTerminatedError", True)
+
+        h.layer._restore_in_worker = worker
+        async with asyncio.timeout(10):
+            with pytest.raises(RestoreError):
+                await h.layer.restore(device, None, lambda report: None)
+        await asyncio.sleep(2 * layer.USB_POLL_S)
     assert not [e for e in h.events if isinstance(e, PhoneLeft)]

@@ -135,6 +135,21 @@ def test_trust_wait_is_bounded(pipe, monkeypatch):
     assert classify(caught.value).kind is Kind.TIMEOUT
 
 
+def test_a_phone_usbmuxd_does_not_list_is_a_lost_connection_worth_a_retry(pipe, monkeypatch):
+    """pymobiledevice3 raises DeviceNotFoundError when usbmuxd's list lacks the phone (a moment
+    between enumerations, or usbmuxd still preflighting it). `make hil` saw it end a restore
+    as "internal error", not retried."""
+    async def create_using_usbmux(**kwargs):
+        raise pmd3.DeviceNotFoundError(kwargs["serial"], "Device not found: usbmux has no device matching udid u")
+
+    monkeypatch.setattr(real, "create_using_usbmux", create_using_usbmux)
+    request = RestoreRequest("slot1", "/unused", mode=Mode.NORMAL, udid="u", ecid=1)
+    with pytest.raises(pmd3.DeviceNotFoundError) as caught:
+        asyncio.run(real._paired_lockdown(request, pipe.reporter))
+    failed = classify(caught.value)
+    assert (failed.kind, failed.retryable) == (Kind.USB, True), failed
+
+
 def test_a_real_restore_needs_an_ecid_and_an_ipsw(pipe):
     with pytest.raises(WorkerFailure) as caught:
         asyncio.run(real.run(RestoreRequest("slot1", "/unused", ipsw="x.ipsw"), pipe.reporter))
