@@ -33,10 +33,15 @@ class IBootSerial:
 
 
 def parse_iboot_serial(text: str) -> IBootSerial:
-    tags = {name: value for name, value in _TOKEN.findall(text or "")}
+    tokens = _TOKEN.findall(text or "")
+    tags = dict(tokens)
     for name in ("CPID", "BDID", "ECID"):
         if name not in tags:
             raise BadSerialString(f"USB serial {_show(text)}: no {name}")
+        values = list(dict.fromkeys(value for tag, value in tokens if tag == name))
+        if len(values) > 1:  # which phone it is cannot be told: not guessed
+            raise BadSerialString(f"USB serial {_show(text)}: {name} given twice "
+                                  f"({_value(values[0])}, {_value(values[1])})")
     return IBootSerial(
         chip_id=_hex(text, "CPID", tags["CPID"]),
         board_id=_hex(text, "BDID", tags["BDID"]),
@@ -48,9 +53,16 @@ def parse_iboot_serial(text: str) -> IBootSerial:
 
 def _hex(text: str, name: str, value: str) -> int:
     if not re.fullmatch(r"[0-9A-Fa-f]{1,16}", value):
-        raise BadSerialString(f"USB serial {_show(text)}: {name}:{value} is not hexadecimal")
+        raise BadSerialString(f"USB serial {_show(text)}: {name}:{_value(value)} is not hexadecimal")
     return int(value, 16)
 
 
 def _show(text: str) -> str:
-    return repr(text if len(text) <= 120 else text[:117] + "...")
+    shown = repr(text)
+    return shown if len(shown) <= 120 else shown[:117] + "..."
+
+
+def _value(value: str) -> str:
+    """A tag's value for a one-line message: short, and quoted when it holds what a line cannot."""
+    value = value if len(value) <= 40 else value[:37] + "..."
+    return value if value.isprintable() else repr(value)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -43,7 +43,7 @@ PAIR_TIMEOUT_S = 10.0  # at the Hello screen pairing needs no dialog; don't wait
 LOCKDOWN_TIMEOUT_S = 20.0  # one lockdown conversation (connect, pair, read)
 APPLE_TIMEOUT_S = 90.0  # the whole activation conversation: two POSTs of <= 30 s and the phone
 
-__all__ = ["NotReady", "check_lock", "pair", "pairing_reason", "read_identity"]
+__all__ = ["NotReady", "check_lock", "identity", "pair", "pairing_reason", "read_identity"]
 
 
 @asynccontextmanager
@@ -61,6 +61,10 @@ async def _lockdown(udid: str, pairing_dir: Path, autopair: bool,
         raise  # the caller tells the operator what to do on the phone
     except (PyMobileDevice3Exception, OSError) as error:
         raise NotReady(f"lockdownd did not answer: {one_line(error)}") from error
+    except (ValueError, TypeError) as error:
+        # pymobiledevice3 reads some values itself on the way (ProductVersion: packaging's
+        # Version() in validate_pairing) and raises on garbage: the phone's answer is unusable.
+        raise NotReady(f"lockdownd's answer is unreadable: {one_line(error)}") from error
     try:
         yield lockdown
     finally:
@@ -74,14 +78,45 @@ async def read_identity(udid: str, pairing_dir: Path, timeout_s: float = LOCKDOW
             values = lockdown.all_values
     except (NotReady, PairingError) as error:
         raise PhoneError(str(error)) from error
-    product_type = values.get("ProductType", "")
-    ecid = values.get("UniqueChipID")
+    return identity(udid, values)
+
+
+def identity(udid: str, values: Mapping[str, object]) -> Device:
+    """The Device lockdownd's values describe; one PhoneError naming the first value that is
+    not what a phone sends. A missing value stays unknown; one of the wrong type or range is an
+    error, not a guess (a negative or boolean UniqueChipID would be taken for another phone's)."""
+    product_type = _text(values, "ProductType")
+    reported = _text(values, "UniqueDeviceID") or udid
+    if reported.replace("-", "").upper() != udid.replace("-", "").upper():
+        raise PhoneError(f"lockdownd's UniqueDeviceID {_shown(reported)} is not the phone "
+                         f"usbmuxd listed ({udid})")
     return Device(
         key=udid, mode=Mode.NORMAL, product_type=product_type,
-        name=models.marketing_name(product_type), ios_version=values.get("ProductVersion", ""),
-        build=values.get("BuildVersion", ""), udid=values.get("UniqueDeviceID", udid),
-        ecid=ecid if isinstance(ecid, int) else None, serial=values.get("SerialNumber", ""),
-        chip_id=values.get("ChipID"), board_id=values.get("BoardId"))
+        name=models.marketing_name(product_type), ios_version=_text(values, "ProductVersion"),
+        build=_text(values, "BuildVersion"), udid=reported, ecid=_number(values, "UniqueChipID"),
+        serial=_text(values, "SerialNumber"), chip_id=_number(values, "ChipID"),
+        board_id=_number(values, "BoardId"))
+
+
+def _text(values: Mapping[str, object], key: str) -> str:
+    value = values.get(key, "")
+    if not isinstance(value, str):
+        raise PhoneError(f"lockdownd's {key} is {_shown(value)}, not text")
+    return value
+
+
+def _number(values: Mapping[str, object], key: str) -> int | None:
+    value = values.get(key)
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value < 2**64:
+        raise PhoneError(f"lockdownd's {key} is {_shown(value)}, not an unsigned 64-bit number")
+    return value
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 async def check_lock(udid: str, pairing_dir: Path, timeout_s: float = LOCKDOWN_TIMEOUT_S) -> LockCheck:
