@@ -17,6 +17,10 @@ recycled pid. The protocol stays tiny:
   and closes it. If the station hangs up first, the worker is killed.
 - EOF on the control socket (the station exited or called stop) kills every worker and
   ends the server. Workers die with the server (PR_SET_PDEATHSIG).
+- Each worker's directory is named after its server (``restore-<server pid>-...``): one left
+  by a server that died without removing them (killed with the station, a power cut) is
+  removed by the next server to start there, once no process has that pid (a server still
+  running there keeps its own).
 
 Run as ``python -m station.worker.server CONTROL_FD WORK_ROOT MODULE...`` (launcher.py does).
 """
@@ -36,6 +40,7 @@ import socket
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from station import logsetup
 
@@ -44,6 +49,7 @@ log = logging.getLogger("station.worker.server")
 MAX_REQUEST = 1 << 16
 EXIT_CRASHED = 70  # the child's own code raised: a bug, already logged to its log file
 _PR_SET_PDEATHSIG = 1
+WORKDIR_PREFIX = "restore-"
 
 
 @dataclass
@@ -64,6 +70,7 @@ class Server:
         signal.set_wakeup_fd(self._wake_w)
         self._selector.register(self._control, selectors.EVENT_READ, self._on_request)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_sigchld)
+        _remove_orphaned_workdirs(work_root)
 
     def serve(self) -> None:
         log.info("fork server %d ready", os.getpid())
@@ -127,7 +134,7 @@ class Server:
     # Workers --------------------------------------------------------------
 
     def _fork(self, request: bytes, conn: socket.socket, report_fd: int) -> None:
-        workdir = tempfile.mkdtemp(prefix="restore-", dir=self._work_root)
+        workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=self._work_root)
         pid = os.fork()
         if pid == 0:
             os._exit(self._child(request, conn, report_fd, workdir))
@@ -205,6 +212,27 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _remove_orphaned_workdirs(work_root: str) -> None:
+    """Worker directories of fork servers that are gone (their workers died with them)."""
+    for path in Path(work_root).glob(f"{WORKDIR_PREFIX}*-*"):
+        server = path.name[len(WORKDIR_PREFIX):].split("-", 1)[0]
+        # Our own pid: a server before a reboot had it (we have forked nothing yet).
+        if server.isdigit() and (int(server) == os.getpid() or not _running(int(server))):
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s, left by fork server %s", path, server)
+
+
+def _running(pid: int) -> bool:
+    """A process has this pid; a zombie (dead, not yet reaped by whoever inherited it) is not one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: keep its directories
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def _die_with_parent() -> None:
