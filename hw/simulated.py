@@ -52,6 +52,7 @@ from hw.sim import Mode as SimMode
 from hw.sim.phone import FindMyAnswer
 from hw.sim.firmware import SIM_BUILD, os_image_of
 from hw.sim.tss_server import TssServer
+from hw.sim.usb_links import SimLink, SimLinks
 from hw.sim.world import SimWorld
 from station.clock import Clock
 from station.config import Config
@@ -107,10 +108,21 @@ class SimulatedPhones(UsbPhoneLayer):
                          lockdown_timeout_s=SIM_LOCKDOWN_TIMEOUT_S)
         self._failures: Counter[str] = Counter()
         self._attempts: Counter[str] = Counter()  # real-engine restores begun, per scenario phone
+        # The USB links the slots share, at the scenario's pace: the filesystem transfers'.
+        self.links = SimLinks({name: SimLink(name, rate * speed, config.hub.phone_mb_s * 1e6 * speed,
+                                             fail_load=scenario.info.link_fail_load,
+                                             fail_after_s=scenario.info.link_fail_s / speed)
+                               for name, rate in config.hub.link_rates().items()},
+                              self.bench.state_dir / "links")
+        self.link_of = {slot: config.hub.link_of(slot) for slot in range(1, config.hub.slots + 1)}
 
     async def watch(self, emit: Callable[[PhoneEvent], None]) -> None:
         with self.simulation():
-            await super().watch(emit)
+            await self.links.start()
+            try:
+                await super().watch(emit)
+            finally:
+                await self.links.stop()
 
     @contextmanager
     def simulation(self) -> Iterator[None]:
@@ -172,7 +184,8 @@ class SimulatedPhones(UsbPhoneLayer):
         if self.engine == "real":
             await self._real_restore(slot, device, phone, spec, firmware, report)
             return
-        sim = SimParams(speed=self.clock.speed, fail=failure)
+        sim = SimParams(speed=self.clock.speed, fail=failure, link_socket=str(self.links.socket_path),
+                        link=self.link_of[slot])
         stages = _Stages(self.bench.world, phone, ENUMERATION_GAP_S / self.clock.speed)
 
         def follow(item: RestoreReport) -> None:

@@ -95,13 +95,47 @@ BCM_PINS = (0, 27)  # the GPIO numbers on a Raspberry Pi's 40-pin header
 
 
 @dataclass(frozen=True)
+class UsbLink:
+    slots: tuple[int, ...]
+    mb_s: float = field(default=40.0, metadata=bounded(1.0, 100000.0))
+
+
+DEFAULT_LINK = "usb"
+
+
+@dataclass(frozen=True)
 class HubSection:
     slots: int = field(default=7, metadata=bounded(1, 64))
     # USB port path (as sysfs names it, e.g. "1-1.3") -> station slot number. A USB 3 hub port
     # has one path on each bus (USB 2 and SuperSpeed): both may name the same slot.
     ports: dict[str, int] = field(default_factory=dict)
+    # The USB links the slots share, by name, each with the ASR payload rate it carries: a Pi 4's
+    # ports all share one USB 2.0 link (36-40 MB/s in idevicerestore's logs), a Pi 5 has two, a
+    # hub's upstream port is one. Empty: one 40 MB/s link behind every slot.
+    links: dict[str, UsbLink] = field(default_factory=dict)
+    # What one phone's filesystem transfer takes on an idle link (ASR: about 35 MB/s).
+    phone_mb_s: float = field(default=35.0, metadata=bounded(1.0, 100000.0))
+
+    def link_of(self, slot: int) -> str:
+        return next((name for name, link in self.links.items() if slot in link.slots), DEFAULT_LINK)
+
+    def link_rates(self) -> dict[str, float]:
+        """Each link's rate in bytes/s (the default link when none is named)."""
+        return {name: link.mb_s * 1e6 for name, link in self.links.items()} or {DEFAULT_LINK: 40e6}
 
     def __post_init__(self) -> None:
+        on_link: dict[int, str] = {}
+        for name, link in self.links.items():
+            for slot in link.slots:
+                where = f"[hub] links.{_key(name)}.slots = {toml_value(list(link.slots))}"
+                if not 1 <= slot <= self.slots:
+                    raise ConfigError(f"{where}: slot {slot} is not 1..{self.slots} ([hub] slots)")
+                if slot in on_link:
+                    raise ConfigError(f"{where}: slot {slot} is also on link {on_link[slot]}")
+                on_link[slot] = name
+        if self.links and len(on_link) < self.slots:
+            missing = min(set(range(1, self.slots + 1)) - set(on_link))
+            raise ConfigError(f"[hub] links: slot {missing} is on no link (every slot needs one)")
         seen: dict[tuple[int, str], str] = {}
         for path, slot in self.ports.items():
             where = f"[hub] ports.{path} = {slot}"
@@ -119,7 +153,11 @@ class HubSection:
 class RestoreSection:
     mode: Literal["counter", "line"] = "counter"
     unknown_lock: Literal["hold", "refuse", "restore"] = "hold"
-    max_parallel_restores: int = field(default=2, metadata=bounded(1, 32))
+    # "bus": start restores so that each USB link's filesystem transfers keep it busy and never
+    # oversubscribe it ([hub] links), up to max_parallel_restores and memory; "fixed": start up to
+    # max_parallel_restores at once, whatever they do on the bus.
+    schedule: Literal["bus", "fixed"] = "bus"
+    max_parallel_restores: int = field(default=8, metadata=bounded(1, 32))
     retries: int = field(default=1, metadata=bounded(0, 5))
     timeout_s: float = field(default=5400.0, metadata=bounded(10.0, 86400.0))
     # Peak memory of one restore worker: about 7x the RestoreRamDisk while pymobiledevice3

@@ -21,6 +21,7 @@ from hw.memory import available_bytes
 from hw.phones import (Device, LayerFault, PhoneArrived, PhoneError, PhoneEvent, PhoneLayer,
                        PhoneLeft, RestoreError, RestoreProgress, RestoreReport, TrustRequest)
 from station import machine, navigation
+from station.bus import Link, TransferWatch
 from station.config import Config
 from station.listeners import CounterSource, Listener, RecordKeeper
 from station.worker.phases import MEMORY_HEAVY
@@ -62,6 +63,11 @@ class Station:
         self.policy = Policy(mode=config.restore.mode, unknown_lock=config.restore.unknown_lock,
                              retries=config.restore.retries)
         self.max_parallel = config.restore.max_parallel_restores
+        self.by_bus = config.restore.schedule == "bus"
+        self.links = {name: Link(name, rate, config.hub.phone_mb_s * 1e6)
+                      for name, rate in config.hub.link_rates().items()}
+        self.link_of = {slot: config.hub.link_of(slot) for slot in range(1, config.hub.slots + 1)}
+        self.transfers = TransferWatch()
         self.restore_timeout = config.restore.timeout_s
         self.memory_per_restore = config.restore.memory_per_restore_mb * 1024 * 1024
         self.free_memory = free_memory
@@ -198,6 +204,11 @@ class Station:
             self._count(new)
         if isinstance(event, Detached):
             self._generation[slot] += 1
+        if isinstance(event, Progress) and new.state is State.RESTORING:
+            # A restore reaching or leaving its transfer, or a transfer nearing its end, may
+            # make room on its link for one that waits.
+            if self.transfers.progress(slot, event.phase, event.percent, self.clock()) or self._queue:
+                self._schedule()
         if new.state is not old.state or isinstance(event, OPERATOR_EVENTS):
             self._tell_listeners(old, new, event)
         for effect in result.effects:
@@ -224,13 +235,15 @@ class Station:
             if task is not None:
                 task.cancel()
             self._restoring.pop(slot, None)
+            self.transfers.ended(slot)
             self._schedule()
 
     # -- scheduling restores ------------------------------------------------
 
     def _schedule(self) -> None:
-        """Start queued restores while there is room, memory for one more, the network, and
-        records: each restore only once its session is on disk (no record, no erase)."""
+        """Start queued restores while there is room on their USB link and in the station, memory
+        for one more, the network, and records: each restore only once its session is on disk
+        (no record, no erase)."""
         if "network" in self.faults or self._stopping or self._draining or not self._queue:
             return
         while self._queue and len(self._restoring) < self.max_parallel:
@@ -238,19 +251,39 @@ class Station:
             if problem:
                 self._wait(self._queue[0], f"WAIT REC: {problem}")
                 return
-            if self.records is not None and not self.records.durable(self._queue[0]):
+            slot = self._next_on_the_bus()
+            if slot is None:
+                return
+            if self.records is not None and not self.records.durable(slot):
                 return  # being written now: the writer's notify schedules again
             short = self._memory_short()
             if short:
-                self._wait(self._queue[0], short)
+                self._wait(slot, short)
                 return
-            slot = self._queue.popleft()
+            self._queue.remove(slot)
             self.dispatch(slot, RestoreStarted())
             port = self.ports[slot]
             if port.state is not State.RESTORING:
                 continue
+            self.transfers.started(slot, _present(port.device).mode, self.clock())
             self._start(slot, self._restore(slot, port.device))
             self._restoring[slot] = self._work[slot]
+
+    def _next_on_the_bus(self) -> int | None:
+        """The first queued phone whose USB link has room; the ones before it are told why not."""
+        if not self.by_bus:
+            return self._queue[0]
+        for slot in self._queue:
+            link = self.links[self.link_of[slot]]
+            behind = [s for s, name in self.link_of.items() if name == link.name]
+            reason = self.transfers.wait_reason(link, behind, _present(self.ports[slot].device).mode)
+            if not reason:
+                return slot
+            if self.ports[slot].reason != reason:
+                if not self.ports[slot].reason.startswith("WAIT USB"):
+                    log.info("slot %d: %s", slot, reason)
+                self.dispatch(slot, Waiting(reason))
+        return None
 
     def _memory_short(self) -> str:
         """Why one more restore would not fit in memory now; "" when it would.
@@ -369,6 +402,7 @@ class Station:
             # A retry may already have started a new restore here: leave that one counted.
             if self._restoring.get(slot) is asyncio.current_task():
                 del self._restoring[slot]
+                self.transfers.ended(slot)
             self._schedule()
 
     async def _firmware_for(self, slot: int, device: Device) -> object:

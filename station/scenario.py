@@ -11,6 +11,8 @@ and the benchmarks::
                               #   timed: phases walked with timers (fast, for thousands of restores)
     unsigned_models = ["iPhone15,4"]  # real engine: the signing server refuses their IPSW, as Apple does
     os_image_mb = 16          # real engine: size of the simulated IPSWs' OS image (an iOS 18 one: ~8700)
+    link_fail_load = 2.0      # a USB link asked for more than 2x its rate ([hub] links) ...
+    link_fail_s = 30          # ... for 30 s fails a filesystem transfer, as on a Pi 4 (idevicerestore #604)
 
     [config.restore]          # optional: config keys this scenario needs
     mode = "line"
@@ -144,6 +146,10 @@ class ScenarioInfo:
     # (what systemd's watchdog is for; make image-test checks that it restarts the station).
     stall_at: float | None = field(default=None, metadata=bounded(0, 86400))
     stall_s: float = field(default=0.0, metadata=bounded(0, 86400))
+    # A USB link whose filesystem transfers ask for more than this many times its rate for
+    # link_fail_s scenario seconds fails one of them (hw.sim.usb_links: idevicerestore #604).
+    link_fail_load: float = field(default=2.0, metadata=bounded(1.0, 1000.0))
+    link_fail_s: float = field(default=30.0, metadata=bounded(0.0, 86400.0))
 
 
 @dataclass(frozen=True)

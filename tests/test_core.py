@@ -16,7 +16,7 @@ from station import core
 from station.config import Config, RestoreSection, StationSection
 from station.core import NoFirmware, Station
 from station.records.recorder import Recorder
-from station.machine import State
+from station.machine import State, Waiting
 
 
 class DoublePhones:
@@ -214,14 +214,18 @@ async def test_a_restore_waits_for_memory_and_says_so(monkeypatch):
     station = Station(Config(restore=replace(RestoreSection(), mode="line", max_parallel_restores=2,
                                              memory_per_restore_mb=1000)),
                       phones, clock=asyncio.get_running_loop().time, free_memory=lambda: 1500 * mib)
+    waits = []
+    dispatch = station.dispatch
+
+    def noting_waits(slot, event):
+        dispatch(slot, event)
+        if isinstance(event, Waiting):
+            waits.append((slot, station.ports[1].state, station.ports[slot].reason))
+    station.dispatch = noting_waits
     plug(station, 1, "first")
     plug(station, 2, "second")
-    async with asyncio.timeout(2):
-        while station.ports[2].state is not State.QUEUED or not station.ports[2].reason:
-            await asyncio.sleep(0.005)
-    assert station.ports[1].state is State.RESTORING
-    assert station.ports[2].reason == "WAIT MEM: 1.6 GB free, a restore needs 1.0 GB"
     await settle(station)  # the first is past its memory peak once restored reports progress
+    assert waits[0] == (2, State.RESTORING, "WAIT MEM: 1.6 GB free, a restore needs 1.0 GB")
     assert [station.ports[s].state for s in (1, 2)] == [State.DONE, State.DONE]
     assert phones.restores == ["first", "second"]
 

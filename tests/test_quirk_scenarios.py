@@ -30,6 +30,9 @@ SCENARIOS = {
     "usb3-port": (100, ["slot 2 [FTA7EDRB5ERT] VERIFYING -> DONE"], ["slot 1 ", "-> EMPTY"]),
     "re-enumerating": (300, ["VERIFYING -> DONE"], ["USB NO ACCESS", "-> EMPTY"]),
     "slow-activation-daemon": (300, ["VERIFYING -> DONE"], ["DONE (not verified"]),
+    # Five phones on one link: restores start as it has room, none fails for an oversubscribed link.
+    "shared-link": (100, ["WAIT USB: link usb busy", "slot 5 [F2LXQ0J1BUS5] VERIFYING -> DONE"],
+                    ["oversubscribed", "-> FAILED", "retrying"]),
     "lockdown-stalls": (300, ["DETECTING -> FAILED (lockdownd did not answer within 3 s)"], []),
     # unknown_lock = "restore" decides only for phones unreadable by nature (the DFU one).
     "untrusted-phones": (300, ["slot 1 [F2LTRUST0001] CHECKING_LOCK -> NEEDS_TRUST (passcode set: "

@@ -28,6 +28,10 @@ class SimParams:
     speed: float = 1.0  # time scale: 10 runs ten times faster than a real phone
     image_bytes: int = 8_700_000_000  # synthetic OS image when no IPSW is named: an iOS 18 restore
     fail: InjectedFailure | None = None
+    # The USB link this phone's port shares (hw.sim.usb_links): its socket and name; none: the
+    # phone has ``usb_rate`` to itself.
+    link_socket: str | None = None
+    link: str = ""
 
 
 @dataclass(frozen=True)

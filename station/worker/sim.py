@@ -12,8 +12,8 @@ import logging
 import os
 import plistlib
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import BinaryIO
 
 from station.worker import phases
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 STEPS = 50  # progress points per timed phase
 CHUNK = 1 << 20  # bytes per image read, as ASR's payload loop reads in 128 KiB..1 MiB pieces
+GRANT = 16 << 20  # most bytes per progress report (and per request to a shared link)
 MANIFEST = "BuildManifest.plist"
 
 
@@ -48,22 +49,63 @@ async def _timed(phase: str, seconds: float, fail: InjectedFailure | None, repor
 
 async def _send_image(ipsw: str | None, params: SimParams, reporter: Reporter) -> None:
     phase = phases.RESTORE_IMAGE
-    rate = params.usb_rate * params.speed
     with _os_image(ipsw, params.image_bytes) as (image, size):
-        log.info("sending %d bytes of OS image at %.1f MB/s", size, rate / 1e6)
-        loop = asyncio.get_running_loop()
-        start, sent = loop.time(), 0
         reporter.phase(phase, 0.0)
         _maybe_fail(params.fail, phase, 0.0)
-        while sent < size:
-            chunk = image.read(min(CHUNK, size - sent))
-            if not chunk:
-                raise WorkerFailure(Failed(f"OS image ended at byte {sent} of {size}", Kind.INTERNAL, False))
-            sent += len(chunk)
-            percent = 100.0 * sent / size
-            reporter.phase(phase, percent)
-            _maybe_fail(params.fail, phase, percent)
-            await asyncio.sleep(max(0.0, start + sent / rate - loop.time()))
+        async with _link(params, size) as carry:
+            sent, step = 0, min(GRANT, max(CHUNK, size // 100))  # about every 1 %
+            while sent < size:
+                piece = min(step, size - sent)
+                for at in range(0, piece, CHUNK):  # read as ASR does, a piece at a time
+                    if not image.read(min(CHUNK, piece - at)):
+                        raise WorkerFailure(Failed(f"OS image ended at byte {sent + at} of {size}",
+                                                   Kind.INTERNAL, False))
+                await carry(piece)
+                sent += piece
+                percent = 100.0 * sent / size
+                reporter.phase(phase, percent)
+                _maybe_fail(params.fail, phase, percent)
+
+
+@asynccontextmanager
+async def _link(params: SimParams, size: int) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
+    """What carries the image: the port's shared USB link, or a link of its own at ``usb_rate``."""
+    rate = params.usb_rate * params.speed
+    if params.link_socket is None:
+        log.info("sending %d bytes of OS image at %.1f MB/s", size, rate / 1e6)
+        loop = asyncio.get_running_loop()
+        start, carried = loop.time(), 0
+
+        async def paced(piece: int) -> None:
+            nonlocal carried
+            carried += piece
+            await asyncio.sleep(max(0.0, start + carried / rate - loop.time()))
+        yield paced
+        return
+    log.info("sending %d bytes of OS image over USB link %s", size, params.link)
+    reader, writer = await asyncio.open_unix_connection(params.link_socket)
+    queued = 0  # pieces asked for and not yet answered
+
+    async def answered() -> None:
+        nonlocal queued
+        answer = (await reader.readline()).decode("ascii", "replace").strip()
+        queued -= 1
+        if answer != "ok":  # the link failed this transfer, or the station went away
+            raise WorkerFailure(Failed(answer.removeprefix("fail ") or "the USB link closed", Kind.USB, True))
+
+    async def shared(piece: int) -> None:
+        nonlocal queued
+        writer.write(f"send {piece}\n".encode())
+        queued += 1
+        while queued > 1:  # one piece queued behind the one on the wire: the link never waits for us
+            await answered()
+    try:
+        writer.write(f"open {params.link} {size}\n".encode())
+        yield shared
+        while queued:
+            await answered()
+    finally:
+        writer.close()
 
 
 def _maybe_fail(fail: InjectedFailure | None, phase: str, percent: float) -> None:

@@ -1,0 +1,117 @@
+"""When a restore may start, as far as its USB link is concerned: pure, no I/O, times passed in.
+
+Most of a restore moves little over USB (entering recovery, the boot stages, signing, the
+on-device verification, baseband, sealing, the reboot); its filesystem transfer moves the
+whole OS image (about 8.7 GB for iOS 18) and takes what the link gives. A link is kept busy
+by as many transfers as it takes to fill it (``ceil(link rate / phone rate)``: two on a Pi 4,
+where one phone's ASR takes about 35 of the link's 40 MB/s) and by no more: more only share
+the same rate, and an oversubscribed link is where real restores fail (idevicerestore #604).
+
+So a restore starts on a link while the restores still before or in their transfer are fewer
+than that, and more start early, one for each transfer that will end within the time a restore
+takes to reach its own: each arrives as another leaves. Both times are measured on this station (a
+restore's start to its transfer; each transfer's pace), not assumed, so they hold for any
+image size, phone or time scale. The low-traffic phases after a transfer overlap freely.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from hw.phones import Mode
+from station.worker import phases
+
+WEIGHT = 0.3  # how much each new measurement moves a learned lead time or pace
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    rate: float  # bytes/s
+    phone_rate: float  # bytes/s one transfer takes on an idle link
+
+    @property
+    def fills_with(self) -> int:
+        return max(1, math.ceil(self.rate / self.phone_rate - 1e-9))
+
+
+@dataclass
+class _Restore:
+    mode: Mode
+    started: float
+    phase: str = ""
+    percent: float = 0.0
+    last_sample: tuple[float, float] | None = None  # (time, percent) of its transfer, last seen
+    pace: float | None = None  # percent per second of its transfer
+
+
+class TransferWatch:
+    """The restores running on the station: where each is, and the times learned from them."""
+
+    def __init__(self) -> None:
+        self._running: dict[int, _Restore] = {}
+        self._lead: dict[Mode, float] = {}  # seconds from a restore's start to its transfer
+
+    def started(self, slot: int, mode: Mode, now: float) -> None:
+        self._running[slot] = _Restore(mode, now)
+
+    def ended(self, slot: int) -> None:
+        self._running.pop(slot, None)
+
+    def progress(self, slot: int, phase: str, overall: float, now: float) -> bool:
+        """Note a restore's progress (the whole restore's percentage, as the station shows it);
+        True when it entered another phase."""
+        restore = self._running.get(slot)
+        if restore is None:
+            return False
+        changed = phase != restore.phase
+        restore.phase, restore.percent = phase, _within_phase(restore.mode, phase, overall)
+        percent = restore.percent
+        if phase == phases.RESTORE_IMAGE:
+            if restore.last_sample is None:
+                lead = now - restore.started
+                old = self._lead.get(restore.mode)
+                self._lead[restore.mode] = lead if old is None else old + WEIGHT * (lead - old)
+            else:  # the pace lately: a link's share changes as other transfers come and go
+                then, before = restore.last_sample
+                if now > then and percent > before:
+                    pace = (percent - before) / (now - then)
+                    restore.pace = pace if restore.pace is None else restore.pace + WEIGHT * (pace - restore.pace)
+            restore.last_sample = (now, percent)
+        return changed
+
+    def lead_s(self, mode: Mode) -> float | None:
+        return self._lead.get(mode)
+
+    def wait_reason(self, link: Link, slots: Iterable[int], mode: Mode) -> str:
+        """Why a restore of a phone in ``mode`` cannot start on ``link`` now; "" when it can.
+        ``slots``: the slots behind the link."""
+        lead = self.lead_s(mode)
+        before = sending = ending = 0
+        for slot in slots:
+            restore = self._running.get(slot)
+            if restore is None:
+                continue
+            if restore.phase == phases.RESTORE_IMAGE and restore.percent < 100.0:
+                sending += 1
+                left = (100.0 - restore.percent) / restore.pace if restore.pace else None
+                ending += lead is not None and left is not None and left <= lead
+            elif _before_transfer(restore):
+                before += 1
+        if before + sending < link.fills_with or before < ending:
+            return ""
+        return f"WAIT USB: link {link.name} busy ({sending} sending, {before} on the way)"
+
+
+def _within_phase(mode: Mode, phase: str, overall: float) -> float:
+    """The percentage within ``phase`` of a restore ``overall`` percent done (phases.overall_percent's inverse)."""
+    start, end = phases.overall_percent(mode, phase, 0.0), phases.overall_percent(mode, phase, 100.0)
+    return 0.0 if end <= start else min(100.0, max(0.0, 100.0 * (overall - start) / (end - start)))
+
+
+def _before_transfer(restore: _Restore) -> bool:
+    steps = phases.sequence(restore.mode)
+    if restore.phase not in steps:
+        return True  # not started a phase yet (or waiting for Trust): on its way to the link
+    return steps.index(restore.phase) < steps.index(phases.RESTORE_IMAGE)

@@ -1,0 +1,62 @@
+"""When a restore may start on a shared USB link (station.bus): the times it learns, the room it sees."""
+from __future__ import annotations
+
+from hw.phones import Mode
+from station.bus import Link, TransferWatch
+from station.worker import phases
+
+PI4 = Link("pi4", rate=40e6, phone_rate=35e6)  # two transfers fill it: one alone takes 35 of 40
+
+
+def sending(percent: float) -> float:
+    """The whole restore's percentage (what the station is told) with its transfer ``percent`` done."""
+    return phases.overall_percent(Mode.NORMAL, phases.RESTORE_IMAGE, percent)
+
+
+def test_a_link_fills_with_as_many_transfers_as_it_takes_to_exceed_one_phone():
+    assert PI4.fills_with == 2
+    assert Link("fast", rate=35e6, phone_rate=35e6).fills_with == 1
+    assert Link("pi5-hub", rate=100e6, phone_rate=35e6).fills_with == 3
+
+
+def test_restores_start_until_the_link_is_filled_then_wait_and_say_why():
+    watch = TransferWatch()
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL) == ""
+    watch.started(1, Mode.NORMAL, now=0.0)
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL) == ""
+    watch.started(2, Mode.NORMAL, now=0.0)
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL) == "WAIT USB: link pi4 busy (0 sending, 2 on the way)"
+    # A phone behind another link is not held up by this one.
+    assert watch.wait_reason(Link("other", 40e6, 35e6), [4, 5], Mode.NORMAL) == ""
+
+
+def test_the_low_traffic_phases_after_a_transfer_do_not_hold_the_link():
+    watch = TransferWatch()
+    for slot in (1, 2):
+        watch.started(slot, Mode.NORMAL, now=0.0)
+        watch.progress(slot, phases.VERIFY_RESTORE, 10.0, now=300.0)
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL) == ""
+
+
+def test_one_more_starts_when_a_transfer_ends_within_the_time_a_restore_takes_to_reach_its_own():
+    watch = TransferWatch()
+    for slot in (1, 2):
+        watch.started(slot, Mode.NORMAL, now=0.0)
+        watch.progress(slot, phases.ENTER_RECOVERY, 0.0, now=1.0)
+        watch.progress(slot, phases.RESTORE_IMAGE, sending(0.0), now=50.0)  # 50 s to reach the link
+    assert watch.lead_s(Mode.NORMAL) == 50.0
+    watch.progress(1, phases.RESTORE_IMAGE, sending(50.0), now=250.0)  # 0.25 %/s: 200 s left
+    watch.progress(2, phases.RESTORE_IMAGE, sending(40.0), now=250.0)
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL).startswith("WAIT USB")
+    watch.progress(1, phases.RESTORE_IMAGE, sending(90.0), now=410.0)  # 40 s left: less than the lead
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL) == ""
+    # Only one: the next waits until that one reached the link too.
+    watch.started(3, Mode.NORMAL, now=410.0)
+    assert watch.wait_reason(PI4, [1, 2, 3, 4], Mode.NORMAL).startswith("WAIT USB")
+
+
+def test_a_phone_from_dfu_is_judged_by_what_dfu_restores_took():
+    watch = TransferWatch()
+    watch.started(1, Mode.NORMAL, now=0.0)
+    watch.progress(1, phases.RESTORE_IMAGE, sending(0.0), now=50.0)
+    assert watch.lead_s(Mode.DFU) is None  # nothing learned yet: no early start on a guess
