@@ -159,6 +159,12 @@ class UsbPhoneLayer:
             except (MuxException, OSError, TimeoutError) as error:
                 log.warning("usbmuxd connection lost: %s", error or "no answer in time")
                 self._set_mux_up(False, "USBMUXD ERROR")
+            except (KeyError, TypeError, ValueError) as error:
+                # pymobiledevice3 reads each entry as it comes (usbmux.py _process_device_state):
+                # one it cannot read (no SerialNumber) ends the subscription, so start a new one.
+                log.warning("usbmuxd sent an entry the station cannot read (%s: %s): listening again",
+                            type(error).__name__, error)
+                self._set_mux_up(False, "USBMUXD ERROR")
             finally:
                 if listener is not None:
                     await listener.close()
@@ -185,6 +191,9 @@ class UsbPhoneLayer:
         self._reconcile()
 
     def _sight(self, device: usbmux.MuxDevice) -> None:
+        if not isinstance(device.serial, str):  # usbmuxd sends text; anything else names no phone
+            self._log_once([f"usbmuxd device {device.devid}: SerialNumber {device.serial!r} is not text"])
+            return
         known = self._mux.get(device.devid)
         if known is None or known.device != device:
             self._sightings += 1

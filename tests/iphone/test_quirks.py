@@ -278,3 +278,15 @@ async def test_a_restore_that_lost_usb_with_the_phone_still_there_fails_without_
                 await h.layer.restore(device, None, lambda report: None)
         await asyncio.sleep(2 * layer.USB_POLL_S)
     assert not [e for e in h.events if isinstance(e, PhoneLeft)]
+
+
+async def test_an_entry_usbmuxd_sends_without_a_serial_does_not_end_the_watch(tmp_path, monkeypatch, caplog):
+    """pymobiledevice3 raises KeyError('SerialNumber') reading such an entry off the Listen
+    socket; the layer listens again, keeps the phone it had, and still sees the next one."""
+    async with running_layer(tmp_path, monkeypatch) as h:
+        await arrive(h, phone(), 1)
+        h.bench.usbmuxd._loop.call(h.bench.usbmuxd._broadcast, {
+            "MessageType": "Attached", "DeviceID": 99, "Properties": {"ConnectionType": "USB", "DeviceID": 99}})
+        await arrive(h, phone(), 2)
+    assert not [e for e in h.events if isinstance(e, PhoneLeft)]
+    assert "usbmuxd sent an entry the station cannot read (KeyError: 'SerialNumber')" in caplog.text
