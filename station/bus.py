@@ -16,13 +16,15 @@ image size, phone or time scale. The low-traffic phases after a transfer overlap
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hw.phones import Mode
 from station.worker import phases
 
-WEIGHT = 0.3  # how much each new measurement moves a learned lead time or pace
+WEIGHT = 0.3  # how much each new measurement moves a transfer's learned pace
+LEADS = 5  # the lead time is the shortest of the last few: one that came early would oversubscribe
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class TransferWatch:
 
     def __init__(self) -> None:
         self._running: dict[int, _Restore] = {}
-        self._lead: dict[Mode, float] = {}  # seconds from a restore's start to its transfer
+        self._leads: dict[Mode, deque[float]] = {}  # seconds from a restore's start to its transfer
 
     def started(self, slot: int, mode: Mode, now: float) -> None:
         self._running[slot] = _Restore(mode, now)
@@ -70,9 +72,7 @@ class TransferWatch:
         percent = restore.percent
         if phase == phases.RESTORE_IMAGE:
             if restore.last_sample is None:
-                lead = now - restore.started
-                old = self._lead.get(restore.mode)
-                self._lead[restore.mode] = lead if old is None else old + WEIGHT * (lead - old)
+                self._leads.setdefault(restore.mode, deque(maxlen=LEADS)).append(now - restore.started)
             else:  # the pace lately: a link's share changes as other transfers come and go
                 then, before = restore.last_sample
                 if now > then and percent > before:
@@ -82,7 +82,8 @@ class TransferWatch:
         return changed
 
     def lead_s(self, mode: Mode) -> float | None:
-        return self._lead.get(mode)
+        leads = self._leads.get(mode)
+        return min(leads) if leads else None
 
     def wait_reason(self, link: Link, slots: Iterable[int], mode: Mode) -> str:
         """Why a restore of a phone in ``mode`` cannot start on ``link`` now; "" when it can.

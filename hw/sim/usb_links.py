@@ -75,6 +75,14 @@ class LinkStats:
     bytes_carried: float = 0.0
     failures: int = 0
     busy_s: float = 0.0  # time with at least one transfer sending
+    first_open: float | None = None  # loop time of the first transfer's start
+    last_close: float | None = None  # and of the last one's end
+
+    def utilisation(self, rate: float) -> float:
+        """Bytes carried over what the link could carry from the first transfer to the last."""
+        if self.first_open is None or self.last_close is None or self.last_close <= self.first_open:
+            return 0.0
+        return self.bytes_carried / (rate * (self.last_close - self.first_open))
 
 
 @dataclass
@@ -101,6 +109,8 @@ class SimLink:
         self._advance()
         transfer = _Transfer(next(self._numbers), total)
         self._open[transfer.number] = transfer
+        if self.stats.first_open is None:
+            self.stats.first_open = self._updated
         self.stats.peak_transfers = max(self.stats.peak_transfers, len(self._open))
         self._replan()
         return transfer
@@ -120,6 +130,7 @@ class SimLink:
         self._advance()
         if self._open.pop(transfer.number, None) is not None:
             transfer.fail("fail the transfer was closed")
+            self.stats.last_close = self._updated
         self._replan()
 
     @property
@@ -210,6 +221,12 @@ class SimLinks:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        for link in self.links.values():
+            stats = link.stats
+            if stats.first_open is not None:
+                log.info("USB link %s: %.1f GB carried, busy %.1f%% of the time it had transfers; "
+                         "at most %d at once, %d failed", link.name, stats.bytes_carried / 1e9,
+                         100 * stats.utilisation(link.rate), stats.peak_transfers, stats.failures)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         link: SimLink | None = None
