@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from pymobiledevice3.exceptions import (PairingDialogResponsePendingError, PairingError,
+from pymobiledevice3.exceptions import (FatalPairingError, PairingDialogResponsePendingError, PairingError,
                                         PasswordRequiredError, PyMobileDevice3Exception,
                                         UserDeniedPairingError)
 from pymobiledevice3.lockdown import LockdownClient, create_using_usbmux
@@ -34,6 +34,7 @@ from pymobiledevice3.lockdown import LockdownClient, create_using_usbmux
 from hw import models
 from hw.iphone import activation
 from hw.iphone.activation import NotReady, one_line
+from hw.iphone.host_key import host_key
 from hw.iphone.lock_evidence import ACTIVATION_SERVER, FIND_MY, decide, judge_find_my
 from hw.phones import Device, Lock, LockCheck, Mode, PhoneError
 
@@ -53,8 +54,9 @@ async def _lockdown(udid: str, pairing_dir: Path, autopair: bool,
     try:
         async with asyncio.timeout(timeout_s):
             lockdown = await create_using_usbmux(
-                serial=udid, autopair=autopair, connection_type="USB", pair_timeout=PAIR_TIMEOUT_S,
-                pairing_records_cache_folder=pairing_dir)
+                serial=udid, autopair=False, connection_type="USB", pairing_records_cache_folder=pairing_dir)
+            if autopair:
+                await _pair(lockdown, pairing_dir)
     except TimeoutError:
         raise NotReady(f"lockdownd did not answer within {timeout_s:g} s") from None
     except PairingError:
@@ -69,6 +71,20 @@ async def _lockdown(udid: str, pairing_dir: Path, autopair: bool,
         yield lockdown
     finally:
         await lockdown.close()
+
+
+async def _pair(lockdown: LockdownClient, pairing_dir: Path) -> None:
+    """What ``create_using_usbmux(autopair=True)`` does (lockdown.py ``_handle_autopair``), with the
+    station's own host key: 11.45 takes a key only in ``pair``."""
+    try:
+        if lockdown.paired:  # create_using_usbmux tried the pair record it has: a session is open
+            return
+        await lockdown.pair(timeout=PAIR_TIMEOUT_S, private_key=await asyncio.to_thread(host_key, pairing_dir))
+        if not await lockdown.validate_pairing():
+            raise FatalPairingError()
+    except BaseException:
+        await lockdown.close()
+        raise
 
 
 async def read_identity(udid: str, pairing_dir: Path, timeout_s: float = LOCKDOWN_TIMEOUT_S) -> Device:

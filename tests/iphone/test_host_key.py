@@ -1,0 +1,45 @@
+"""One host key for every phone the station pairs with (hw.iphone.host_key), through
+pymobiledevice3's own pairing against simulated phones."""
+from __future__ import annotations
+
+import plistlib
+import stat
+
+from cryptography.hazmat.primitives import serialization
+
+from hw.iphone import host_key as host_key_module
+from hw.iphone.host_key import FILE_NAME
+from hw.phones import Lock
+
+from .harness import phone, running_layer
+from .test_quirks import check
+
+
+def public_pem(private_pem: bytes) -> bytes:
+    key = serialization.load_pem_private_key(private_pem, password=None)
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+async def test_every_phone_is_paired_with_the_stations_one_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(host_key_module, "_loaded", {})
+    sims = [phone(), phone()]
+    async with running_layer(tmp_path, monkeypatch) as h:
+        for slot, sim in enumerate(sims, 1):
+            assert (await check(h, sim, slot)).lock is Lock.CLEAR  # a Hello-screen phone: paired
+        folder = h.layer.pairing_dir
+    key_file = folder / FILE_NAME
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    records = [plistlib.loads((folder / f"{sim.udid}.plist").read_bytes()) for sim in sims]
+    assert {public_pem(r["HostPrivateKey"]) for r in records} == {public_pem(key_file.read_bytes())}
+
+
+async def test_a_key_file_that_is_not_a_key_is_replaced_and_pairing_goes_on(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(host_key_module, "_loaded", {})
+    async with running_layer(tmp_path, monkeypatch) as h:
+        key_file = h.layer.pairing_dir / FILE_NAME
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_bytes(b"-----BEGIN RSA PRIVATE KEY-----\ncut short by a power failure")
+        assert (await check(h, phone(), 1)).lock is Lock.CLEAR
+    assert "not a usable key" in caplog.text
+    assert serialization.load_pem_private_key(key_file.read_bytes(), password=None).key_size == 2048
