@@ -19,6 +19,7 @@ from station.core import Station
 from station.firmware import IpswFirmware
 from station.ipsw.cache import IpswCache
 from station.ipsw.synthetic import provision
+from station.lag import LagMonitor
 from station.records.recorder import Recorder
 from station.records.statedir import (PRIVATE_UMASK, RecordsUnavailable, StationBusy, lock,
                                       prepare, secure)
@@ -116,6 +117,8 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         if options.scenario.info.stall_at is not None:
             tasks.append(asyncio.create_task(_stall(options.scenario, clock), name="stall"))
     tasks.append(asyncio.create_task(notifier.run(), name="systemd"))
+    lag = LagMonitor()
+    tasks.append(asyncio.create_task(lag.run(), name="lag"))
     notifier.ready()
     try:
         await stop.wait()
@@ -125,6 +128,7 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("%s", lag.summary())
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         redrawer.push()  # the last state stays on the panel
