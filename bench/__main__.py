@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import sys
 
-from bench import ipsw, real_restore, records, restore_memory, scale, throughput
+from bench import ipsw, real_restore, records, restore_memory, scale, soak, throughput
 
 BENCHMARKS = (("IPSW cache: reader, seeks, digests, memory", ipsw.main),
               ("Records: CSV export, event-loop lag", records.main),
               ("Restore worker: peak memory per step", restore_memory.main),
               ("Real restore path: worker memory, ASR against dd, the demo's wall time", real_restore.main),
               ("Throughput: phones an hour against the USB bus bound, three schedules", throughput.main),
-              ("Scale: event-loop lag, CPU per phone, memory; idle cost", scale.main))
+              ("Scale: event-loop lag, CPU per phone, memory; idle cost", scale.main),
+              ("Soak: 1,000 phones through one station: records, memory, fds, workers", soak.main))
 
 
 def main() -> int:
