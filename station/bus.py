@@ -100,7 +100,9 @@ class TransferWatch:
                 ending += lead is not None and left is not None and left <= lead
             elif _before_transfer(restore):
                 before += 1
-        if before + sending < link.fills_with or before < ending:
+        # Room by the time this restore reaches its transfer: the ones ending before then have
+        # left, the ones on the way have arrived.
+        if sending - ending + before < link.fills_with:
             return ""
         return f"WAIT USB: link {link.name} busy ({sending} sending, {before} on the way)"
 

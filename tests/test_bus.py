@@ -53,6 +53,11 @@ def test_one_more_starts_when_a_transfer_ends_within_the_time_a_restore_takes_to
     # Only one: the next waits until that one reached the link too.
     watch.started(3, Mode.NORMAL, now=410.0)
     assert watch.wait_reason(PI4, [1, 2, 3, 4], Mode.NORMAL).startswith("WAIT USB")
+    # It reached the link while the first is still sending (later than its pace said): the
+    # second is not about to end, so no one else starts yet.
+    watch.progress(3, phases.RESTORE_IMAGE, sending(0.0), now=455.0)
+    watch.progress(1, phases.RESTORE_IMAGE, sending(99.0), now=455.0)
+    assert watch.wait_reason(PI4, [1, 2, 3, 4], Mode.NORMAL).startswith("WAIT USB")
 
 
 def test_a_phone_from_dfu_is_judged_by_what_dfu_restores_took():

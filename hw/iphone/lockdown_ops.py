@@ -56,7 +56,7 @@ async def _lockdown(udid: str, pairing_dir: Path, autopair: bool,
             lockdown = await create_using_usbmux(
                 serial=udid, autopair=False, connection_type="USB", pairing_records_cache_folder=pairing_dir)
             if autopair:
-                await _pair(lockdown, pairing_dir)
+                await _pair(lockdown, udid, pairing_dir)
     except TimeoutError:
         raise NotReady(f"lockdownd did not answer within {timeout_s:g} s") from None
     except PairingError:
@@ -73,18 +73,32 @@ async def _lockdown(udid: str, pairing_dir: Path, autopair: bool,
         await lockdown.close()
 
 
-async def _pair(lockdown: LockdownClient, pairing_dir: Path) -> None:
+async def _pair(lockdown: LockdownClient, udid: str, pairing_dir: Path) -> None:
     """What ``create_using_usbmux(autopair=True)`` does (lockdown.py ``_handle_autopair``), with the
-    station's own host key: 11.45 takes a key only in ``pair``."""
+    station's own host key (11.45 takes a key only in ``pair``), off the event loop."""
     try:
         if lockdown.paired:  # create_using_usbmux tried the pair record it has: a session is open
             return
-        await lockdown.pair(timeout=PAIR_TIMEOUT_S, private_key=await asyncio.to_thread(host_key, pairing_dir))
+        # pymobiledevice3 makes each pairing's root key synchronously (ca.py
+        # generate_pairing_cert_chain): on a Pi that would hold every button and phone for a good
+        # part of a second. The pairing runs on a connection of its own, in a thread with its own
+        # loop; this connection then finds the new pair record as any later one would.
+        await asyncio.to_thread(asyncio.run, _pair_on_own_connection(udid, pairing_dir))
         if not await lockdown.validate_pairing():
             raise FatalPairingError()
     except BaseException:
         await lockdown.close()
         raise
+
+
+async def _pair_on_own_connection(udid: str, pairing_dir: Path) -> None:
+    client = await create_using_usbmux(serial=udid, autopair=False, connection_type="USB",
+                                       pairing_records_cache_folder=pairing_dir)
+    try:
+        if not client.paired:
+            await client.pair(timeout=PAIR_TIMEOUT_S, private_key=host_key(pairing_dir))
+    finally:
+        await client.close()
 
 
 async def read_identity(udid: str, pairing_dir: Path, timeout_s: float = LOCKDOWN_TIMEOUT_S) -> Device:

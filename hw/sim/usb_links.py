@@ -189,7 +189,10 @@ class SimLink:
         self._replan()
 
     def _overloaded(self) -> bool:
-        return len(self._open) * self.flow_rate > self.fail_load * self.rate
+        # Only transfers with bytes still to carry ask anything of the link: one whose last piece
+        # is through is done, however late its worker closes it.
+        asking = sum(1 for t in self._open.values() if t.sent < t.total - 1e-6)
+        return asking * self.flow_rate > self.fail_load * self.rate
 
     def _fail_one(self) -> None:
         victim = min(self._open.values(), key=lambda t: (t.sent / max(t.total, 1), -t.number))

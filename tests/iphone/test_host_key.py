@@ -2,7 +2,9 @@
 pymobiledevice3's own pairing against simulated phones."""
 from __future__ import annotations
 
+import asyncio
 import plistlib
+import time
 import stat
 
 from cryptography.hazmat.primitives import serialization
@@ -43,3 +45,29 @@ async def test_a_key_file_that_is_not_a_key_is_replaced_and_pairing_goes_on(tmp_
         assert (await check(h, phone(), 1)).lock is Lock.CLEAR
     assert "not a usable key" in caplog.text
     assert serialization.load_pem_private_key(key_file.read_bytes(), password=None).key_size == 2048
+
+
+async def test_pairing_does_not_hold_the_event_loop(tmp_path, monkeypatch):
+    """pymobiledevice3 makes each pairing's root key synchronously (ca.py); on a Pi 4 an RSA-2048
+    key takes a good part of a second, here a sleep stands in for it. The loop (buttons, the
+    display, other phones) must keep running meanwhile."""
+    from pymobiledevice3 import ca
+    monkeypatch.setattr(host_key_module, "_loaded", {})
+    real = ca.rsa.generate_private_key
+
+    def slow_as_a_pi(*args, **kwargs):
+        time.sleep(0.4)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(ca.rsa, "generate_private_key", slow_as_a_pi)
+    lags: list[float] = []
+
+    async def ticker():
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - started - 0.01)
+    async with running_layer(tmp_path, monkeypatch) as h:
+        tick = asyncio.create_task(ticker())
+        assert (await check(h, phone(), 1)).lock is Lock.CLEAR
+        tick.cancel()
+    assert max(lags) < 0.2, f"the loop was held {max(lags):.2f} s"
