@@ -333,6 +333,9 @@ class Station:
         generation = self._generation[slot]
         task = asyncio.ensure_future(self._guard(slot, generation, work))
         task.set_name(f"slot-{slot}")
+        # Cancelled before it ran (the phone left at once): the work never started; closing it
+        # says so, instead of a "never awaited" warning. A started one is finished by now.
+        task.add_done_callback(lambda _: getattr(work, "close", lambda: None)())
         self._work[slot] = task
 
     async def _guard(self, slot: int, generation: int, work: Awaitable[None]) -> None:

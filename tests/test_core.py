@@ -337,3 +337,19 @@ async def test_stopping_lets_running_restores_finish_and_starts_none():
     assert station.ports[2].state is State.QUEUED and phones.restores == ["running"]
     assert station.restores_running == 0
     await station.stop_work()
+
+
+async def test_work_for_a_phone_gone_before_it_began_leaves_nothing_unawaited():
+    """A phone plugged and pulled within one turn of the loop (a bad cable): its identify task is
+    cancelled before it ran. Seen in the soak as "coroutine 'Station._verify' was never awaited"."""
+    import gc
+    import warnings
+    station = make_station(DoublePhones({}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plug(station, 1, "flaky")
+        station.on_phone_event(PhoneLeft(1))
+        await asyncio.sleep(0.05)
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
+    await station.stop_work()
