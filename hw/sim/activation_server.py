@@ -18,6 +18,7 @@ import os
 import plistlib
 import ssl
 import threading
+from collections import deque
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -71,6 +72,9 @@ class Hang:
 Fault = Refuse | Hang
 
 
+SEEN_KEPT = 256
+
+
 @dataclass(frozen=True)
 class Seen:
     """One request the server received: which endpoint, for which phone (UDID, "" if unreadable)."""
@@ -84,7 +88,8 @@ class ActivationServer:
                  tls: ssl.SSLContext | None = None) -> None:
         self.world = world
         self.host = host
-        self.seen: list[Seen] = []
+        # The latest requests, for tests to look at; bounded, as a soak sends thousands.
+        self.seen: deque[Seen] = deque(maxlen=SEEN_KEPT)
         self._fault: Fault | None = None
         self._release = threading.Event()  # ends hangs at shutdown
         self._http = LocalHttpServer("activation", self.answer, host, port, tls)

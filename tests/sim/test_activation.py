@@ -54,7 +54,7 @@ def test_activated_phone_is_left_alone(bench_for, make_phone):
 
     run(activate(phone))
 
-    assert bench.activation.seen == []
+    assert not bench.activation.seen
 
 
 def test_server_refusing_the_handshake(bench_for, make_phone):
