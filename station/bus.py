@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from hw.phones import Mode
 from station.worker import phases
 
-WEIGHT = 0.3  # how much each new measurement moves a transfer's learned pace
 LEADS = 5  # the lead time is the shortest of the last few: one that came early would oversubscribe
+EARLY = 0.8  # start early only within this share of the lead: estimates that run late stay in hand
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class _Restore:
     started: float
     phase: str = ""
     percent: float = 0.0
-    last_sample: tuple[float, float] | None = None  # (time, percent) of its transfer, last seen
-    pace: float | None = None  # percent per second of its transfer
+    began: tuple[float, float] | None = None  # (time, percent) when its transfer was first seen
+    pace: float | None = None  # percent per second of its transfer, since it began
 
 
 class TransferWatch:
@@ -71,14 +71,13 @@ class TransferWatch:
         restore.phase, restore.percent = phase, _within_phase(restore.mode, phase, overall)
         percent = restore.percent
         if phase == phases.RESTORE_IMAGE:
-            if restore.last_sample is None:
+            if restore.began is None:
+                restore.began = (now, percent)
                 self._leads.setdefault(restore.mode, deque(maxlen=LEADS)).append(now - restore.started)
-            else:  # the pace lately: a link's share changes as other transfers come and go
-                then, before = restore.last_sample
+            else:  # over the whole transfer: reports that arrive in bursts (a busy CPU) even out
+                then, before = restore.began
                 if now > then and percent > before:
-                    pace = (percent - before) / (now - then)
-                    restore.pace = pace if restore.pace is None else restore.pace + WEIGHT * (pace - restore.pace)
-            restore.last_sample = (now, percent)
+                    restore.pace = (percent - before) / (now - then)
         return changed
 
     def lead_s(self, mode: Mode) -> float | None:
@@ -97,7 +96,7 @@ class TransferWatch:
             if restore.phase == phases.RESTORE_IMAGE and restore.percent < 100.0:
                 sending += 1
                 left = (100.0 - restore.percent) / restore.pace if restore.pace else None
-                ending += lead is not None and left is not None and left <= lead
+                ending += lead is not None and left is not None and left <= EARLY * lead
             elif _before_transfer(restore):
                 before += 1
         # Room by the time this restore reaches its transfer: the ones ending before then have

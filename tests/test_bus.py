@@ -48,7 +48,7 @@ def test_one_more_starts_when_a_transfer_ends_within_the_time_a_restore_takes_to
     watch.progress(1, phases.RESTORE_IMAGE, sending(50.0), now=250.0)  # 0.25 %/s: 200 s left
     watch.progress(2, phases.RESTORE_IMAGE, sending(40.0), now=250.0)
     assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL).startswith("WAIT USB")
-    watch.progress(1, phases.RESTORE_IMAGE, sending(90.0), now=410.0)  # 40 s left: less than the lead
+    watch.progress(1, phases.RESTORE_IMAGE, sending(92.0), now=418.0)  # 32 s left: within the lead
     assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL) == ""
     # Only one: the next waits until that one reached the link too.
     watch.started(3, Mode.NORMAL, now=410.0)

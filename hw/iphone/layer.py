@@ -65,7 +65,7 @@ REAPPEAR_S = USB_POLL_S + USBMUXD_RETRY_S
 # or a Pair attempt), also the phones it finds when it (re)starts: 7 s seen in make hil's VM.
 PREFLIGHT_S = 15.0
 BUSY_GRACE_S = 2.0  # a phone caught re-enumerating is off the bus about this long (a DFU reset)
-PORT_MEMORY = 512  # normal-mode serials whose last port (and ECID) is remembered
+PORT_MEMORY = 512  # normal-mode serials whose ECID is remembered
 
 
 @dataclass
@@ -114,7 +114,7 @@ class UsbPhoneLayer:
         self._scans = 0
         self._busy_until: dict[str, float] = {}  # port path -> until when its phone counts as there
         self._ios_on_usb_since: float | None = None
-        self._port_of: dict[str, str] = {}  # normal-mode USB serial (UDID without dash) -> port path
+        self._port_of: dict[str, str] = {}  # normal-mode USB serial (UDID without dash) on the bus -> port path
         self._ecid_of: dict[str, int] = {}  # UDID without dash -> ECID (lockdownd UniqueChipID)
         self._told: dict[int, Device] = {}  # what the station has been told is on each slot
         self._held: dict[int, _Held] = {}
@@ -122,6 +122,7 @@ class UsbPhoneLayer:
         self._bad_serials: set[str] = set()
         self._emit: Callable[[PhoneEvent], None] = lambda event: None
         self._changed = asyncio.Event()
+        self._scan_now = asyncio.Event()  # usbmuxd named a phone the last scan did not show
 
     # -- presence -----------------------------------------------------------
 
@@ -198,6 +199,7 @@ class UsbPhoneLayer:
         if known is None or known.device != device:
             self._sightings += 1
             self._mux[device.devid] = _Sighting(device, self._sightings)
+            self._scan_now.set()  # its port, now: it may not be the port it was last seen on
 
     def _set_mux_up(self, up: bool, problem: str = "") -> None:
         if up and not self._mux_up:
@@ -237,34 +239,36 @@ class UsbPhoneLayer:
                 self._take_scan(scan)
                 self._reconcile()
             self._report_usbmuxd()
-            await asyncio.sleep(USB_POLL_S)
+            # usbmuxd tells of a phone at once, the poll a while later: a phone it names that the
+            # bus has not shown yet is looked for now, not at the next poll.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(USB_POLL_S):
+                    await self._scan_now.wait()
+            self._scan_now.clear()
 
     def _take_scan(self, scan: Scan) -> None:
-        """The bus as the last scan saw it, and the port where each normal-mode serial was last."""
+        """The bus as the last scan saw it, and the port of each normal-mode serial on it."""
         self._usb = scan.phones
         self._scans += 1
         now = time.monotonic()
         self._busy_until = {path: until for path, until in self._busy_until.items() if until > now}
         self._busy_until.update(dict.fromkeys(scan.busy_ports, now + BUSY_GRACE_S))
-        for phone in scan.phones:
-            if phone.mode is Mode.NORMAL:
-                self._port_of.pop(phone.serial, None)
-                self._port_of[phone.serial] = phone.port_path
-        _forget_oldest(self._port_of)
+        # Only where the bus shows a phone now: one plugged into another port is not where it was.
+        self._port_of = {p.serial: p.port_path for p in scan.phones if p.mode is Mode.NORMAL}
 
     def _present(self) -> dict[int, Device]:
         """Which phone is on which slot, from the latest usbmuxd and USB pictures.
 
         A normal-mode phone is present while usbmuxd lists it (it is usable only then), at
-        the port where the USB scan last saw its serial: usbmuxd often announces a phone
-        before the next scan does. While usbmuxd is away, only what the bus still shows.
+        the port where the latest USB scan shows its serial (usbmuxd announcing a phone makes
+        that scan happen at once). While usbmuxd is away, only what the bus still shows.
         """
         present: dict[int, Device] = {}
         on_usb = {p.serial for p in self._usb if p.mode is Mode.NORMAL}
         for sighting in self._mux.values():
             serial = sighting.device.serial.replace("-", "")
             path = self._port_of.get(serial)
-            if path is None or not (self._mux_up or serial in on_usb):
+            if path is None:
                 continue
             slot = self.slot_map.slot_for(path)
             if slot is not None:
