@@ -18,6 +18,20 @@ it uses on a Pi. Restores run in worker processes with one of two engines:
 When the restore succeeds the phone is erased and reboots to the Hello screen;
 when it fails it stays where the restore left it.
 
+A timed restore fails as a real one does when the world takes away what its phase needs
+(the worker is stopped, and the restore fails retryably with the reason the real worker's
+classification gives, station/worker/classify.py):
+* its phone leaves the bus (a pulled cable): "USB connection lost";
+* usbmuxd stops while the restore talks to the phone through it (lockdownd's EnterRecovery,
+  and restored from prepare_disk to reboot; iBoot in recovery is reached over libusb, not
+  usbmuxd): "USB connection lost";
+* the network is down when the restore asks Apple's signing server: for the APTicket when it
+  begins (pymobiledevice3 restore/recovery.py ``boot_ramdisk`` fetches the TSS record before
+  anything else) and for the baseband's ticket (restore/restore.py ``send_baseband_data``):
+  "cannot reach Apple".
+A scenario phone's ``fault_at`` strikes one of these (or kills the worker, or hangs it) when
+its restore reaches a given phase and percent (station/scenario.py).
+
 A phone running iOS is restored only over a paired lockdown session, as the real
 worker does first (station/worker/real.py ``_connect``): a real phone goes to
 recovery only for a host it trusts (lockdownd wants a paired session for
@@ -56,7 +70,7 @@ from hw.sim.usb_links import SimLink, SimLinks
 from hw.sim.world import SimWorld
 from station.clock import Clock
 from station.config import Config
-from station.scenario import Scenario, ScenarioInfo, ScenarioPhone
+from station.scenario import HELLO, PhaseFault, Scenario, ScenarioInfo, ScenarioPhone
 from station.worker import InjectedFailure, Kind, SimParams
 from station.worker import phases
 
@@ -72,6 +86,13 @@ REAL_GRACE_FLOOR_S = 10.0  # pymobiledevice3 recovery.py: sleep(10) after iBEC's
 # station's process, so a loaded machine slows both (at 300x, 1 s lost a DFU phone mid-restore).
 TIMED_GRACE_FLOOR_S = 2 * layer.REAPPEAR_S
 TRUST_WAIT_S = 120.0  # scenario seconds a restore waits for Trust (the real worker's trust_timeout)
+# The timed engine's phone reboots to Hello in scenario time: the wait for it is scaled too (the
+# real engine's reboot is pymobiledevice3's, in real time), never below this, never above HELLO_WAIT_S.
+TIMED_HELLO_FLOOR_S = 20.0
+# Phases in which a restore talks to the phone through usbmuxd (see the module docstring).
+USBMUX_PHASES = frozenset({phases.ENTER_RECOVERY, phases.PREPARE_DISK, phases.RESTORE_IMAGE,
+                           phases.VERIFY_RESTORE, phases.FLASH_FIRMWARE, phases.UPDATE_BASEBAND,
+                           phases.SEAL_SYSTEM_VOLUME, phases.REBOOT})
 
 
 class SimulatedPhones(UsbPhoneLayer):
@@ -103,11 +124,18 @@ class SimulatedPhones(UsbPhoneLayer):
                          # the scenario plays.
                          restore_grace_s=max(REAL_GRACE_FLOOR_S if scenario.info.engine == "real"
                                              else TIMED_GRACE_FLOOR_S, layer.RESTORE_GRACE_S / speed),
-                         hello_wait_s=HELLO_WAIT_S, ready_wait_s=max(2.0, layer.READY_WAIT_S / speed),
+                         hello_wait_s=HELLO_WAIT_S if scenario.info.engine == "real" else
+                         min(HELLO_WAIT_S, max(TIMED_HELLO_FLOOR_S, layer.HELLO_WAIT_S / speed)),
+                         ready_wait_s=max(2.0, layer.READY_WAIT_S / speed),
                          retry_s=max(0.2, layer.RETRY_S / speed),
                          lockdown_timeout_s=SIM_LOCKDOWN_TIMEOUT_S)
         self._failures: Counter[str] = Counter()
         self._attempts: Counter[str] = Counter()  # real-engine restores begun, per scenario phone
+        self._struck: Counter[str] = Counter()  # fault_at faults struck, per scenario phone
+        self._network_up = True
+        self._unplugged: set[str] = set()  # scenario phones whose cable is out
+        self._running: dict[str, _Needs] = {}  # timed restores under way, per scenario phone
+        self._network_back: dict[str, float] = {}  # struck phone -> down_s once its restore ends
         # The USB links the slots share, at the scenario's pace: the filesystem transfers'.
         self.links = SimLinks({name: SimLink(name, rate * speed, config.hub.phone_mb_s * 1e6 * speed,
                                              fail_load=scenario.info.link_fail_load,
@@ -147,7 +175,45 @@ class SimulatedPhones(UsbPhoneLayer):
                 os.environ[USBMUX_ENV] = saved
 
     def plug(self, spec: ScenarioPhone) -> None:
+        self._unplugged.discard(spec.name)
         self.bench.world.attach(self.phones[spec.name], SIM_BUS, (1, spec.slot))
+
+    def unplug(self, spec: ScenarioPhone) -> None:
+        """The cable pulled: a timed restore of this phone loses it (the real worker's USB error)."""
+        self._unplugged.add(spec.name)
+        self.bench.world.detach(self.phones[spec.name])
+        if spec.name in self._running:
+            self._running[spec.name].lost("USB connection lost: the phone left the bus")
+
+    def set_network(self, up: bool) -> None:
+        self._network_up = up
+        self._emit(LayerFault("network", None if up else "NO NETWORK"))
+
+    def stop_usbmuxd(self) -> None:
+        """usbmuxd stops (a crash, an upgrade): every usbmux connection of a restore drops with it."""
+        self.bench.usbmuxd.stop()
+        for needs in self._running.values():
+            if needs.phase in USBMUX_PHASES:
+                needs.lost("USB connection lost: usbmuxd closed the connection")
+
+    def _strike(self, spec: ScenarioPhone, fault: PhaseFault) -> None:
+        """A station-side ``fault_at``: the cable, the network, usbmuxd."""
+        under_way = ", ".join(f"{name} in {needs.phase or 'its start'}" for name, needs in self._running.items())
+        log.warning("scenario: %s for %s in %s at %.0f%% (restores under way: %s)", fault.fault, spec.name,
+                    fault.phase, fault.percent, under_way or "none")
+        back = fault.down_s / self.clock.speed
+        loop = asyncio.get_running_loop()
+        if fault.fault == "pull":
+            self.unplug(spec)
+        elif fault.fault == "network-down":  # back down_s after the struck restore ends
+            self.set_network(False)
+            if spec.name in self._running:
+                self._network_back[spec.name] = back
+            else:
+                loop.call_later(back, self.set_network, True)
+        elif fault.fault == "usbmuxd-restart":
+            self.stop_usbmuxd()
+            loop.call_later(back, self.bench.usbmuxd.start)
 
     def _side_tasks(self, emit: Callable[[PhoneEvent], None]) -> list[Coroutine[Any, Any, None]]:
         return [self._play(emit)]  # the scenario says when the network goes; Apple is never asked
@@ -159,13 +225,12 @@ class SimulatedPhones(UsbPhoneLayer):
         for spec in self.scenario.phones:
             timeline.append((spec.attach, lambda s=spec: self.plug(s)))
             if spec.detach is not None:
-                timeline.append((spec.detach, lambda p=self.phones[spec.name]: self.bench.world.detach(p)))
+                timeline.append((spec.detach, lambda s=spec: self.unplug(s)))
         for change in self.scenario.network:
-            fault = None if change.up else "NO NETWORK"
-            timeline.append((change.at, lambda f=fault: emit(LayerFault("network", f))))
+            timeline.append((change.at, lambda up=change.up: self.set_network(up)))
         usbmuxd = self.bench.usbmuxd
         for daemon in self.scenario.usbmuxd:
-            timeline.append((daemon.at, usbmuxd.start if daemon.running else usbmuxd.stop))
+            timeline.append((daemon.at, usbmuxd.start if daemon.running else self.stop_usbmuxd))
         for at, action in sorted(timeline, key=lambda item: item[0]):
             await self.clock.sleep_until(at)
             action()
@@ -179,6 +244,17 @@ class SimulatedPhones(UsbPhoneLayer):
         if spec.fail is not None and self._failures[spec.name] < spec.fail.times:
             self._failures[spec.name] += 1
             failure = InjectedFailure(spec.fail.phase, spec.fail.percent, Kind(spec.fail.kind))
+        fault = spec.fault_at  # struck on this attempt, in the worker (kill, hang) or here
+        if fault is not None and self._struck[spec.name] < fault.times:
+            self._struck[spec.name] += 1
+            if fault.fault in ("kill-worker", "hang") and fault.phase != HELLO:
+                failure = InjectedFailure(fault.phase, fault.percent,
+                                          effect="kill" if fault.fault == "kill-worker" else "hang")
+                fault = None
+            elif fault.phase != HELLO:  # struck here once the station sees the point: the worker waits
+                failure = InjectedFailure(fault.phase, fault.percent, effect="pause")
+        else:
+            fault = None
         if phone.mode is SimMode.NORMAL:  # running iOS (not left in recovery by a failed attempt)
             await self._paired(device, report)
         if self.engine == "real":
@@ -187,20 +263,46 @@ class SimulatedPhones(UsbPhoneLayer):
         sim = SimParams(speed=self.clock.speed, fail=failure, link_socket=str(self.links.socket_path),
                         link=self.link_of[slot])
         stages = _Stages(self.bench.world, phone, ENUMERATION_GAP_S / self.clock.speed)
+        needs = _Needs()
+        strike_at = None
+        if fault is not None and fault.phase != HELLO:
+            strike_at = phases.overall_percent(device.mode, fault.phase, fault.percent)
 
         def follow(item: RestoreReport) -> None:
+            nonlocal strike_at
             if isinstance(item, RestoreProgress):
                 stages.enter(item.phase)
+                first, asks_apple = not needs.phase, item.phase != needs.phase and (
+                    not needs.phase or item.phase == phases.UPDATE_BASEBAND)
+                needs.phase = item.phase
+                if asks_apple and not self._network_up:
+                    needs.lost(f"cannot reach Apple: the network is down (the "
+                               f"{'restore' if first else 'baseband'}'s signing request)")
             report(item)
+            if (strike_at is not None and isinstance(item, RestoreProgress) and item.phase == fault.phase
+                    and item.percent >= strike_at - 1e-6):
+                strike_at = None
+                self._strike(spec, fault)
 
+        if spec.name in self._unplugged:
+            raise RestoreError("USB connection lost: the phone left the bus", True)
+        self._running[spec.name] = needs
         try:
-            await restore_in_worker(device, getattr(firmware, "path", None), follow,
-                                    label=f"slot{slot}", setup=self.setup, sim=sim)
+            await needs.run(restore_in_worker(device, getattr(firmware, "path", None), follow,
+                                              label=f"slot{slot}", setup=self.setup, sim=sim))
         except BaseException:
             stages.move(SimMode.RECOVERY)  # a failed or stopped restore leaves the phone in iBoot
             raise
+        finally:
+            del self._running[spec.name]
+            if spec.name in self._network_back:
+                asyncio.get_running_loop().call_later(self._network_back.pop(spec.name), self.set_network, True)
         phone.erase()
+        if fault is not None and fault.fault == "hang":  # at Hello: its lockdownd stops answering
+            phone.lockdown_stalls = True
         self.bench.world.reboot(phone, SimMode.NORMAL, delay=REBOOT_S / self.clock.speed)
+        if fault is not None and fault.phase == HELLO and fault.fault != "hang":
+            self._strike(spec, fault)  # while it reboots to the Hello screen
 
     async def _real_restore(self, slot: int, device: Device, phone: SimPhone, spec: ScenarioPhone,
                             firmware: object, report: Callable[[RestoreReport], None]) -> None:
@@ -246,6 +348,32 @@ class SimulatedPhones(UsbPhoneLayer):
 
 
 REBOOT_S = 30.0  # a restored phone takes this long to reach the Hello screen
+
+
+class _Needs:
+    """What a timed restore under way depends on: it fails as soon as something it needs is lost."""
+
+    def __init__(self) -> None:
+        self.phase = ""
+        self._lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def lost(self, reason: str) -> None:
+        if not self._lost.done():
+            log.warning("%s in %s", reason, self.phase or "its start")
+            self._lost.set_result(reason)
+
+    async def run(self, restore: Coroutine[Any, Any, None]) -> None:
+        """The restore, or RestoreError once something it needs is lost (its worker stopped)."""
+        work = asyncio.ensure_future(restore)
+        try:
+            await asyncio.wait((work, self._lost), return_when=asyncio.FIRST_COMPLETED)
+            if work.done():
+                return work.result()
+        finally:
+            if not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+        raise RestoreError(self._lost.result(), True)
 
 
 class _Stages:

@@ -29,6 +29,15 @@ and the benchmarks::
     detach = 500              # optional
     pairing = "auto"          # auto (Hello screen) | dialog | passcode | denied
     fail = { phase = "restore_image", percent = 60, times = 1, kind = "usb" }  # timed engine
+    # Timed engine: a fault when this phone's restore reaches a phase (percent within it), on the
+    # first ``times`` attempts; at most one of fail and fault_at. ``phase`` is a restore phase, or
+    # "hello": the lock check after the restore, once the phone is back at the Hello screen.
+    fault_at = { phase = "restore_image", percent = 50, fault = "pull", times = 1, down_s = 300 }
+                              # fault: pull (the cable: the phone leaves the bus) | kill-worker
+                              #   (SIGKILL of its restore worker) | hang (the restore stops answering:
+                              #   [restore] timeout_s ends it; at "hello", lockdownd stops answering) |
+                              #   network-down (for down_s scenario seconds) | usbmuxd-restart
+                              #   (stopped, started again down_s later)
     restore_fault = ""        # real engine: where the phone fails, once: status-<n> | pulled-during-asr |
                               #   usb-pulled-upload | ibss-rejected
     expect = "done"           # what the port must show at the end ("done": verified at Hello)
@@ -65,11 +74,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hw.sim import check_restore_fault
+from hw.phones import Mode
 from hw.sim.activation_pages import ANSWERS, GIVES_A_RECORD
 from station.config import Config, ConfigError, bounded, parse_table, read_toml, toml_value, \
     with_overrides
 from station.ipsw.models import boards_for
-from station.worker.phases import TYPICAL_SECONDS
+from station.worker.phases import TYPICAL_SECONDS, sequence
 
 PHASES = tuple(TYPICAL_SECONDS)
 ActivationAnswerName = Literal[("auto", *ANSWERS)]  # type: ignore[valid-type]
@@ -84,6 +94,21 @@ class Failure:
     percent: float = field(default=50.0, metadata=bounded(0, 100))
     times: int = field(default=1, metadata=bounded(1, 100))
     kind: Literal["network", "usb", "device_rejected", "timeout"] = "usb"
+
+
+HELLO = "hello"  # fault_at's pseudo-phase: the lock check at the Hello screen after the restore
+FAULTS_AT = ("pull", "kill-worker", "hang", "network-down", "usbmuxd-restart")
+
+
+@dataclass(frozen=True)
+class PhaseFault:
+    """A fault struck when a phone's restore reaches ``phase`` at ``percent`` (timed engine)."""
+
+    phase: str
+    fault: Literal["pull", "kill-worker", "hang", "network-down", "usbmuxd-restart"]
+    percent: float = field(default=0.0, metadata=bounded(0, 100))
+    times: int = field(default=1, metadata=bounded(1, 100))
+    down_s: float = field(default=300.0, metadata=bounded(0, 86400))  # network-down, usbmuxd-restart
 
 
 @dataclass(frozen=True)
@@ -103,6 +128,7 @@ class ScenarioPhone:
     serial: str = ""
     ecid: int | None = field(default=None, metadata=bounded(1, 2**64 - 1))  # a 64-bit chip id
     fail: Failure | None = None
+    fault_at: PhaseFault | None = None
     expect: Literal["", "empty", "done", "done_unverified", "locked", "refused", "failed",
                     "needs_confirm"] = ""
     find_my_answer: Literal["honest", "false", "absent"] = "honest"
@@ -220,6 +246,9 @@ def _parse(path: Path, data: dict[str, Any]) -> Scenario:
                     for i, raw in enumerate(_array(data, "usbmuxd"), 1))
     for number, phone in enumerate(phones, 1):
         _check_phone(number, phone)
+        if phone.fault_at is not None and info.engine != "timed":
+            raise ConfigError(f"[[phone]] {phone.name} fault_at: the timed engine's "
+                              '([scenario] engine = "timed")')
     _check_slots(phones)
     return Scenario(path.stem, info, phones, presses, _table(data, "config"), path.parent, network,
                     usbmuxd, source=path)
@@ -243,6 +272,8 @@ def _check_phone(number: int, phone: ScenarioPhone) -> None:
     if phone.fail is not None and phone.fail.phase not in PHASES:
         raise ConfigError(f"{where} fail phase = {toml_value(phone.fail.phase)}: "
                           f"must be one of {', '.join(PHASES)}")
+    if phone.fault_at is not None:
+        _check_fault_at(where, phone)
     try:
         check_restore_fault(phone.restore_fault)
     except ValueError as error:
@@ -252,6 +283,20 @@ def _check_phone(number: int, phone: ScenarioPhone) -> None:
     if phone.activation_lock and phone.activation_answer in GIVES_A_RECORD:
         raise ConfigError(f"{where} activation_answer = {toml_value(phone.activation_answer)}: "
                           "Apple never sends an activation record for a locked phone")
+
+
+def _check_fault_at(where: str, phone: ScenarioPhone) -> None:
+    fault = phone.fault_at
+    assert fault is not None
+    reached = sequence(Mode(phone.mode))
+    if fault.phase != HELLO and fault.phase not in reached:
+        raise ConfigError(f"{where} fault_at phase = {toml_value(fault.phase)}: a restore from "
+                          f"{phone.mode} mode goes through {', '.join(reached)}, then {HELLO!r}")
+    if fault.phase == HELLO and fault.fault == "kill-worker":
+        raise ConfigError(f"{where} fault_at = kill-worker at {HELLO!r}: no restore worker runs "
+                          "once the restore is over")
+    if phone.fail is not None:
+        raise ConfigError(f"{where}: fail and fault_at both set (one injected fault per phone)")
 
 
 def _check_slots(phones: tuple[ScenarioPhone, ...]) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from hw.phones import Device, Mode
 from station.worker.messages import Kind
@@ -18,6 +18,12 @@ class InjectedFailure:
     kind: Kind = Kind.USB
     retryable: bool | None = None  # None: what the real worker would say for ``kind``
     reason: str = ""
+    # "fail": the worker reports this failure; "kill": it dies there of SIGKILL (the OOM killer,
+    # a crash), reporting nothing; "hang": it stops there and never reports again (a phone that
+    # stopped answering), until the supervisor's timeout ends it; "pause": it waits there a moment
+    # and goes on (a fault the station strikes when it sees the restore reach that point then
+    # strikes there, however far its view of the progress lags the worker's).
+    effect: Literal["fail", "kill", "hang", "pause"] = "fail"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 It walks the real phase sequence (``phases.sequence``); the image phase reads the IPSW's OS
 image through the same reader the real restore uses, paced at the simulated USB rate.
 Timed phases last their nominal duration divided by ``SimParams.speed``. An injected
-failure ends the restore with the kind and retryability the real worker would report.
+failure ends the restore with the kind and retryability the real worker would report, or
+(``effect``) kills the worker with SIGKILL, leaves it hanging for the timeout to end, or
+pauses it there once.
 """
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import asyncio
 import logging
 import os
 import plistlib
+import signal
 import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import BinaryIO
 
 from station.worker import phases
-from station.worker.messages import RETRYABLE, Failed, Kind, WorkerFailure
+from station.worker.messages import RETRYABLE, Failed, Kind, Phase, WorkerFailure
 from station.worker.reporter import Reporter
 from station.worker.request import InjectedFailure, RestoreRequest, SimParams
 
@@ -27,6 +30,8 @@ STEPS = 50  # progress points per timed phase
 CHUNK = 1 << 20  # bytes per image read, as ASR's payload loop reads in 128 KiB..1 MiB pieces
 GRANT = 16 << 20  # most bytes per progress report (and per request to a shared link)
 MANIFEST = "BuildManifest.plist"
+PAUSE_S = 0.5  # an injected pause, in real seconds: long enough for a busy station to catch up
+_paused = False  # one restore per worker process: its pause is taken once
 
 
 async def run(request: RestoreRequest, reporter: Reporter) -> None:
@@ -42,7 +47,7 @@ async def _timed(phase: str, seconds: float, fail: InjectedFailure | None, repor
     for step in range(STEPS + 1):
         percent = 100.0 * step / STEPS
         reporter.phase(phase, percent)
-        _maybe_fail(fail, phase, percent)
+        await _maybe_fail(fail, phase, percent, reporter)
         if step < STEPS:
             await asyncio.sleep(seconds / STEPS)
 
@@ -51,7 +56,7 @@ async def _send_image(ipsw: str | None, params: SimParams, reporter: Reporter) -
     phase = phases.RESTORE_IMAGE
     with _os_image(ipsw, params.image_bytes) as (image, size):
         reporter.phase(phase, 0.0)
-        _maybe_fail(params.fail, phase, 0.0)
+        await _maybe_fail(params.fail, phase, 0.0, reporter)
         async with _link(params, size) as carry:
             sent, step = 0, min(GRANT, max(CHUNK, size // 100))  # about every 1 %
             while sent < size:
@@ -64,7 +69,7 @@ async def _send_image(ipsw: str | None, params: SimParams, reporter: Reporter) -
                 sent += piece
                 percent = 100.0 * sent / size
                 reporter.phase(phase, percent)
-                _maybe_fail(params.fail, phase, percent)
+                await _maybe_fail(params.fail, phase, percent, reporter)
 
 
 @asynccontextmanager
@@ -108,9 +113,22 @@ async def _link(params: SimParams, size: int) -> AsyncIterator[Callable[[int], A
         writer.close()
 
 
-def _maybe_fail(fail: InjectedFailure | None, phase: str, percent: float) -> None:
+async def _maybe_fail(fail: InjectedFailure | None, phase: str, percent: float, reporter: Reporter) -> None:
+    global _paused
     if fail is None or fail.phase != phase or percent < fail.percent:
         return
+    if fail.effect == "pause":
+        if not _paused:
+            _paused = True
+            reporter.send(Phase(phase, percent))  # this very point, whatever the throttle dropped
+            await asyncio.sleep(PAUSE_S)
+        return
+    if fail.effect == "kill":
+        log.warning("simulated SIGKILL in %s at %.0f%%", phase, percent)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fail.effect == "hang":
+        log.warning("simulated hang in %s at %.0f%%: no report until stopped", phase, percent)
+        await asyncio.Event().wait()
     retryable = RETRYABLE[fail.kind] if fail.retryable is None else fail.retryable
     reason = fail.reason or f"simulated {fail.kind.value} failure in {phase} at {percent:.0f}%"
     raise WorkerFailure(Failed(reason, fail.kind, retryable))
