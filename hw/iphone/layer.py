@@ -52,6 +52,7 @@ USB_POLL_S = 0.5
 USBMUXD_RETRY_S = 1.0
 USBMUXD_ANSWER_S = 10.0  # connect, Listen and ListDevices take milliseconds on a healthy usbmuxd
 USBMUXD_START_S = 5.0  # udev + systemd start usbmuxd well within this once a phone runs iOS
+USBMUXD_WAIT_S = 30.0  # a restore that needs usbmuxd waits this long for it to come back
 RESTORE_GRACE_S = 120.0  # a real restore leaves USB for tens of seconds between stages
 HELLO_WAIT_S = 600.0  # after a restore: wait this long for the phone to boot to Hello
 READY_WAIT_S = 30.0  # a phone just plugged in or booted: its daemons may need this long
@@ -472,13 +473,17 @@ class UsbPhoneLayer:
         if device.ecid is not None:  # the check afterwards needs an enumeration newer than this
             self._restore_began[device.ecid] = self._sightings
         try:
+            if device.mode is Mode.NORMAL:
+                await self._usbmuxd_up()  # a phone running iOS is reached only through it
             await self._restore_in_worker(slot, device, firmware, report)
         except RestoreError:
             # usbmuxd drops a pulled phone at once and the worker fails on it (DeviceNotFoundError,
             # a dead ASR socket) before the next USB scan: report the failure only once the slot
-            # knows whether its phone is still there, so a pulled cable is a departure, not a retry.
+            # knows whether its phone is still there, so a pulled cable is a departure, not a retry;
+            # and once usbmuxd is back if it went, or the retry fails the same way at once.
             self._release(device)
             await self._settled(device)
+            await self._usbmuxd_up()
             raise
         except BaseException:
             self._release(device)
@@ -492,6 +497,13 @@ class UsbPhoneLayer:
             if _same_phone(told, device):
                 self._held[slot] = _Held(SETTLE_S, until_scan=self._scans)
         self._reconcile()
+
+    async def _usbmuxd_up(self) -> None:
+        """Until usbmuxd answers (bounded: one that stays away is the station's NO USBMUXD fault)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(USBMUXD_WAIT_S):
+                while not self._mux_up:
+                    await self._changes(USB_POLL_S)
 
     async def _settled(self, device: Device) -> None:
         """Until the phone's last hold ends: seen by a newer scan, or gone (PhoneLeft)."""

@@ -310,3 +310,27 @@ async def test_a_phone_usbmuxd_announces_gets_its_slot_before_the_next_poll(tmp_
         await asyncio.sleep(0.5)  # the first scan is done: the next is 5 s away
         h.plug(phone(), 2)
         await h.until(lambda e: isinstance(e, PhoneArrived) and e.slot == 2, timeout=2.0)
+
+
+async def test_a_restore_waits_for_usbmuxd_to_be_back_before_it_starts(tmp_path, monkeypatch):
+    """Started while usbmuxd restarts, a restore of a phone running iOS failed at once and its
+    retry with it (the fault matrix's usbmuxd-restart neighbour): it waits for usbmuxd instead."""
+    sim = phone()
+    began: list[bool] = []
+    async with running_layer(tmp_path, monkeypatch) as h:
+        device = await h.layer.identify(await arrive(h, sim, 1))
+        h.bench.usbmuxd.stop()
+        while h.layer._mux_up:
+            await asyncio.sleep(0.02)
+
+        async def worker(slot, device, firmware, report):
+            began.append(h.layer._mux_up)
+
+        h.layer._restore_in_worker = worker
+        restore = asyncio.create_task(h.layer.restore(device, None, lambda report: None))
+        await asyncio.sleep(0.5)
+        assert not began
+        h.bench.usbmuxd.start()
+        async with asyncio.timeout(10):
+            await restore
+    assert began == [True]
