@@ -66,7 +66,7 @@ REAPPEAR_S = USB_POLL_S + USBMUXD_RETRY_S
 # or a Pair attempt), also the phones it finds when it (re)starts: 7 s seen in make hil's VM.
 PREFLIGHT_S = 15.0
 BUSY_GRACE_S = 2.0  # a phone caught re-enumerating is off the bus about this long (a DFU reset)
-PORT_MEMORY = 512  # normal-mode serials whose ECID is remembered
+PORT_MEMORY = 512  # normal-mode serials whose last port (and ECID) is remembered
 
 
 @dataclass
@@ -115,7 +115,7 @@ class UsbPhoneLayer:
         self._scans = 0
         self._busy_until: dict[str, float] = {}  # port path -> until when its phone counts as there
         self._ios_on_usb_since: float | None = None
-        self._port_of: dict[str, str] = {}  # normal-mode USB serial (UDID without dash) on the bus -> port path
+        self._port_of: dict[str, str] = {}  # normal-mode USB serial (UDID without dash) -> port path
         self._ecid_of: dict[str, int] = {}  # UDID without dash -> ECID (lockdownd UniqueChipID)
         self._told: dict[int, Device] = {}  # what the station has been told is on each slot
         self._held: dict[int, _Held] = {}
@@ -123,7 +123,7 @@ class UsbPhoneLayer:
         self._bad_serials: set[str] = set()
         self._emit: Callable[[PhoneEvent], None] = lambda event: None
         self._changed = asyncio.Event()
-        self._scan_now = asyncio.Event()  # usbmuxd named a phone the last scan did not show
+        self._scan_now = asyncio.Event()  # usbmuxd named a phone: look at the bus now
 
     # -- presence -----------------------------------------------------------
 
@@ -248,28 +248,31 @@ class UsbPhoneLayer:
             self._scan_now.clear()
 
     def _take_scan(self, scan: Scan) -> None:
-        """The bus as the last scan saw it, and the port of each normal-mode serial on it."""
+        """The bus as the last scan saw it, and the port where each normal-mode serial was last."""
         self._usb = scan.phones
         self._scans += 1
         now = time.monotonic()
         self._busy_until = {path: until for path, until in self._busy_until.items() if until > now}
         self._busy_until.update(dict.fromkeys(scan.busy_ports, now + BUSY_GRACE_S))
-        # Only where the bus shows a phone now: one plugged into another port is not where it was.
-        self._port_of = {p.serial: p.port_path for p in scan.phones if p.mode is Mode.NORMAL}
+        for phone in scan.phones:
+            if phone.mode is Mode.NORMAL:
+                self._port_of.pop(phone.serial, None)
+                self._port_of[phone.serial] = phone.port_path
+        _forget_oldest(self._port_of)
 
     def _present(self) -> dict[int, Device]:
         """Which phone is on which slot, from the latest usbmuxd and USB pictures.
 
         A normal-mode phone is present while usbmuxd lists it (it is usable only then), at
-        the port where the latest USB scan shows its serial (usbmuxd announcing a phone makes
-        that scan happen at once). While usbmuxd is away, only what the bus still shows.
+        the port where the USB scan last saw its serial: usbmuxd often announces a phone
+        before the scan it sets off has run. While usbmuxd is away, only what the bus still shows.
         """
         present: dict[int, Device] = {}
         on_usb = {p.serial for p in self._usb if p.mode is Mode.NORMAL}
         for sighting in self._mux.values():
             serial = sighting.device.serial.replace("-", "")
             path = self._port_of.get(serial)
-            if path is None:
+            if path is None or not (self._mux_up or serial in on_usb):
                 continue
             slot = self.slot_map.slot_for(path)
             if slot is not None:

@@ -292,18 +292,6 @@ async def test_an_entry_usbmuxd_sends_without_a_serial_does_not_end_the_watch(tm
     assert "usbmuxd sent an entry the station cannot read (KeyError: 'SerialNumber')" in caplog.text
 
 
-async def test_a_phone_plugged_into_another_port_arrives_there_only(tmp_path, monkeypatch):
-    """usbmuxd announces it at once; the port it was last seen on is not where it is now."""
-    sim = phone()
-    async with running_layer(tmp_path, monkeypatch) as h:
-        await arrive(h, sim, 1)
-        h.bench.world.detach(sim)
-        await h.until(lambda e: e == PhoneLeft(1))
-        await arrive(h, sim, 3)
-        await asyncio.sleep(2 * layer.USB_POLL_S)
-    assert [e.slot for e in h.events if isinstance(e, PhoneArrived)] == [1, 3]
-
-
 async def test_a_phone_usbmuxd_announces_gets_its_slot_before_the_next_poll(tmp_path, monkeypatch):
     monkeypatch.setattr(layer, "USB_POLL_S", 5.0)  # a poll that would be far too late
     async with running_layer(tmp_path, monkeypatch) as h:
