@@ -123,7 +123,6 @@ class UsbPhoneLayer:
         self._bad_serials: set[str] = set()
         self._emit: Callable[[PhoneEvent], None] = lambda event: None
         self._changed = asyncio.Event()
-        self._scan_now = asyncio.Event()  # usbmuxd named a phone: look at the bus now
 
     # -- presence -----------------------------------------------------------
 
@@ -200,7 +199,6 @@ class UsbPhoneLayer:
         if known is None or known.device != device:
             self._sightings += 1
             self._mux[device.devid] = _Sighting(device, self._sightings)
-            self._scan_now.set()  # its port, now: it may not be the port it was last seen on
 
     def _set_mux_up(self, up: bool, problem: str = "") -> None:
         if up and not self._mux_up:
@@ -240,12 +238,7 @@ class UsbPhoneLayer:
                 self._take_scan(scan)
                 self._reconcile()
             self._report_usbmuxd()
-            # usbmuxd tells of a phone at once, the poll a while later: a phone it names that the
-            # bus has not shown yet is looked for now, not at the next poll.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(USB_POLL_S):
-                    await self._scan_now.wait()
-            self._scan_now.clear()
+            await asyncio.sleep(USB_POLL_S)
 
     def _take_scan(self, scan: Scan) -> None:
         """The bus as the last scan saw it, and the port where each normal-mode serial was last."""
@@ -265,7 +258,7 @@ class UsbPhoneLayer:
 
         A normal-mode phone is present while usbmuxd lists it (it is usable only then), at
         the port where the USB scan last saw its serial: usbmuxd often announces a phone
-        before the scan it sets off has run. While usbmuxd is away, only what the bus still shows.
+        before the next scan does. While usbmuxd is away, only what the bus still shows.
         """
         present: dict[int, Device] = {}
         on_usb = {p.serial for p in self._usb if p.mode is Mode.NORMAL}

@@ -292,14 +292,6 @@ async def test_an_entry_usbmuxd_sends_without_a_serial_does_not_end_the_watch(tm
     assert "usbmuxd sent an entry the station cannot read (KeyError: 'SerialNumber')" in caplog.text
 
 
-async def test_a_phone_usbmuxd_announces_gets_its_slot_before_the_next_poll(tmp_path, monkeypatch):
-    monkeypatch.setattr(layer, "USB_POLL_S", 5.0)  # a poll that would be far too late
-    async with running_layer(tmp_path, monkeypatch) as h:
-        await asyncio.sleep(0.5)  # the first scan is done: the next is 5 s away
-        h.plug(phone(), 2)
-        await h.until(lambda e: isinstance(e, PhoneArrived) and e.slot == 2, timeout=2.0)
-
-
 async def test_a_restore_waits_for_usbmuxd_to_be_back_before_it_starts(tmp_path, monkeypatch):
     """Started while usbmuxd restarts, a restore of a phone running iOS failed at once and its
     retry with it (the fault matrix's usbmuxd-restart neighbour): it waits for usbmuxd instead."""
