@@ -5,8 +5,8 @@ the real phone layer (pymobiledevice3 against the simulated usbmuxd and lockdown
 the simulated bus) and prints, side by side, p50 / p95 / max of
 
 - attach -> on its slot (the layer's PhoneArrived): a phone running iOS, which usbmuxd
-  announces at once (the layer then scans the bus for its port), against a DFU phone, which only
-  the bus scan every 0.5 s finds;
+  announces at once (its port still comes from the bus scan every 0.5 s), against a DFU phone,
+  which only that scan finds;
 - attach -> identified (lockdownd read for the one, the iBoot serial string for the other): what
   the display shows.
 """
