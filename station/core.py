@@ -67,6 +67,7 @@ class Station:
         self.links = {name: Link(name, rate, config.hub.phone_mb_s * 1e6)
                       for name, rate in config.hub.link_rates().items()}
         self.link_of = {slot: config.hub.link_of(slot) for slot in range(1, config.hub.slots + 1)}
+        self.slots_on = {name: [s for s, on in self.link_of.items() if on == name] for name in self.links}
         self.transfers = TransferWatch()
         self.restore_timeout = config.restore.timeout_s
         self.memory_per_restore = config.restore.memory_per_restore_mb * 1024 * 1024
@@ -275,8 +276,8 @@ class Station:
             return self._queue[0]
         for slot in self._queue:
             link = self.links[self.link_of[slot]]
-            behind = [s for s, name in self.link_of.items() if name == link.name]
-            reason = self.transfers.wait_reason(link, behind, _present(self.ports[slot].device).mode)
+            reason = self.transfers.wait_reason(link, self.slots_on[link.name],
+                                                _present(self.ports[slot].device).mode)
             if not reason:
                 return slot
             if self.ports[slot].reason != reason:

@@ -496,16 +496,18 @@ class UsbPhoneLayer:
 
     async def _usbmuxd_up(self) -> None:
         """Until usbmuxd answers (bounded: one that stays away is the station's NO USBMUXD fault)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(USBMUXD_WAIT_S):
-                while not self._mux_up:
-                    await self._changes(USB_POLL_S)
+        await self._while(lambda: not self._mux_up, USBMUXD_WAIT_S)
 
     async def _settled(self, device: Device) -> None:
         """Until the phone's last hold ends: seen by a newer scan, or gone (PhoneLeft)."""
+        await self._while(lambda: any(slot in self._held for slot, told in self._told.items()
+                                      if _same_phone(told, device)), SETTLE_S + 3 * USB_POLL_S)
+
+    async def _while(self, condition: Callable[[], bool], bound_s: float) -> None:
+        """Until ``condition`` is false, looked at on every change of the picture, or ``bound_s``."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(SETTLE_S + 3 * USB_POLL_S):
-                while any(slot in self._held for slot, told in self._told.items() if _same_phone(told, device)):
+            async with asyncio.timeout(bound_s):
+                while condition():
                     await self._changes(USB_POLL_S)
 
     async def _restore_in_worker(self, slot: int, device: Device, firmware: object,
