@@ -5,10 +5,13 @@ the real phone layer (pymobiledevice3 against the simulated usbmuxd and lockdown
 the simulated bus) and prints, side by side, p50 / p95 / max of
 
 - attach -> on its slot (the layer's PhoneArrived): a phone running iOS, which usbmuxd
-  announces at once (its port still comes from the bus scan every 0.5 s), against a DFU phone,
-  which only that scan finds;
+  announces and sysfs places, against a DFU phone, which udev's hotplug event makes the layer
+  scan for at once;
 - attach -> identified (lockdownd read for the one, the iBoot serial string for the other): what
-  the display shows.
+  the display shows;
+
+each also with the bus poll alone (no sysfs, no hotplug events: every 0.5 s), as on a machine
+without libudev, and as the layer was before it used them.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from pathlib import Path
 from hw.iphone.layer import UsbPhoneLayer
 from hw.iphone.restore import WorkerSetup
 from hw.iphone.slots import SlotMap
+from hw.iphone.usb_sysfs import UsbSysfs
 from hw.phones import PhoneArrived, PhoneLeft
 from hw.sim import Mode, SimPhone, SimulatedBench
 
@@ -33,23 +37,33 @@ SLOTS = 7
 _ecids = itertools.count(0x00A1B2C3D4E5F6)
 
 
-async def measure(folder: Path, mode: Mode, attaches: int) -> tuple[list[float], list[float]]:
+class _NoHotplug:
+    def start(self, wake: Callable[[], None]) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+async def measure(folder: Path, mode: Mode, attaches: int, events: bool) -> tuple[list[float], list[float]]:
     bench = SimulatedBench([], folder, usbmuxd_on_demand=False)
     setup = WorkerSetup(home=folder / "home", log_dir=folder / "logs", timeout_s=60,
                         environment={"USBMUXD_SOCKET_ADDRESS": bench.usbmuxd_address})
     layer = UsbPhoneLayer(SlotMap({f"1-1.{s}": s for s in range(1, SLOTS + 1)}, SLOTS), setup,
-                          usb_backend=bench.usb_backend)
+                          usb_backend=bench.usb_backend,
+                          sysfs=UsbSysfs(bench.sysfs_root if events else folder / "no-sysfs"),
+                          hotplug=bench.hotplug if events else _NoHotplug())
     layer._side_tasks = lambda emit: []  # no Apple reachability probe from a benchmark
-    events: list[object] = []
+    emitted: list[object] = []
     changed = asyncio.Event()
 
     def emit(event: object) -> None:
-        events.append(event)
+        emitted.append(event)
         changed.set()
 
     async def until(seen: Callable[[object], bool]) -> object:
         while True:
-            found = next((e for e in events if seen(e)), None)
+            found = next((e for e in emitted if seen(e)), None)
             if found is not None:
                 return found
             changed.clear()
@@ -64,7 +78,7 @@ async def measure(folder: Path, mode: Mode, attaches: int) -> tuple[list[float],
             slot = number % SLOTS + 1
             ecid = next(_ecids)
             phone = SimPhone(ecid=ecid, serial=f"F2LDET{ecid % 10**6:06d}", mode=mode)
-            events.clear()
+            emitted.clear()
             started = time.perf_counter()
             bench.world.attach(phone, 1, (1, slot))
             came = await until(lambda e: isinstance(e, PhoneArrived) and e.slot == slot)
@@ -92,10 +106,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     print(f"{args.attaches} attaches each, one at a time, on {SLOTS} slots")
     with tempfile.TemporaryDirectory(prefix="bench-detect-") as tmp:
-        for label, mode in (("running iOS (usbmuxd)", Mode.NORMAL), ("DFU (USB scan only)", Mode.DFU)):
-            arrived, identified = asyncio.run(measure(Path(tmp) / mode.value, mode, args.attaches))
-            print(f"  {label:<22} on its slot: {figures(arrived)}")
-            print(f"  {'':<22} identified: {figures(identified)}")
+        for label, mode in (("running iOS", Mode.NORMAL), ("DFU", Mode.DFU)):
+            for events, how in ((True, "sysfs + udev events"), (False, "bus poll alone")):
+                folder = Path(tmp) / f"{mode.value}-{how[:3]}"
+                arrived, identified = asyncio.run(measure(folder, mode, args.attaches, events))
+                print(f"  {label:<12} {how:<20} on its slot: {figures(arrived)}")
+                print(f"  {'':<12} {'':<20} identified: {figures(identified)}")
     return 0
 
 

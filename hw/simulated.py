@@ -58,6 +58,7 @@ from hw.iphone import layer, lockdown_ops
 from hw.iphone.layer import UsbPhoneLayer
 from hw.iphone.restore import WorkerSetup, restore_in_worker
 from hw.iphone.slots import SlotMap
+from hw.iphone.usb_sysfs import UsbSysfs
 from hw.iphone.usb_topology import PortPeers
 from hw.phones import (Device, LayerFault, PhoneEvent, RestoreError, RestoreProgress, RestoreReport,
                        TrustRequest)
@@ -119,6 +120,7 @@ class SimulatedPhones(UsbPhoneLayer):
         # The phones' own waits pass in scenario time; a simulated daemon answers at once.
         speed = clock.speed
         super().__init__(slots, setup, usb_backend=self.bench.usb_backend,
+                         sysfs=UsbSysfs(self.bench.sysfs_root), hotplug=self.bench.hotplug,
                          # pymobiledevice3's own waits and the layer's scans run in real time: the
                          # grace for a re-enumerating phone never drops below them, however fast
                          # the scenario plays.

@@ -5,7 +5,10 @@ Presence comes from two sources, reconciled into one picture per slot:
   only once usbmuxd announces it), applied event by event;
 - a pyusb scan every ``USB_POLL_S`` (pyusb exposes no hotplug callbacks; a
   scan of a few devices is cheap and notices a change within a second), which
-  gives every phone's physical port path and finds recovery/DFU phones.
+  gives every phone's physical port path and finds recovery/DFU phones; udev's
+  hotplug event for a recovery or DFU phone (``hw.iphone.hotplug``) sets one off
+  at once, and a phone usbmuxd announces is placed at its port read from sysfs
+  (``hw.iphone.usb_sysfs``), neither waiting for the poll.
 
 What real usbmuxd does that shapes this code (usbmuxd @2efa75a):
 - on every (re)connect, Listen replays one Attached per phone (client.c
@@ -37,10 +40,12 @@ from pymobiledevice3.exceptions import ConnectionFailedToUsbmuxdError, MuxExcept
 
 from hw import models
 from hw.iphone import lockdown_ops
+from hw.iphone.hotplug import Hotplug, UdevHotplug
 from hw.iphone.iboot import BadSerialString, parse_iboot_serial
 from hw.iphone.restore import WorkerSetup, fork_server, pairing_dir, restore_in_worker
 from hw.iphone.slots import SlotMap
 from hw.iphone.usb_scan import Scan, UsbPhone, UsbScanner, UsbUnavailable
+from hw.iphone.usb_sysfs import UsbSysfs
 from hw.iphone.usb_topology import PortPeers
 from hw.network import ACTIVATION_HOST, host_and_port, watch_network
 from hw.phones import (Device, LayerFault, Lock, LockCheck, Mode, PhoneArrived, PhoneError,
@@ -95,11 +100,14 @@ class UsbPhoneLayer:
     def __init__(self, slot_map: SlotMap, setup: WorkerSetup, usb_backend: object | None = None,
                  restore_grace_s: float = RESTORE_GRACE_S, hello_wait_s: float = HELLO_WAIT_S,
                  ready_wait_s: float = READY_WAIT_S, retry_s: float = RETRY_S,
-                 lockdown_timeout_s: float = lockdown_ops.LOCKDOWN_TIMEOUT_S) -> None:
+                 lockdown_timeout_s: float = lockdown_ops.LOCKDOWN_TIMEOUT_S,
+                 sysfs: UsbSysfs | None = None, hotplug: Hotplug | None = None) -> None:
         self.slot_map = slot_map
         self.setup = setup
         self.pairing_dir = pairing_dir(setup.home)
         self.scanner = UsbScanner(usb_backend)
+        self.sysfs = sysfs or UsbSysfs()
+        self.hotplug = hotplug or UdevHotplug()
         self.restore_grace_s = restore_grace_s
         self.hello_wait_s = hello_wait_s
         self.ready_wait_s = ready_wait_s
@@ -116,6 +124,7 @@ class UsbPhoneLayer:
         self._busy_until: dict[str, float] = {}  # port path -> until when its phone counts as there
         self._ios_on_usb_since: float | None = None
         self._port_of: dict[str, str] = {}  # normal-mode USB serial (UDID without dash) -> port path
+        self._in_sysfs: set[str] = set()  # serials sysfs showed since the last scan: on the bus too
         self._ecid_of: dict[str, int] = {}  # UDID without dash -> ECID (lockdownd UniqueChipID)
         self._told: dict[int, Device] = {}  # what the station has been told is on each slot
         self._held: dict[int, _Held] = {}
@@ -123,17 +132,23 @@ class UsbPhoneLayer:
         self._bad_serials: set[str] = set()
         self._emit: Callable[[PhoneEvent], None] = lambda event: None
         self._changed = asyncio.Event()
+        self._bus_changed = asyncio.Event()  # a hotplug event: scan now
 
     # -- presence -----------------------------------------------------------
 
     async def watch(self, emit: Callable[[PhoneEvent], None]) -> None:
         self._emit = emit
-        with fork_server(self.setup):
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._watch_usbmux())
-                group.create_task(self._poll_usb())
-                for task in self._side_tasks(emit):
-                    group.create_task(task)
+        loop = asyncio.get_running_loop()
+        self.hotplug.start(lambda: loop.call_soon_threadsafe(self._bus_changed.set))
+        try:
+            with fork_server(self.setup):
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._watch_usbmux())
+                    group.create_task(self._poll_usb())
+                    for task in self._side_tasks(emit):
+                        group.create_task(task)
+        finally:
+            self.hotplug.stop()
 
     def _side_tasks(self, emit: Callable[[PhoneEvent], None]) -> list[Coroutine[Any, Any, None]]:
         """What else runs while the phones are watched (a network check, a scenario)."""
@@ -199,6 +214,16 @@ class UsbPhoneLayer:
         if known is None or known.device != device:
             self._sightings += 1
             self._mux[device.devid] = _Sighting(device, self._sightings)
+            self._learn_port(device.serial.replace("-", ""))
+
+    def _learn_port(self, serial: str) -> None:
+        """Where a phone usbmuxd just announced is, from sysfs: its slot need not wait for the next scan."""
+        path = self.sysfs.port_of(serial)
+        if path is not None:
+            self._port_of.pop(serial, None)
+            self._port_of[serial] = path
+            _forget_oldest(self._port_of)
+            self._in_sysfs.add(serial)
 
     def _set_mux_up(self, up: bool, problem: str = "") -> None:
         if up and not self._mux_up:
@@ -223,6 +248,7 @@ class UsbPhoneLayer:
 
     async def _poll_usb(self) -> None:
         while True:
+            self._bus_changed.clear()  # a hotplug event from here on sets off the next scan
             try:
                 scan = await asyncio.to_thread(self.scanner.scan)
             except UsbUnavailable as error:
@@ -238,11 +264,14 @@ class UsbPhoneLayer:
                 self._take_scan(scan)
                 self._reconcile()
             self._report_usbmuxd()
-            await asyncio.sleep(USB_POLL_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(USB_POLL_S):
+                    await self._bus_changed.wait()
 
     def _take_scan(self, scan: Scan) -> None:
         """The bus as the last scan saw it, and the port where each normal-mode serial was last."""
         self._usb = scan.phones
+        self._in_sysfs = set()
         self._scans += 1
         now = time.monotonic()
         self._busy_until = {path: until for path, until in self._busy_until.items() if until > now}
@@ -261,7 +290,7 @@ class UsbPhoneLayer:
         before the next scan does. While usbmuxd is away, only what the bus still shows.
         """
         present: dict[int, Device] = {}
-        on_usb = {p.serial for p in self._usb if p.mode is Mode.NORMAL}
+        on_usb = {p.serial for p in self._usb if p.mode is Mode.NORMAL} | self._in_sysfs
         for sighting in self._mux.values():
             serial = sighting.device.serial.replace("-", "")
             path = self._port_of.get(serial)

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 SYSFS_USB_DEVICES = Path("/sys/bus/usb/devices")
-_PATH = re.compile(r"^(\d+)-(\d+(?:\.\d+)*)$")
+PORT_PATH = re.compile(r"^(\d+)-(\d+(?:\.\d+)*)$")  # a device's name in sysfs: bus-port.port...
 _PORT = re.compile(r"^(?:usb(\d+)|(\d+-\d+(?:\.\d+)*))-port(\d+)$")
 
 
@@ -42,7 +42,7 @@ class PortPeers:
         return f"{root_bus}-{port}" if root_bus else f"{hub}.{port}"
 
     def _port_dir(self, port_path: str) -> Path | None:
-        match = _PATH.match(port_path)
+        match = PORT_PATH.match(port_path)
         if match is None:
             return None
         bus, ports = match.group(1), match.group(2).split(".")

@@ -18,7 +18,7 @@ from typing import Self
 
 from hw.sim.activation_server import ACTIVATION_URL_ENV, ActivationServer
 from hw.sim.phone import USBMUX_MODES, SimPhone
-from hw.sim.udev import UsbmuxdOnDemand, write_usb3_hub
+from hw.sim.udev import SysfsDevices, UsbmuxdOnDemand, WorldHotplug, write_usb3_hub
 from hw.sim.usb_backend import SimUsbBackend
 from hw.sim.usb_remote import UsbBridge
 from hw.sim.usbmuxd import SimUsbmuxd
@@ -34,6 +34,8 @@ class SimulatedBench:
         self.state_dir = Path(state_dir)
         self.world = SimWorld(reboot_seconds=reboot_seconds, superspeed={USB2_BUS: USB3_BUS})
         self.sysfs_root = self.state_dir / "sysfs"
+        self.sysfs = SysfsDevices(self.world, self.sysfs_root)
+        self.hotplug = WorldHotplug(self.world)  # for the phone layer: udev's events on this bus
         self.hub_ports = hub_ports
         self._phones = list(phones)
         socket_path = self.state_dir / "usbmuxd"
@@ -71,6 +73,7 @@ class SimulatedBench:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         write_usb3_hub(self.sysfs_root, USB2_BUS, USB3_BUS, HUB_PORT, self.hub_ports)
         try:
+            self.sysfs.start()  # first: the kernel's directory is there before usbmuxd hears of a phone
             for phone in self._phones:
                 self.world.attach(phone)
             if self._on_demand is not None:
@@ -96,3 +99,4 @@ class SimulatedBench:
             self._on_demand.stop()
         self.usbmuxd.stop()
         self.world.close()
+        self.sysfs.stop()

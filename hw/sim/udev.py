@@ -16,12 +16,16 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import threading
 from pathlib import Path
 
-from hw.sim.phone import USBMUX_MODES
+from collections.abc import Callable
+
+from hw.sim.phone import USBMUX_MODES, Mode
+from hw.sim.usb_backend import APPLE_VENDOR_ID, PRODUCT_IDS, string_table
 from hw.sim.usbmuxd import SimUsbmuxd
-from hw.sim.world import SimWorld, UsbArrived, UsbEvent
+from hw.sim.world import SimWorld, UsbArrived, UsbDevice, UsbEvent, UsbLeft
 
 logger = logging.getLogger(__name__)
 
@@ -85,3 +89,64 @@ def write_usb3_hub(root: Path, usb2_bus: int, usb3_bus: int, hub_port: int, port
             link = here / "peer"
             if not link.is_symlink():
                 os.symlink(os.path.relpath(there, here), link)
+
+
+class SysfsDevices:
+    """Each phone on the bus as a device directory in a sysfs tree, as the kernel keeps one.
+
+    drivers/usb/core/sysfs.c: the directory is named by the port path (``1-1.3``) and holds
+    ``idVendor``/``idProduct`` (``%04x``), ``busnum``/``devnum`` and ``serial``, the
+    iSerialNumber read once at enumeration (hub.c ``usb_enumerate_device``). It appears when
+    the device is added, before udev hears of it, and goes when the device is removed.
+    Subscribed before usbmuxd, so a phone usbmuxd announces is already here, as on Linux.
+    """
+
+    def __init__(self, world: SimWorld, root: Path) -> None:
+        self.world = world
+        self.root = root
+        self._unsubscribe: Callable[[], None] = lambda: None
+
+    def start(self) -> None:
+        self._unsubscribe = self.world.subscribe(self._on_event)
+
+    def stop(self) -> None:
+        self._unsubscribe()
+
+    def _on_event(self, event: UsbEvent) -> None:
+        folder = self.root / device_name(event.device)
+        if isinstance(event, UsbLeft):
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        device = event.device
+        folder.mkdir(parents=True, exist_ok=True)
+        fields = {"idVendor": f"{APPLE_VENDOR_ID:04x}", "idProduct": f"{PRODUCT_IDS[device.mode]:04x}",
+                  "busnum": str(device.bus), "devnum": str(device.address),
+                  "serial": string_table(device)[max(string_table(device))]}
+        for name, value in fields.items():
+            (folder / name).write_text(value + "\n")
+
+
+def device_name(device: UsbDevice) -> str:
+    return f"{device.bus}-{'.'.join(map(str, device.port_path))}"
+
+
+class WorldHotplug:
+    """udev's hotplug events for recovery and DFU phones (``hw.iphone.hotplug``'s simulated twin).
+
+    ``wake`` is called on the world's thread, as it would be on pyudev's: it must be thread-safe.
+    """
+
+    BOOT_MODES = frozenset({Mode.RECOVERY, Mode.DFU})
+
+    def __init__(self, world: SimWorld) -> None:
+        self.world = world
+        self._unsubscribe: Callable[[], None] = lambda: None
+
+    def start(self, wake: Callable[[], None]) -> None:
+        def on_event(event: UsbEvent) -> None:
+            if event.device.mode in self.BOOT_MODES:
+                wake()
+        self._unsubscribe = self.world.subscribe(on_event)
+
+    def stop(self) -> None:
+        self._unsubscribe()

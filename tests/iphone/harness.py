@@ -13,6 +13,7 @@ import pytest
 from hw.iphone.layer import UsbPhoneLayer
 from hw.iphone.restore import WorkerSetup
 from hw.iphone.slots import SlotMap
+from hw.iphone.usb_sysfs import UsbSysfs
 from hw.iphone.usb_topology import PortPeers
 from hw.sim import SimPhone, SimulatedBench, point_activation_at
 
@@ -54,7 +55,8 @@ async def running_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
     natural = {f"1-1.{slot}": slot for slot in range(1, 8)}
     options = {"restore_grace_s": 1.0, "hello_wait_s": 5.0, "ready_wait_s": 2.0, "retry_s": 0.2}
     layer = UsbPhoneLayer(SlotMap(natural, 7, peer=PortPeers(bench.sysfs_root).peer), setup,
-                          usb_backend=bench.usb_backend, **(options | layer_options))
+                          usb_backend=bench.usb_backend, sysfs=UsbSysfs(bench.sysfs_root),
+                          hotplug=bench.hotplug, **(options | layer_options))
     layer._side_tasks = lambda emit: []  # no Apple reachability probe from a test
     harness = Layer(bench, layer)
     with bench:

@@ -26,6 +26,7 @@ from hw.iphone.layer import UsbPhoneLayer
 from hw.iphone.restore import WorkerSetup
 from hw.iphone.slots import SlotMap
 from hw.iphone.usb_scan import Scan, UsbPhone
+from hw.iphone.usb_sysfs import UsbSysfs
 from hw.phones import Mode, PhoneArrived
 
 pytestmark = pytest.mark.fuzz
@@ -205,7 +206,8 @@ def mux_devices(records: list[dict[str, Any]]) -> list[Any]:
 
 def layer(tmp_path: Path, events: list[object]) -> UsbPhoneLayer:
     setup = WorkerSetup(home=tmp_path / "home", log_dir=tmp_path / "logs", timeout_s=1, environment={})
-    phones = UsbPhoneLayer(SlotMap({f"1-1.{s}": s for s in range(1, SLOTS + 1)}, SLOTS), setup)
+    phones = UsbPhoneLayer(SlotMap({f"1-1.{s}": s for s in range(1, SLOTS + 1)}, SLOTS), setup,
+                           sysfs=UsbSysfs(tmp_path / "sysfs"))  # no device there: the scan alone places phones
     phones._emit = events.append
     phones._mux_up, phones._mux_since = True, 0.0
     return phones

@@ -233,3 +233,15 @@ async def test_an_unreadable_usb_device_is_a_station_fault(tmp_path, monkeypatch
         monkeypatch.setenv("USBMUXD_SOCKET_ADDRESS", h.bench.usbmuxd_address)
         await h.until(lambda e: e == LayerFault("usb-access", None))
         await h.until(lambda e: isinstance(e, PhoneArrived))
+
+
+@pytest.mark.parametrize("mode", [SimMode.NORMAL, SimMode.DFU, SimMode.RECOVERY])
+async def test_a_phone_is_on_its_slot_before_the_next_bus_scan(tmp_path, monkeypatch, mode):
+    """Attach -> slot without the 0.5 s poll: a phone running iOS from usbmuxd's announcement and
+    its port in sysfs, a recovery or DFU phone from the hotplug event (issue 13's detection goal)."""
+    monkeypatch.setattr(layer_module, "USB_POLL_S", 60.0)  # after the first scan, no other by the clock
+    async with running_layer(tmp_path, monkeypatch) as h:
+        await asyncio.sleep(0.3)
+        h.plug(phone(mode=mode), 5)
+        arrived = await h.until(lambda e: isinstance(e, PhoneArrived), timeout=3.0)
+    assert arrived.slot == 5 and arrived.device.mode.value == mode.value
