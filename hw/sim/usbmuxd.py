@@ -77,6 +77,9 @@ class SimUsbmuxd:
         self.socket_path = Path(socket_path)
         self.pair_record_dir = pair_record_dir
         self.buid = str(uuid.uuid4()).upper()
+        # Pair records by UDID, in memory only without a ``pair_record_dir``. usbmuxd keeps them
+        # as files (conf.c config_set_device_record/config_get_device_record read and write
+        # /var/lib/lockdown/<UDID>.plist each time): one per phone ever paired, none in memory.
         self._records: dict[str, bytes] = {}
         self._loop = BackgroundLoop(f"sim-usbmuxd-{self.socket_path.name}")
         self._server: socket.socket | None = None  # the listening socket
@@ -311,8 +314,9 @@ class SimUsbmuxd:
         record_id, data = request.get("PairRecordID"), request.get("PairRecordData")
         if not _valid_record_id(record_id) or not isinstance(data, bytes):
             return _result(EINVAL)
-        self._records[record_id] = data
-        if self.pair_record_dir is not None:
+        if self.pair_record_dir is None:
+            self._records[record_id] = data
+        else:
             self.pair_record_dir.mkdir(parents=True, exist_ok=True)
             (self.pair_record_dir / f"{record_id}.plist").write_bytes(data)
         device_id = request.get("DeviceID")

@@ -176,6 +176,27 @@ def test_pair_records_are_kept_and_deleted(bench_for, make_phone):
         "MessageType": "Result", "Number": 22}
 
 
+def test_pair_records_live_on_disk_not_in_the_daemons_memory(bench_for, make_phone):
+    # usbmuxd conf.c (config_set_device_record, config_get_device_record) writes and reads each
+    # record as a file in /var/lib/lockdown: a station pairing thousands of phones must not grow.
+    phone = make_phone()
+    bench = bench_for(phone)
+    udids = [f"00008110-{n:016X}" for n in range(20)]
+
+    async def scenario() -> list[dict]:
+        mux = await usbmux.create_mux()
+        try:
+            for udid in udids:
+                await mux.save_pair_record(udid, 1, plistlib.dumps({"HostID": udid}))
+            return [await mux.get_pair_record(udid) for udid in udids]
+        finally:
+            await mux.close()
+
+    assert run(scenario()) == [{"HostID": udid} for udid in udids]
+    assert sorted(p.stem for p in bench.usbmuxd.pair_record_dir.iterdir()) == udids
+    assert bench.usbmuxd._records == {}
+
+
 def test_usbmuxd_can_be_absent_and_come_back(bench_for, make_phone):
     phone = make_phone()
     bench = bench_for(phone)
