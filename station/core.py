@@ -390,6 +390,7 @@ class Station:
     async def _restore(self, slot: int, device: Device | None) -> None:
         device = _present(device)
         send = self._for(slot)
+        firmware: object = None
         try:
             firmware = await self._firmware_for(slot, device)
             async with asyncio.timeout(self.restore_timeout):
@@ -403,6 +404,8 @@ class Station:
         else:
             send(RestoreFinished())
         finally:
+            # The chosen IPSW stays in the cache (no prune, no remove) until its restore has ended.
+            getattr(firmware, "release", lambda: None)()
             # A retry may already have started a new restore here: leave that one counted.
             if self._restoring.get(slot) is asyncio.current_task():
                 del self._restoring[slot]
