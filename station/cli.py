@@ -1,15 +1,17 @@
 """The `station` command: subcommands register themselves from their own modules.
 
 Each module in COMMAND_MODULES has ``register(subparsers)``, which adds its
-parser and sets ``handler=fn`` where ``fn(args, config) -> int``. ``--config
-FILE`` may be given before the command or after it (``station --config F run``
-is ``station run --config F``); the config is loaded once, here, before the
-handler runs, so a bad key stops any command with one line.
+parser and sets ``handler=fn`` where ``fn(args, config) -> int``. The options in
+``add_common_options`` (``--config``, ``-v``, ``--log-level``) may be given before the
+command or after it (``station --config F run`` is ``station run --config F``); the
+config is loaded once, here, before the handler runs, so a bad key stops any command
+with one line.
 
-Bad input of any kind ends the same way: one line on stderr, exit 2, nothing
-changed. A usage mistake is one line too (``station run: argument --speed: ...``),
-and so is output that cannot be written (a full disk); a reader that went away
-(``station ... | head``) is a quiet exit 1.
+Exit codes, as the README's "Exit codes and JSON output" gives them to scripts: 0 done;
+1 the operation failed (``OperationFailed``, a file or device error, output that cannot
+be written, a reader that went away); 2 usage or configuration (argparse, ``ConfigError``,
+``CommandError``), nothing changed; 130 interrupted. Either failure is one line on stderr
+(a reader that went away, ``station ... | head``, is a quiet 1).
 """
 from __future__ import annotations
 
@@ -20,10 +22,14 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, NoReturn
 
-from station import overrides
+import shtab
+
+from station import logsetup, overrides
 from station.config import ConfigError, find_config
+from station.records.certificate import tool_version
 
 COMMAND_MODULES = (
     "station.commands.run",
@@ -33,17 +39,26 @@ COMMAND_MODULES = (
     "station.commands.ports",
     "station.commands.install",
 )
+OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
 CONFIG_HELP = ("config file (default: $STATION_CONFIG, /etc/station/station.toml, "
                "then the package's own default)")
-# --config before the command has its own name: argparse copies a subcommand's values over
+LOG_LEVELS = ("debug", "info", "warning", "error")
+VERBOSITY = {1: "info", 2: "debug"}  # -v, -vv (and more)
+# An option before the command has its own name: argparse copies a subcommand's values over
 # its parent's, so one shared name could not tell "before" from "after".
-CONFIG_BEFORE = "config_before_command"
+BEFORE = "_before_command"
 
 log = logging.getLogger("station")
 
 
 class CommandError(Exception):
-    """A command cannot do what was asked; the message is the one line shown."""
+    """The command line or the config asks for what cannot be done (exit 2, nothing changed);
+    the message is the one line shown."""
+
+
+class OperationFailed(Exception):
+    """What was asked could not be done: nothing found, a device or file that failed (exit 1);
+    the message is the one line shown."""
 
 
 class OutputError(Exception):
@@ -54,7 +69,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (its subcommands' parsers are of this class too)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+        self.exit(USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
 def positive_number(text: str) -> float:
@@ -80,8 +95,15 @@ def positive_integer(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
-        prog="station", description="iPhone restore station: detect, lock-check, restore, record.")
-    parser.add_argument("--config", metavar="FILE", dest=CONFIG_BEFORE, help=CONFIG_HELP)
+        prog="station", description="iPhone restore station: detect, lock-check, restore, record.",
+        epilog="Exit codes: 0 done, 1 the operation failed, 2 usage or configuration error, "
+               "130 interrupted. --json output: see the README.")
+    parser.add_argument("--version", action="version", version=tool_version())
+    shtab.add_argument_to(parser, "--print-completion",
+                          help="print a completion script for this shell and exit "
+                               "(e.g. station --print-completion bash > "
+                               "/etc/bash_completion.d/station)")
+    add_common_options(parser, BEFORE)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -92,26 +114,51 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(subparsers)
     for action in subparsers.choices.values():
-        add_config_option(action)
+        _add_to_leaves(action)
     return parser
 
 
-def add_config_option(parser: argparse.ArgumentParser) -> None:
-    """Give every leaf command --config (a parent's default would mask a child's value)."""
+def add_common_options(parser: argparse.ArgumentParser, suffix: str = "") -> None:
+    config = parser.add_argument("--config", metavar="FILE", dest="config" + suffix, help=CONFIG_HELP)
+    config.complete = shtab.FILE  # type: ignore[attr-defined]
+    parser.add_argument("-v", "--verbose", action="count", dest="verbose" + suffix,
+                        help="log more on stderr: -v info, -vv debug")
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, dest="log_level" + suffix,
+                        help="log at this level on stderr (default: warning; "
+                             "for `run`, [station] log_level)")
+
+
+def _add_to_leaves(parser: argparse.ArgumentParser) -> None:
+    """Give every leaf command the common options (a parent's default would mask a child's value)."""
     children = [action for action in parser._actions
                 if isinstance(action, argparse._SubParsersAction)]
     if not children:
-        parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+        add_common_options(parser)
     for action in children:
         for child in action.choices.values():
-            add_config_option(child)
+            _add_to_leaves(child)
 
 
 def config_name(args: argparse.Namespace) -> str | None:
-    """The one --config given, before or after the command; two different ones are an error."""
-    before, after = getattr(args, CONFIG_BEFORE, None), getattr(args, "config", None)
+    """The one --config given, before or after the command."""
+    return _one(args, "config")
+
+
+def log_level(args: argparse.Namespace) -> str | None:
+    """The level -v or --log-level asked for, if either was given."""
+    level = _one(args, "log_level")
+    verbose = (getattr(args, "verbose" + BEFORE, None) or 0) + (getattr(args, "verbose", None) or 0)
+    if level is not None and verbose:
+        raise CommandError(f"-v and --log-level {level} both given: use one")
+    return level or VERBOSITY.get(min(verbose, max(VERBOSITY)))
+
+
+def _one(args: argparse.Namespace, name: str) -> str | None:
+    """An option given before or after the command; two different values are an error."""
+    before, after = getattr(args, name + BEFORE, None), getattr(args, name, None)
     if before is not None and after is not None and before != after:
-        raise CommandError(f"--config given twice: {before} before the command, {after} after it")
+        option = "--" + name.replace("_", "-")
+        raise CommandError(f"{option} given twice: {before} before the command, {after} after it")
     return after if after is not None else before
 
 
@@ -151,6 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout = _Stdout(stdout)  # type: ignore[assignment]
     try:
         config = overrides.load(find_config(config_name(args)))
+        level = log_level(args)
+        if level is not None:
+            # `run` logs at [station] log_level: this command's level replaces it (the file is
+            # not changed). Other commands print only warnings (bare, through logging's last
+            # resort) unless asked for more.
+            config = replace(config, station=replace(config.station, log_level=level))
+            logsetup.configure(level, sys.stderr)
         if config.override_problem and not getattr(args, "reports_config_problem", False):
             print(f"station: {config.override_problem}; {overrides.fallback(config)}", file=sys.stderr)
         code = int(args.handler(args, config) or 0)
@@ -158,21 +212,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except (ConfigError, CommandError) as error:
         print(error if isinstance(error, ConfigError) else f"station: {error}", file=sys.stderr)
-        return 2
+        return USAGE
+    except OperationFailed as error:
+        print(f"station: {error}", file=sys.stderr)
+        return FAILED
     except OutputError as error:
         _drop_output(stdout)
         print(f"station: cannot write the output: {error}", file=sys.stderr)
-        return 2
+        return FAILED
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
     except BrokenPipeError:  # `station ... | head`: the reader left; say nothing more
         _drop_output(stdout)
-        return 1
+        return FAILED
     except OSError as error:  # a file or directory the command needs (cache_dir not writable)
         log.debug("command failed", exc_info=True)
         where = f"{error.filename}: " if error.filename else ""
         print(f"station: {where}{error.strerror or error}", file=sys.stderr)
-        return 2
+        return FAILED
     finally:
         sys.stdout = stdout
 

@@ -1,4 +1,7 @@
-"""Bad command lines (issue 9, section 5): one line on stderr, a non-zero exit, nothing changed."""
+"""Bad command lines (issue 9, section 5): one line on stderr, a non-zero exit, nothing changed.
+
+Exit 2 for what the command line or config got wrong, 1 for what failed while doing it
+(issue 14, item 5)."""
 from __future__ import annotations
 
 import errno
@@ -120,7 +123,7 @@ def test_writing_to_a_full_device_is_one_line(tmp_path, config):
         result = subprocess.run([sys.executable, "-m", "station.cli", "run", "--check",
                                  "--config", str(config)],
                                 stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60)
-    assert result.returncode == 2
+    assert result.returncode == 1  # the operation failed, not a usage error
     assert result.stderr == "station: cannot write the output: No space left on device\n"
 
 
@@ -157,10 +160,10 @@ class _Failing:
 
 def test_output_errors_in_process(monkeypatch, config, capsys):
     monkeypatch.setattr(sys, "stdout", _Failing(errno.ENOSPC))
-    assert main(["run", "--check", "--config", str(config)]) == 2
+    assert main(["run", "--check", "--config", str(config)]) == 1
     assert capsys.readouterr().err == "station: cannot write the output: No space left on device\n"
     monkeypatch.setattr(sys, "stdout", None)  # `station ... >&-`
-    assert main(["run", "--check", "--config", str(config)]) == 2
+    assert main(["run", "--check", "--config", str(config)]) == 1
     assert capsys.readouterr().err == "station: cannot write the output: standard output is closed\n"
 
 
@@ -173,6 +176,6 @@ def test_a_file_error_escaping_a_command_is_one_line(monkeypatch, config, capsys
 
     monkeypatch.setattr(run_command, "backend_name", refuse)
     monkeypatch.setenv("STATION_BACKEND", "pi")
-    assert main(["run", "--config", str(config)]) == 2
+    assert main(["run", "--config", str(config)]) == 1
     assert capsys.readouterr().err == \
         "station: /var/lib/station/ipsw/catalog.json: Permission denied\n"

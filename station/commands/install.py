@@ -14,7 +14,8 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from station.cli import CommandError
+from station.cli import OperationFailed
+from station.commands.output import print_json
 from station.config import Config
 
 UDEV_RULES = ("39-station-apple.rules", "60-station-gpio.rules")
@@ -39,36 +40,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser = subparsers.add_parser(name, help=what)
         parser.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
                             help="install into this root directory (an image being built)")
+        parser.add_argument("--json", action="store_true",
+                            help='print {"written": [FILE...], "kept": [FILE...]}')
         parser.set_defaults(handler=handler)
 
 
 def install_udev(args: argparse.Namespace, config: Config) -> int:
-    for name in UDEV_RULES:
-        _install(name, args.root / "etc/udev/rules.d" / name, replace=True)
+    written = [_install(name, args.root / "etc/udev/rules.d" / name, replace=True) for name in UDEV_RULES]
     if _live(args.root):
         _run("udevadm", "control", "--reload-rules")
         _run("udevadm", "trigger", "--subsystem-match=usb", "--subsystem-match=gpio")
+    _report(args, written)
     return 0
 
 
 def install_service(args: argparse.Namespace, config: Config) -> int:
-    for name, target, replace in SERVICE_FILES:
-        _install(name, args.root / target, replace)
+    written = [_install(name, args.root / target, replace) for name, target, replace in SERVICE_FILES]
     if _live(args.root):
         _run("systemctl", "daemon-reload")
-    print("enable with: systemctl enable --now usbmuxd station")
+    _report(args, written)
+    if not args.json:
+        print("enable with: systemctl enable --now usbmuxd station")
     return 0
 
 
-def _install(name: str, target: Path, replace: bool) -> None:
+def _install(name: str, target: Path, replace: bool) -> tuple[Path, bool]:
+    """``target`` and whether it was written (False: an existing file that is kept)."""
     if target.exists() and not replace:
-        print(f"kept {target} (already there)")
-        return
+        return target, False
     target.parent.mkdir(parents=True, exist_ok=True)
     with resources.as_file(resources.files("station.system") / name) as source:
         shutil.copyfile(source, target)
     target.chmod(0o644)
-    print(f"wrote {target}")
+    return target, True
+
+
+def _report(args: argparse.Namespace, installed: list[tuple[Path, bool]]) -> None:
+    if args.json:
+        print_json({"written": [str(path) for path, written in installed if written],
+                    "kept": [str(path) for path, written in installed if not written]})
+        return
+    for path, written in installed:
+        print(f"wrote {path}" if written else f"kept {path} (already there)")
 
 
 def _live(root: Path) -> bool:
@@ -80,8 +93,8 @@ def _run(*command: str) -> None:
     try:
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
-        raise CommandError(f"{command[0]}: not installed") from None
+        raise OperationFailed(f"{command[0]}: not installed") from None
     except subprocess.CalledProcessError as error:
-        raise CommandError(f"{' '.join(command)}: {error.stderr.strip() or error.returncode}") from None
+        raise OperationFailed(f"{' '.join(command)}: {error.stderr.strip() or error.returncode}") from None
     except subprocess.TimeoutExpired:
-        raise CommandError(f"{' '.join(command)}: no answer in 60 s") from None
+        raise OperationFailed(f"{' '.join(command)}: no answer in 60 s") from None

@@ -1,4 +1,9 @@
-"""`station records list|export|verify|new-chain`, `station cert SERIAL` and `station key show`."""
+"""`station records list|export|verify|new-chain`, `station cert SERIAL` and `station key show`.
+
+Records that cannot be read, a certificate not found, a file that cannot be written: the
+operation failed (exit 1). An output file that exists without --force, or one inside the
+state directory: a usage error (exit 2), nothing written.
+"""
 from __future__ import annotations
 
 import argparse
@@ -15,11 +20,12 @@ from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from station.cli import CommandError
+from station.cli import CommandError, OperationFailed
+from station.commands.output import print_json, print_json_array
 from station.config import Config
 from station.records import certificate, chains, db, export, headfile, keys
 from station.records.statedir import RecordsUnavailable, StationBusy
-from station.records.verify import Witness, verify
+from station.records.verify import Verdict, Witness, verify
 
 Handler = Callable[[argparse.Namespace, Config], int]
 
@@ -29,9 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = records.add_subparsers(dest="records_command", required=True, metavar="ACTION")
     listing = _leaf(actions, "list", "one line per session, oldest first", _list)
     _since_option(listing)
-    listing.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    listing.add_argument("--json", action="store_true", help="a JSON array of sessions instead of a table")
     exporting = _leaf(actions, "export", "every session with all its fields", _export)
-    exporting.add_argument("--format", choices=("csv", "json"), required=True)
+    format_ = exporting.add_mutually_exclusive_group(required=True)
+    format_.add_argument("--format", choices=("csv", "json"))
+    format_.add_argument("--json", action="store_true", help="the same as --format json")
     _since_option(exporting)
     _output_options(exporting)
     verifying = _leaf(actions, "verify", "check the hash chain, every row and every signature", _verify)
@@ -39,19 +47,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verifying.add_argument("--against", metavar="CERT", nargs="+", type=Path, default=[],
                            help="certificates held elsewhere (customers' copies): the records "
                                 "must still hold each one and the chain it was issued at")
+    verifying.add_argument("--json", action="store_true",
+                           help="an object with the counts checked and the problem found (null if none)")
     new_chain = _leaf(actions, "new-chain", "archive these records and start a new chain "
                       "(after a lost key or lost records), saying why", _new_chain)
     new_chain.add_argument("--reason", required=True, help="why, kept in the new records")
+    new_chain.add_argument("--json", action="store_true", help='print {"archive": DIR, "reason": TEXT}')
 
     cert = subparsers.add_parser("cert", help="the erasure certificate of a phone, by serial number")
     cert.add_argument("serial")
     _output_options(cert)
+    cert.add_argument("--json", action="store_true",
+                      help="accepted as by every command; the certificate is JSON already")
     cert.set_defaults(handler=_cert)
 
     key = subparsers.add_parser("key", help="the station's signing key")
     key_actions = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
-    _public_key_option(_leaf(key_actions, "show", "the public key and its fingerprint, for auditors",
-                             _key_show))
+    show = _leaf(key_actions, "show", "the public key and its fingerprint, for auditors; "
+                 "creates the key if the station has none yet (before its first start)", _key_show)
+    _public_key_option(show)
+    show.add_argument("--json", action="store_true",
+                      help='print {"fingerprint": ..., "public_key": PEM, "created": true|false}')
 
 
 def _leaf(actions: argparse._SubParsersAction, name: str, help: str,
@@ -96,11 +112,11 @@ def _records(config: Config) -> Iterator[sqlite3.Connection]:
     try:
         conn = db.open_existing(config.station.state_dir)
     except RecordsUnavailable as error:
-        raise CommandError(str(error)) from None
+        raise OperationFailed(str(error)) from None
     try:
         yield conn
     except sqlite3.Error as error:
-        raise CommandError(f"{db.path_in(config.station.state_dir)}: {error}") from None
+        raise OperationFailed(f"{db.path_in(config.station.state_dir)}: {error}") from None
     finally:
         conn.close()
 
@@ -132,14 +148,14 @@ def _output(path: Path | None, config: Config | None = None, force: bool = False
     try:
         fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     except OSError as error:
-        raise CommandError(f"{path}: {error.strerror}") from None
+        raise OperationFailed(f"{path}: {error.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
             yield stream
         os.chmod(temp, 0o644 & ~_umask())
         os.replace(temp, target)
     except OSError as error:
-        raise CommandError(f"{path}: {error.strerror}") from None
+        raise OperationFailed(f"{path}: {error.strerror}") from None
     finally:
         Path(temp).unlink(missing_ok=True)
 
@@ -152,8 +168,11 @@ def _umask() -> int:
 
 def _list(args: argparse.Namespace, config: Config) -> int:
     with _records(config) as conn, _output(None) as stream:
+        if args.json:
+            print_json_array(export.sessions(conn, args.since), stream)
+            return 0
         for session in export.sessions(conn, args.since):
-            print(json.dumps(session, ensure_ascii=False) if args.json else _line(session), file=stream)
+            print(_line(session), file=stream)
     return 0
 
 
@@ -166,7 +185,7 @@ def _line(session: dict[str, Any]) -> str:
 
 
 def _export(args: argparse.Namespace, config: Config) -> int:
-    write = export.write_csv if args.format == "csv" else export.write_json
+    write = export.write_json if args.json or args.format == "json" else export.write_csv
     with _records(config) as conn, _output(args.output, config, args.force) as stream:
         write(conn, stream, args.since)
     return 0
@@ -178,13 +197,14 @@ def _verify(args: argparse.Namespace, config: Config) -> int:
     try:
         head = headfile.read(config.station.state_dir)
     except ValueError as error:
-        print(f"station: records verify: {error}", file=sys.stderr)
-        return 1
+        return _verify_failed(args, public, str(error))
     with _records(config) as conn:
         verdict = verify(conn, public, head, witnesses)
     if verdict.problem:
-        print(f"station: records verify: {verdict.problem}", file=sys.stderr)
-        return 1
+        return _verify_failed(args, public, verdict.problem)
+    if args.json:
+        print_json(_verdict_json(public, verdict, head is not None))
+        return 0
     checked = f"; checked against {verdict.witnesses} certificate(s) held elsewhere" if witnesses else ""
     no_head = "" if head is not None or not verdict.records else f"; no {headfile.HEAD_FILE} to check"
     print(f"ok: {verdict.records} records, chain intact; {verdict.certificates} certificates "
@@ -192,13 +212,30 @@ def _verify(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _verify_failed(args: argparse.Namespace, public: Ed25519PublicKey, problem: str) -> int:
+    """The problem on stderr (one line), and with --json the verdict on stdout too: exit 1."""
+    if args.json:
+        print_json(_verdict_json(public, None, None, problem))
+    print(f"station: records verify: {problem}", file=sys.stderr)
+    return 1
+
+
+def _verdict_json(public: Ed25519PublicKey, verdict: Verdict | None, head_checked: bool | None,
+                  problem: str | None = None) -> dict[str, Any]:
+    """What a passed check counted; each count is null when the check stopped at a problem."""
+    counts = {name: None if verdict is None else getattr(verdict, name)
+              for name in ("records", "certificates", "open", "witnesses")}
+    return {"ok": problem is None, "signer": keys.fingerprint(public), **counts,
+            "head_checked": head_checked, "problem": problem}
+
+
 def _witness(path: Path) -> Witness:
     try:
         return Witness(str(path), json.loads(path.read_text(encoding="utf-8")))
     except OSError as error:
-        raise CommandError(f"{path}: {error.strerror}") from None
+        raise OperationFailed(f"{path}: {error.strerror}") from None
     except (ValueError, UnicodeDecodeError):
-        raise CommandError(f"{path}: not a certificate (not JSON)") from None
+        raise OperationFailed(f"{path}: not a certificate (not JSON)") from None
 
 
 def _cert(args: argparse.Namespace, config: Config) -> int:
@@ -206,9 +243,9 @@ def _cert(args: argparse.Namespace, config: Config) -> int:
         try:
             document = certificate.latest_for(conn, args.serial)
         except certificate.NotItsCertificate as error:
-            raise CommandError(str(error)) from None
+            raise OperationFailed(str(error)) from None
     if document is None:
-        raise CommandError(f"no certificate for serial {args.serial}")
+        raise OperationFailed(f"no certificate for serial {args.serial}")
     with _output(args.output, config, args.force) as stream:
         json.dump(json.loads(document), stream, indent=2, sort_keys=True, ensure_ascii=False)
         stream.write("\n")
@@ -219,20 +256,46 @@ def _new_chain(args: argparse.Namespace, config: Config) -> int:
     try:
         archive = chains.start_new(config.station.state_dir, args.reason)
     except (RecordsUnavailable, StationBusy) as error:
-        raise CommandError(str(error)) from None
-    print(f"records archived in {archive}; a new chain starts at the next start: {args.reason}")
+        raise OperationFailed(str(error)) from None
+    if args.json:
+        print_json({"archive": str(archive), "reason": args.reason})
+    else:
+        print(f"records archived in {archive}; a new chain starts at the next start: {args.reason}")
     return 0
 
 
 def _key_show(args: argparse.Namespace, config: Config) -> int:
+    created = args.public_key is None and _create_first_key(config.station.state_dir)
     public = _public_key(config, args.public_key)
-    print(keys.public_pem(public), end="")
-    print(f"fingerprint: {keys.fingerprint(public)}")
+    if args.json:
+        print_json({"fingerprint": keys.fingerprint(public), "public_key": keys.public_pem(public),
+                    "created": created})
+    else:
+        print(keys.public_pem(public), end="")
+        print(f"fingerprint: {keys.fingerprint(public)}")
+    if created:
+        print(f"station: created the station key {config.station.state_dir / keys.KEY_FILE}",
+              file=sys.stderr)
     return 0
+
+
+def _create_first_key(state_dir: Path) -> bool:
+    """Make the station key as its first start would, if the station has none yet.
+
+    Never a new key beside records signed by a lost one: ``load_or_create`` refuses that,
+    as it does at start-up (the same rule as ``Store``)."""
+    if (state_dir / keys.KEY_FILE).exists() or (state_dir / keys.PUBLIC_FILE).exists():
+        return False
+    try:
+        first = not headfile.path_in(state_dir).exists() and db.count_sessions(state_dir) == 0
+        keys.load_or_create(state_dir, may_create=first)
+    except RecordsUnavailable as error:
+        raise OperationFailed(str(error)) from None
+    return True
 
 
 def _public_key(config: Config, public_file: Path | None = None) -> Ed25519PublicKey:
     try:
         return keys.load_public(config.station.state_dir, public_file)
     except RecordsUnavailable as error:
-        raise CommandError(str(error)) from None
+        raise OperationFailed(str(error)) from None

@@ -1,20 +1,24 @@
-"""`station records list|export`, `station key show`, and one-line errors, through station.cli.main."""
+"""`station records list|export|verify|new-chain`, `station cert`, `station key show`, their --json
+output and one-line errors (exit 1: failed, exit 2: usage), through station.cli.main."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 from datetime import datetime
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hw.phones import Lock
 from station.machine import Confirm, Detached, LockResult, RestoreFailed, RestoreStarted
-from station.records import db
+from station.records import db, keys
 from station.records.recorder import Recorder
 
 from . import helpers
 from .helpers import Phone
+from .test_verify import tamper
 
 
 @pytest.fixture
@@ -39,9 +43,13 @@ def test_list(two_days, cli):
 
 def test_list_since_as_json(two_days, cli):
     code, out, _ = cli("records", "list", "--since", "2024-06-11", "--json")
-    [line] = out.splitlines()
-    session = json.loads(line)
+    [session] = json.loads(out)  # an array, like every list the commands print
     assert code == 0 and session["id"] == 3 and session["outcome"] == "failed"
+
+
+def test_list_as_json_with_nothing_since(two_days, cli):
+    code, out, _ = cli("records", "list", "--since", "2030-01-01", "--json")
+    assert code == 0 and json.loads(out) == []
 
 
 def test_list_shows_open_sessions(recorder, cli, clock):
@@ -83,14 +91,33 @@ def test_export_json_includes_certificates(two_days, cli):
     assert sessions[0]["certificate"]["media"]["serial"] == helpers.device(1).serial
 
 
+def test_export_json_is_the_same_as_format_json(two_days, cli):
+    assert cli("records", "export", "--json")[1] == cli("records", "export", "--format", "json")[1]
+
+
+def test_export_format_and_json_are_one_choice(two_days, cli, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli("records", "export", "--json", "--format", "csv")
+    assert exit.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_export_to_an_unwritable_file(two_days, cli, tmp_path):
     code, _, err = cli("records", "export", "--format", "csv", "-o", str(tmp_path / "no" / "x.csv"))
-    assert code == 2 and err.startswith("station: ") and "No such file or directory" in err
+    assert code == 1 and err.startswith("station: ") and "No such file or directory" in err
+
+
+def test_export_over_an_existing_file_is_a_usage_error(two_days, cli, tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("mine\n")
+    code, _, err = cli("records", "export", "--format", "csv", "-o", str(target))
+    assert (code, err) == (2, f"station: {target}: exists (--force replaces it)\n")
+    assert target.read_text() == "mine\n"
 
 
 def test_commands_without_records(cli, station):
     code, _, err = cli("records", "list")
-    assert code == 2
+    assert code == 1
     assert err == f"station: no records at {db.path_in(station.state_dir)}\n"
     assert not station.state_dir.exists()  # reading never creates the state dir
 
@@ -102,6 +129,71 @@ def test_key_show(recorder, cli, station):
     assert lines[0] == "-----BEGIN PUBLIC KEY-----" and lines[-2] == "-----END PUBLIC KEY-----"
     assert lines[-1].startswith("fingerprint: SHA256:")
     assert "PRIVATE" not in out
+
+
+def test_key_show_before_the_first_start_creates_the_key(cli, station, clock):
+    """The README's first boot: the fingerprint is noted before the station ever ran."""
+    code, out, err = cli("key", "show", "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["created"] is True
+    assert err == f"station: created the station key {station.state_dir / keys.KEY_FILE}\n"
+    assert (station.state_dir / keys.KEY_FILE).stat().st_mode & 0o777 == 0o600
+    # The station then starts with that key: what it signs, the fingerprint shown verifies.
+    with Recorder(station, now=clock) as recorder:
+        helpers.clean_restore(Phone(recorder, 1, clock), 1)
+    code, out, _ = cli("records", "verify", "--json")
+    assert code == 0 and json.loads(out)["signer"] == shown["fingerprint"]
+    code, out, err = cli("key", "show", "--json")
+    assert json.loads(out) == {**shown, "created": False} and err == ""
+
+
+def test_key_show_makes_no_new_key_beside_records_signed_by_a_lost_one(two_days, cli, station):
+    (station.state_dir / keys.KEY_FILE).unlink()
+    (station.state_dir / keys.PUBLIC_FILE).unlink()
+    code, out, err = cli("key", "show")
+    assert code == 1 and out == ""
+    assert err.startswith("station: records unavailable: station key ") and "is missing" in err
+    assert not (station.state_dir / keys.KEY_FILE).exists()
+
+
+def test_key_show_of_a_public_key_file_creates_nothing(cli, station, tmp_path):
+    pem = tmp_path / "auditor.pub"
+    pem.write_text(keys.public_pem(Ed25519PrivateKey.generate().public_key()))
+    code, out, _ = cli("key", "show", "--public-key", str(pem), "--json")
+    assert code == 0 and json.loads(out)["public_key"] == pem.read_text()
+    assert not station.state_dir.exists()
+
+
+def test_verify_as_json(two_days, cli):
+    code, out, err = cli("records", "verify", "--json")
+    verdict = json.loads(out)
+    assert code == 0 and err == ""
+    assert verdict == {"ok": True, "signer": verdict["signer"], "records": 3, "certificates": 1,
+                       "open": 0, "witnesses": 0, "head_checked": True, "problem": None}
+    assert verdict["signer"].startswith("SHA256:")
+
+
+def test_verify_as_json_names_the_problem_and_fails(two_days, cli, station):
+    tamper(db.path_in(station.state_dir), "UPDATE sessions SET reason = 'nothing wrong' WHERE id = 3")
+    code, out, err = cli("records", "verify", "--json")
+    verdict = json.loads(out)
+    assert code == 1 and verdict["ok"] is False and verdict["records"] is None
+    assert err == f"station: records verify: {verdict['problem']}\n"
+
+
+def test_new_chain_as_json(two_days, cli, station):
+    code, out, _ = cli("records", "new-chain", "--reason", "key lost", "--json")
+    made = json.loads(out)
+    assert code == 0 and made["reason"] == "key lost" and Path(made["archive"]).is_dir()
+
+
+def test_cert_of_an_unknown_serial_fails(two_days, cli):
+    assert cli("cert", "NOSUCHSERIAL", "--json") == (1, "", "station: no certificate for serial NOSUCHSERIAL\n")
+
+
+def test_cert_with_json_prints_the_certificate(two_days, cli):
+    code, out, _ = cli("cert", helpers.device(1).serial, "--json")
+    assert code == 0 and json.loads(out)["media"]["serial"] == helpers.device(1).serial
 
 
 def test_export_csv_quotes_what_needs_it(recorder, clock, cli):
