@@ -135,7 +135,6 @@ class SimulatedPhones(UsbPhoneLayer):
         self._attempts: Counter[str] = Counter()  # real-engine restores begun, per scenario phone
         self._struck: Counter[str] = Counter()  # fault_at faults struck, per scenario phone
         self._network_up = True
-        self._unplugged: set[str] = set()  # scenario phones whose cable is out
         self._running: dict[str, _Needs] = {}  # timed restores under way, per scenario phone
         self._network_back: dict[str, float] = {}  # struck phone -> down_s once its restore ends
         # The USB links the slots share, at the scenario's pace: the filesystem transfers'.
@@ -177,13 +176,17 @@ class SimulatedPhones(UsbPhoneLayer):
                 os.environ[USBMUX_ENV] = saved
 
     def plug(self, spec: ScenarioPhone) -> None:
-        self._unplugged.discard(spec.name)
         self.bench.world.attach(self.phones[spec.name], SIM_BUS, (1, spec.slot))
 
     def unplug(self, spec: ScenarioPhone) -> None:
-        """The cable pulled: a timed restore of this phone loses it (the real worker's USB error)."""
-        self._unplugged.add(spec.name)
-        self.bench.world.detach(self.phones[spec.name])
+        """The cable pulled: a timed restore of this phone loses it (the real worker's USB error).
+
+        A scenario plugs each phone in once, so the phone is forgotten here (its key, pairings and
+        dialogue go with it): kept, a soak's thousands of phones grew the station's memory.
+        """
+        phone = self.phones.pop(spec.name, None)
+        if phone is not None:
+            self.bench.world.detach(phone)
         if spec.name in self._running:
             self._running[spec.name].lost("USB connection lost: the phone left the bus")
 
@@ -240,7 +243,10 @@ class SimulatedPhones(UsbPhoneLayer):
 
     async def _restore_in_worker(self, slot: int, device: Device, firmware: object,
                                  report: Callable[[RestoreReport], None]) -> None:
-        spec = next(s for s in self.scenario.phones if self.phones[s.name].ecid == device.ecid)
+        spec = next((s for s in self.scenario.phones
+                     if s.name in self.phones and self.phones[s.name].ecid == device.ecid), None)
+        if spec is None:  # unplugged before its restore began
+            raise RestoreError("USB connection lost: the phone left the bus", True)
         phone = self.phones[spec.name]
         failure = None
         if spec.fail is not None and self._failures[spec.name] < spec.fail.times:
@@ -286,7 +292,7 @@ class SimulatedPhones(UsbPhoneLayer):
                 strike_at = None
                 self._strike(spec, fault)
 
-        if spec.name in self._unplugged:
+        if spec.name not in self.phones:  # unplugged while it paired
             raise RestoreError("USB connection lost: the phone left the bus", True)
         self._running[spec.name] = needs
         try:

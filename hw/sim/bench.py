@@ -32,12 +32,12 @@ class SimulatedBench:
     def __init__(self, phones: Iterable[SimPhone], state_dir: Path, *, reboot_seconds: float = 0.5,
                  usbmuxd_on_demand: bool = False, hub_ports: int = 16) -> None:
         self.state_dir = Path(state_dir)
-        self.world = SimWorld(reboot_seconds=reboot_seconds, superspeed={USB2_BUS: USB3_BUS})
+        self._phones = list(phones)  # the bench's own: its world keeps them when they are unplugged
+        self.world = SimWorld(self._phones, reboot_seconds=reboot_seconds, superspeed={USB2_BUS: USB3_BUS})
         self.sysfs_root = self.state_dir / "sysfs"
         self.sysfs = SysfsDevices(self.world, self.sysfs_root)
         self.hotplug = WorldHotplug(self.world)  # for the phone layer: udev's events on this bus
         self.hub_ports = hub_ports
-        self._phones = list(phones)
         socket_path = self.state_dir / "usbmuxd"
         if len(str(socket_path)) > MAX_UNIX_PATH:
             raise ValueError(f"state_dir is too long for a unix socket path: {socket_path}")

@@ -396,14 +396,17 @@ class IBoot:
 
 
 def iboot_of(world: SimWorld, phone: SimPhone) -> IBoot:
-    """The phone's boot chain, kept by its world and shared by every backend on it (hold the world's lock)."""
-    iboot = world.firmware.get(phone)
-    if not isinstance(iboot, IBoot):
-        iboot = world.firmware[phone] = IBoot(phone, world)
+    """The phone's boot chain in this world, kept by the phone and shared by every backend on the
+    world (hold the world's lock)."""
+    iboot = phone.iboot
+    if not isinstance(iboot, IBoot) or iboot.world is not world:
+        iboot = phone.iboot = IBoot(phone, world)
     return iboot
 
 
 def nonces_of(world: SimWorld, phone: SimPhone) -> tuple[bytes, bytes]:
     """The ApNonce and SEP nonce the phone's iBoot shows now."""
-    iboot = world.firmware.get(phone)
-    return (iboot.ap_nonce, iboot.sep_nonce) if isinstance(iboot, IBoot) else (phone.ap_nonce, phone.sep_nonce)
+    iboot = phone.iboot
+    if isinstance(iboot, IBoot) and iboot.world is world:
+        return iboot.ap_nonce, iboot.sep_nonce
+    return phone.ap_nonce, phone.sep_nonce

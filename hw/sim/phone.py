@@ -117,6 +117,9 @@ class SimPhone:
     uploads: list[tuple[str, int, str]] = field(default_factory=list, repr=False)  # iBoot: (stage, size, sha256)
     iboot_commands: list[str] = field(default_factory=list, repr=False)
     asr_received: tuple[int, str] | None = field(default=None, repr=False)  # (bytes, sha256) that ASR took
+    # What its boot chain keeps across USB transfers, enumerations and unplugs (NVRAM, boots):
+    # hw.sim.iboot.IBoot, once iBoot has run. The phone's, so it goes when the phone does.
+    iboot: object | None = field(default=None, repr=False)
     _received_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:

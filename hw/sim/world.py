@@ -69,14 +69,16 @@ class SimWorld:
     def __init__(self, phones: Iterable[SimPhone] = (), *, reboot_seconds: float = 0.5,
                  superspeed: dict[int, int] | None = None) -> None:
         self.lock = threading.RLock()
+        # The bench's own phones, plugged in or not, and any other phone while it is plugged in:
+        # a station sees thousands of phones one after another, and a world that kept each one
+        # (its key, pairings, dialogue) grew with every phone (bench.soak).
         self.phones: list[SimPhone] = list(phones)
+        self._own = set(self.phones)
         self.reboot_seconds = reboot_seconds
         self.superspeed = dict(superspeed or {})
         self._plugs: dict[SimPhone, _Plug] = {}
         self._listeners: list[Listener] = []
         self._next_address: dict[int, int] = {}
-        # What a phone's firmware keeps between USB transfers and enumerations (hw.sim.iboot.IBoot).
-        self.firmware: dict[SimPhone, object] = {}
 
     # Hotplug -----------------------------------------------------------------
 
@@ -105,6 +107,8 @@ class SimWorld:
             if plug.reboot is not None:
                 plug.reboot.cancel()
             self._vanish(plug)
+            if phone not in self._own:
+                self.phones.remove(phone)
 
     def set_mode(self, phone: SimPhone, mode: Mode) -> None:
         """Change mode at once (re-enumerating if plugged), e.g. a scenario that starts in DFU."""
@@ -157,7 +161,7 @@ class SimWorld:
             return plug is not None and plug.device is device
 
     def find_phone(self, udid: str) -> SimPhone | None:
-        """The phone with this UDID (dash optional), plugged or not."""
+        """The phone with this UDID (dash optional): plugged in, or one of the bench's own."""
         with self.lock:
             for phone in self.phones:
                 if phone.udid.replace("-", "") == udid.replace("-", ""):

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 
 import pytest
 from pymobiledevice3 import usbmux
 from pymobiledevice3.exceptions import MuxException, PyMobileDevice3Exception
 from pymobiledevice3.lockdown import create_using_usbmux
 
-from hw.sim import SimulatedBench
+from hw.sim import Mode, SimulatedBench, SimWorld
+from hw.sim.iboot import iboot_of
 
 from .conftest import open_fds, run, sim_threads
 
@@ -46,6 +49,45 @@ def test_hotplug_storm_leaks_nothing(short_dir, make_phone, monkeypatch):
 
     assert threading.active_count() == threads_before
     assert open_fds() == fds_before
+
+
+def test_the_world_forgets_a_phone_once_it_is_unplugged(make_phone):
+    # A station sees thousands of phones, each plugged in once: a world that kept every phone
+    # (and its iBoot state) grew with each one (bench.soak).
+    resident = make_phone()
+    world = SimWorld([resident])
+    gone = []
+    for _ in range(STORM):
+        visitor = make_phone(port_path=(1, 2), mode=Mode.RECOVERY)
+        world.attach(visitor)
+        with world.lock:
+            iboot_of(world, visitor).env["auto-boot"] = "true"  # its firmware ran
+        world.detach(visitor)
+        gone.append(weakref.ref(visitor))
+    del visitor
+    world.attach(resident)
+    with world.lock:
+        iboot_of(world, resident).env["auto-boot"] = "true"
+    world.detach(resident)
+    gc.collect()
+
+    assert [ref() for ref in gone] == [None] * STORM
+    assert world.phones == [resident] and world.find_phone(resident.udid) is resident
+    with world.lock:
+        assert iboot_of(world, resident).env["auto-boot"] == "true"  # NVRAM: the phone keeps it
+
+
+def test_a_phone_keeps_its_nvram_when_it_is_plugged_in_again(make_phone):
+    phone = make_phone(mode=Mode.RECOVERY)
+    world = SimWorld()
+    world.attach(phone)
+    with world.lock:
+        iboot_of(world, phone).env["auto-boot"] = "true"
+    world.detach(phone)
+    assert world.find_phone(phone.udid) is None
+    world.attach(phone)
+    with world.lock:
+        assert iboot_of(world, phone).env["auto-boot"] == "true"
 
 
 def test_unplugging_drops_open_connections(bench_for, make_phone):

@@ -8,6 +8,8 @@ simulated phone that refuses trust must not be restored either, whatever the sta
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -81,6 +83,25 @@ async def test_a_trusting_phone_is_restored(tmp_path):
     assert "StartSession" in phone.requests(), "restored over a paired session"
     assert not phone.paired_hosts, "erased: it trusts nobody now"
     assert not [r for r in reports if isinstance(r, TrustRequest)]
+
+
+async def test_a_phone_is_forgotten_once_it_is_unplugged(tmp_path):
+    # A scenario plugs each phone in once. A simulation that kept every phone after it left (its
+    # key, pairings, each lockdownd request it got) grew with every phone of bench.soak.
+    specs = tuple(ScenarioPhone(name=f"p{n}", slot=1, attach=n, detach=n + 0.5) for n in range(20))
+    config = Config(station=StationSection(state_dir=tmp_path / "state"))
+    scenario = Scenario("soak", ScenarioInfo(engine="timed"), specs, (), {}, tmp_path)
+    layer = SimulatedPhones(config, scenario, Clock(speed=100, started=False))
+    gone = [weakref.ref(phone) for phone in layer.phones.values()]
+    for spec in specs:
+        layer.plug(spec)
+        layer.phones[spec.name].record({"Request": "QueryType"})
+        layer.unplug(spec)
+    layer.unplug(specs[0])  # pulled by a fault, then unplugged by the scenario: nothing to do
+    gc.collect()
+
+    assert layer.phones == {} and layer.bench.world.phones == []
+    assert [ref() for ref in gone] == [None] * len(specs)
 
 
 @pytest.mark.parametrize("engine", ["timed", "real"])
