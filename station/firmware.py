@@ -3,7 +3,11 @@
 Choosing may verify a changed file (hashing gigabytes), so the station calls
 ``select`` from a thread. On a real station a phone with no matching IPSW
 fails with ``NO IPSW <model>``; a simulated restore can stream synthetic bytes
-instead, so the simulation runs on a fresh checkout with an empty cache.
+instead, so the simulation runs on a fresh checkout with an empty cache. A
+phone whose only IPSW Apple no longer signs fails with ``NOT SIGNED <build>``
+(and what to add) before its restore starts, on a simulated station too: a
+restore to it would fail at the signing step, minutes in. The chosen file is
+held (``Selection.lease``) until the station releases it when the restore ends.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import logging
 from hw.phones import Device
 from station.core import FirmwareSource, NoFirmware
 from station.ipsw import IpswError, NoIpswError
+from station.ipsw.errors import NotSignedError
 from station.ipsw.cache import IpswCache, Selection
 
 log = logging.getLogger(__name__)
@@ -25,9 +30,9 @@ class IpswFirmware(FirmwareSource):
     def select(self, device: Device) -> Selection | None:
         try:
             return self.cache.select(product_type=device.product_type or None,
-                                     chip_id=device.chip_id, board_id=device.board_id)
+                                     chip_id=device.chip_id, board_id=device.board_id, hold=True)
         except NoIpswError as missing:
-            if self.required:
+            if self.required or isinstance(missing, NotSignedError):
                 log.error("%s", missing.log_message)
                 raise NoFirmware(str(missing)) from None
             log.info("%s: the simulated restore streams synthetic bytes", missing)

@@ -2,9 +2,11 @@
 
 Modules, one job each: ``models`` (chip/board -> ProductType table), ``manifest``
 (BuildManifest and build-identity choice), ``reader`` (seekable members),
-``digest`` (SHA-1 + SHA-256 in one pass), ``catalog`` (published digests),
-``record`` (the verification result beside each file), ``transfer`` (copy or
-resumable download into a temp file), ``cache`` (the directory), ``cli``.
+``digest`` (SHA-1 + SHA-256 in one pass), ``catalog`` (published digests, and
+which builds Apple signs), ``record`` (the verification result beside each
+file), ``transfer`` (copy or resumable download into a temp file), ``lock``
+(one writer: commands and the station never race), ``cache`` (the directory),
+``progress`` (terminal bars), ``cli``.
 """
 from station.ipsw.errors import IpswError, NoIpswError
 

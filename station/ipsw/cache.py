@@ -5,7 +5,8 @@ Layout of ``[ipsw] cache_dir``::
     NAME.ipsw               complete and verified (or accepted with --trust-unlisted)
     NAME.ipsw.verify.json   its verification record (record.py)
     .NAME.ipsw.part         an add in progress, or a download to resume
-    catalog.json            published sizes and digests (catalog.py)
+    catalog.json            published sizes and digests, and which builds Apple signs (catalog.py)
+    .lock                   the lock that keeps commands and the station apart (lock.py)
 
 A file gets its final name only after it was copied, fsynced and verified, so a
 crash or a bad input leaves the cache as it was (apart from a resumable part).
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import urllib.parse
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ from station.ipsw import catalog as catalogs
 from station.ipsw import models
 from station.ipsw import record as records
 from station.ipsw.digest import Digests, file_digests
-from station.ipsw.errors import IpswError, NoIpswError, printable, shown
+from station.ipsw.errors import IpswError, NoIpswError, NotSignedError, printable, shown
 from station.ipsw.files import fsync_dir
+from station.ipsw.lock import CacheLock, Lease, claim, in_use
 from station.ipsw.manifest import Identity, Manifest, read_manifest
 from station.ipsw.reader import IpswArchive
 from station.ipsw.record import Record
@@ -49,6 +51,7 @@ class Entry:
     size: int
     record: Record | None
     current: bool  # the record matches the file's size and mtime
+    signed: bool | None = None  # does Apple sign it, as the saved catalog says; None: not listed
 
     @property
     def usable(self) -> bool:
@@ -69,7 +72,7 @@ class Entry:
                 "build": known.build if known else None, "version": known.version if known else None,
                 "models": list(known.models) if known else [],
                 "sha1": known.sha1 if known else None, "sha256": known.sha256 if known else None,
-                "checked_at": known.checked_at if known else None}
+                "checked_at": known.checked_at if known else None, "signed": self.signed}
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,18 @@ class Selection:
     device_class: str
     variant: str
     restore_behavior: str
+    signed: bool | None = None
+    # Held from the choice until the restore that reads the file ends (``select(hold=True)``).
+    lease: Lease | None = field(default=None, compare=False, repr=False)
+
+    def release(self) -> None:
+        """The restore that read the file has ended: remove and prune may take it again."""
+        if self.lease is not None:
+            self.lease.release()
 
     def as_json(self) -> dict[str, Any]:
         return {"model": self.model, "file": self.path.name, "path": str(self.path), "build": self.build,
-                "version": self.version, "sha256": self.sha256,
+                "version": self.version, "sha256": self.sha256, "signed": self.signed,
                 "identity": {"index": self.identity_index, "DeviceClass": self.device_class,
                              "Variant": self.variant, "RestoreBehavior": self.restore_behavior}}
 
@@ -97,6 +108,7 @@ class IpswCache:
     def __init__(self, section: IpswSection) -> None:
         self.section = section
         self.dir = section.cache_dir
+        self.lock = CacheLock(self.dir)
         self._manifests: dict[tuple[Path, int, int, int, int], Manifest] = {}
 
     # -- reading ------------------------------------------------------------------------------------
@@ -104,7 +116,8 @@ class IpswCache:
     def entries(self) -> list[Entry]:
         if not self.dir.is_dir():
             return []
-        return [self._entry(path) for path in sorted(self.dir.glob("*.ipsw"))]
+        signing = self._signing()
+        return [self._entry(path, signing) for path in sorted(self.dir.glob("*.ipsw"))]
 
     def find(self, name: str) -> Entry:
         """A cached IPSW by file name, or by a path to it in the cache (never a file of that name elsewhere)."""
@@ -115,7 +128,34 @@ class IpswCache:
         path = self.dir / given.name
         if path.suffix != ".ipsw" or not path.is_file():
             raise IpswError(f"{printable(given.name)}: not in the cache ({self.dir})")
-        return self._entry(path)
+        return self._entry(path, self._signing())
+
+    def find_cached(self, source: str, progress: Progress | None = None) -> Entry | None:
+        """The cached, verified entry that holds the very file ``source`` names (adding it again is
+        then a success); None when no file of its name is cached; IpswError when one is, but it is
+        another file or not verified.
+
+        A URL is the cached file when the catalog publishes it with the cached digest or, unlisted,
+        when the cached file was downloaded from it: nothing is downloaded to tell. A path is when
+        it is the cached file, or has its size and SHA-256 (read once, never copied).
+        """
+        name, url = self._name_of(source)
+        path = self.dir / name
+        if not path.exists():
+            return None
+        entry = self._entry(path, self._signing())
+        if not entry.usable or entry.record is None:
+            raise IpswError(f"{name} is already in the cache, {entry.state}: station ipsw verify {name} checks it")
+        if url is not None:
+            published = next((e for e in self._signing().entries if e.url == url), None)
+            same = (published.sha1 == entry.record.sha1 and published.size == entry.size if published
+                    else entry.record.source == url)
+        else:
+            same = self._same_file(Path(source), entry, progress)
+        if not same:
+            raise IpswError(f"{name} is already in the cache, and {printable(source)} is another file: "
+                            "station ipsw remove it first to add this one")
+        return entry
 
     def catalog(self) -> catalogs.Catalog:
         return catalogs.load(self.dir / CATALOG_FILE)
@@ -148,52 +188,70 @@ class IpswCache:
     # -- changing -----------------------------------------------------------------------------------
 
     def add(self, source: str, trust_unlisted: bool = False, progress: Progress | None = None) -> Entry:
-        """Copy a file or download a URL into the cache, verified; IpswError leaves the cache unchanged."""
-        from_url = is_url(source)
-        if from_url:
-            source = checked_url(source)
-            name = Path(urllib.parse.unquote(urllib.parse.urlsplit(source).path)).name
-        else:
-            name = Path(source).name
-        _check_name(name, source)
-        final = self.dir / name
-        if final.exists():
-            raise IpswError(f"{name} is already in the cache (station ipsw verify {name} checks it again)")
-        if not from_url:
+        """Copy a file or download a URL into the cache, verified; IpswError leaves the cache unchanged.
+
+        The very file already cached and verified is no error: its entry comes back (``find_cached``).
+        """
+        cached = self.find_cached(source, progress)
+        if cached is not None:
+            log.info("%s is already cached", cached.path.name)
+            return cached
+        name, url = self._name_of(source)
+        if url is None:
             self._check_source(Path(source))  # fail in a second, not after copying 8 GB
         self._make_dir()
+        final = self.dir / name
         part = self.dir / f".{name}{PART_SUFFIX}"
-        try:
-            if from_url:
-                digests = download(source, part, self.section.download_timeout_s, self.section.download_retries,
-                                   progress)
-            else:
-                digests = copy_file(Path(source), part, progress)
-            manifest = read_manifest(part, name)
-            stat = part.stat()
-            verdict = self._judge(name, part, stat, manifest, digests, trust_unlisted, previous=None)
-            if not verdict.usable:
-                raise IpswError(verdict.reason)
-            records.save(final, verdict)  # the record first: the IPSW never shows up unverified
-            os.rename(part, final)
-            fsync_dir(self.dir)
-        except BaseException as error:
-            # A broken download stays to be resumed; anything else (bad file, disk full) goes.
-            if not (from_url and isinstance(error, (DownloadInterrupted, KeyboardInterrupt))):
-                part.unlink(missing_ok=True)
-                part.with_name(part.name + ".json").unlink(missing_ok=True)
-            if not final.exists():
-                records.path_for(final).unlink(missing_ok=True)
-            raise
+        with claim(part, name):  # outside the try: another add's part is not ours to delete
+            try:
+                if url is not None:
+                    digests = download(url, part, self.section.download_timeout_s, self.section.download_retries,
+                                       progress)
+                else:
+                    digests = copy_file(Path(source), part, progress)
+                manifest = read_manifest(part, name)
+                stat = part.stat()
+                verdict = self._judge(name, part, stat, manifest, digests, trust_unlisted, previous=None)
+                if not verdict.usable:
+                    raise IpswError(verdict.reason)
+                verdict = replace(verdict, source=url or str(Path(source).resolve()))
+                with self.lock.exclusive():
+                    return self._commit(part, final, stat, verdict, source)
+            except BaseException as error:
+                # A broken download stays to be resumed; anything else (bad file, disk full) goes.
+                if not (url is not None and isinstance(error, (DownloadInterrupted, KeyboardInterrupt))):
+                    part.unlink(missing_ok=True)
+                    part.with_name(part.name + ".json").unlink(missing_ok=True)
+                if not final.exists():
+                    records.path_for(final).unlink(missing_ok=True)
+                raise
+
+    def _commit(self, part: Path, final: Path, stat: os.stat_result, verdict: Record, source: str) -> Entry:
+        """Give a verified part its final name (under the exclusive lock)."""
+        if final.exists():  # another command added this name while we copied
+            entry = self._entry(final)
+            if not (entry.usable and entry.record is not None and entry.record.sha256 == verdict.sha256):
+                raise IpswError(f"{final.name} is already in the cache, and {printable(source)} is another file: "
+                                "station ipsw remove it first to add this one")
+            part.unlink()
+            log.info("%s is already cached", final.name)
+            return entry
+        records.save(final, verdict)  # the record first: the IPSW never shows up unverified
+        os.rename(part, final)
+        fsync_dir(self.dir)
         moved = final.stat()  # the rename set a new ctime: keep the record current (see record.py)
         if moved.st_ctime_ns != stat.st_ctime_ns and records.fingerprint(moved)[:3] == records.fingerprint(stat)[:3]:
             records.save(final, replace(verdict, ctime_ns=moved.st_ctime_ns))
-        log.info("added %s: iOS %s (%s) for %s, %s", name, manifest.version, manifest.build,
-                 ", ".join(manifest.product_types), verdict.state)
-        return self._entry(final)
+        log.info("added %s: iOS %s (%s) for %s, %s", final.name, verdict.version, verdict.build,
+                 ", ".join(verdict.models), verdict.state)
+        return self._entry(final, self._signing())
 
     def verify(self, name: str, trust_unlisted: bool = False, progress: Progress | None = None) -> Entry:
         """Hash a cached IPSW again and store the result; IpswError (stored too) when it fails."""
+        with self.lock.shared():  # a prune waits: the file stays while it is hashed
+            return self._verify(name, trust_unlisted, progress)
+
+    def _verify(self, name: str, trust_unlisted: bool = False, progress: Progress | None = None) -> Entry:
         entry = self.find(name)
         stat = entry.path.stat()
         manifest = self.manifest(entry.path)
@@ -209,43 +267,68 @@ class IpswCache:
         log.info("verified %s: %s", entry.path.name, verdict.state)
         if not verdict.usable:
             raise IpswError(verdict.reason)
-        return self._entry(entry.path)
+        return self._entry(entry.path, self._signing())
 
     def remove(self, name: str) -> Path:
-        """Delete a cached IPSW and its record; ``name`` as for ``find``."""
-        entry = self.find(name)
-        entry.path.unlink()
-        records.path_for(entry.path).unlink(missing_ok=True)
-        fsync_dir(self.dir)
-        log.info("removed %s", entry.path.name)
+        """Delete a cached IPSW and its record; ``name`` as for ``find``. A file a restore reads stays."""
+        with self.lock.exclusive():
+            entry = self.find(name)
+            if in_use(entry.path):
+                raise IpswError(f"{entry.path.name} is in use by a restore; remove it when the restore is done")
+            self._delete(entry.path)
         return entry.path
 
-    def prune(self, keep: int, dry_run: bool = False) -> list[Path]:
-        """Remove usable IPSWs that are not among the ``keep`` newest (or pinned) for any of their models."""
-        ranked = sorted(((e, self.manifest(e.path)) for e in self.entries() if e.usable),
-                        key=lambda pair: _release(pair[1]), reverse=True)
-        kept: set[Path] = set()
-        for model in {m for _, manifest in ranked for m in manifest.product_types}:
-            supporting = [(e, m) for e, m in ranked if model in m.product_types]
-            kept.update(e.path for e, _ in supporting[:keep])
-            pin = self.section.pin.get(model)
-            kept.update(e.path for e, m in supporting if pin in (m.version, m.build))
-        doomed = [e.path for e, _ in ranked if e.path not in kept]
-        if not dry_run:
-            for path in doomed:
-                self.remove(path.name)
-        return doomed
+    def prune(self, keep: int, dry_run: bool = False, progress: Progress | None = None) -> list[Path]:
+        """Remove usable IPSWs that are not among the ``keep`` newest (or pinned) for any of their
+        models, but none a restore reads now; the ones removed (or, ``dry_run``, that would be)."""
+        with self.lock.exclusive():
+            ranked = sorted(((e, self.manifest(e.path)) for e in self.entries() if e.usable),
+                            key=lambda pair: _release(pair[1]), reverse=True)
+            kept: set[Path] = set()
+            for model in {m for _, manifest in ranked for m in manifest.product_types}:
+                supporting = [(e, m) for e, m in ranked if model in m.product_types]
+                kept.update(e.path for e, _ in supporting[:keep])
+                pin = self.section.pin.get(model)
+                kept.update(e.path for e, m in supporting if pin in (m.version, m.build))
+            doomed = [e for e, _ in ranked if e.path not in kept]
+            if dry_run:
+                return [e.path for e in doomed]
+            removed, freed, total = [], 0, sum(e.size for e in doomed)
+            for entry in doomed:
+                if in_use(entry.path):
+                    log.warning("%s is in use by a restore: not pruned", entry.path.name)
+                    continue
+                self._delete(entry.path)
+                removed.append(entry.path)
+                freed += entry.size
+                if progress is not None:
+                    progress(freed, total)
+            return removed
+
+    def _delete(self, path: Path) -> None:
+        path.unlink()
+        records.path_for(path).unlink(missing_ok=True)
+        fsync_dir(self.dir)
+        log.info("removed %s", path.name)
 
     # -- choosing -----------------------------------------------------------------------------------
 
     def select(self, product_type: str | None = None, chip_id: int | None = None,
-               board_id: int | None = None) -> Selection:
-        """The IPSW and Erase build identity for a phone: the newest usable one, or the pinned version.
+               board_id: int | None = None, hold: bool = False) -> Selection:
+        """The IPSW and Erase build identity for a phone: the newest usable one Apple signs, or the
+        pinned version. ``hold``: the file stays in the cache until ``selection.lease`` is released.
 
         A phone in normal mode is known by ProductType, one in recovery/DFU by chip id +
-        board id. A file whose record is stale is verified again (hashed) before use.
+        board id. A file whose record is stale is verified again (hashed) before use. A build
+        the catalog says Apple no longer signs is refused (NotSignedError, what to add in its
+        log message) when there is none it signs: its restore would fail at the signing step.
         """
         model, boards = self._boards(product_type, chip_id, board_id)
+        with self.lock.shared():
+            selection = self._select(model, boards, product_type)
+            return replace(selection, lease=Lease(selection.path)) if hold else selection
+
+    def _select(self, model: str, boards: tuple[models.Board, ...], product_type: str | None) -> Selection:
         pin = self.section.pin.get(model)
         candidates: list[tuple[Entry, Manifest, Identity]] = []
         for entry in self.entries():
@@ -259,27 +342,65 @@ class IpswCache:
             identity = self._identity(manifest, boards, product_type)
             if identity and (pin is None or pin in (manifest.version, manifest.build)):
                 candidates.append((entry, manifest, identity))
-        for entry, manifest, identity in sorted(candidates, key=lambda c: _release(c[1]), reverse=True):
+        # Signed (or not listed) before not signed, then newest first.
+        ranked = sorted(candidates, key=lambda c: (c[0].signed is not False, _release(c[1])), reverse=True)
+        for entry, manifest, identity in ranked:
             if not entry.usable:
                 log.info("%s changed since it was verified: verifying before use", entry.path.name)
                 try:
-                    entry = self.verify(entry.path.name)
+                    entry = self._verify(entry.path.name)
                 except IpswError as error:
                     log.warning("not using %s: %s", entry.path.name, error)
                     continue
             assert entry.record is not None
+            if entry.signed is False:
+                raise self._not_signed(model, pin, manifest)
             return Selection(path=entry.path, build=manifest.build, version=manifest.version,
                              sha256=entry.record.sha256, model=model, identity_index=identity.index,
                              device_class=identity.device_class, variant=identity.variant,
-                             restore_behavior=identity.restore_behavior or "")
+                             restore_behavior=identity.restore_behavior or "", signed=entry.signed)
         raise NoIpswError(model, self._what_to_add(model, pin))
 
     # -- helpers ------------------------------------------------------------------------------------
 
-    def _entry(self, path: Path) -> Entry:
+    def _entry(self, path: Path, signing: catalogs.Catalog | None = None) -> Entry:
         stat = path.stat()
         found = records.load(path)
-        return Entry(path, stat.st_size, found, found is not None and found.is_current(stat))
+        signed = signing.signed(found.sha1) if signing is not None and found is not None else None
+        return Entry(path, stat.st_size, found, found is not None and found.is_current(stat), signed)
+
+    def _signing(self) -> catalogs.Catalog:
+        """The saved catalog, for who signs what; an unreadable one counts as none (and is said)."""
+        try:
+            return self.catalog()
+        except IpswError as error:
+            log.warning("%s", error)
+            return catalogs.Catalog()
+
+    def _name_of(self, source: str) -> tuple[str, str | None]:
+        """The name ``source`` gets in the cache, and the URL as it is sent (None for a path)."""
+        if is_url(source):
+            url = checked_url(source)
+            name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
+            _check_name(name, url)
+            return name, url
+        name = Path(source).name
+        _check_name(name, source)
+        return name, None
+
+    @staticmethod
+    def _same_file(source: Path, entry: Entry, progress: Progress | None) -> bool:
+        assert entry.record is not None
+        try:
+            if source.samefile(entry.path):
+                return True
+            size = source.stat().st_size
+            if size != entry.size:
+                return False
+            digests = file_digests(source, (lambda done: progress(done, size)) if progress else None)
+        except OSError as error:
+            raise IpswError(f"{source}: {error.strerror or error}") from None
+        return digests.sha256 == entry.record.sha256
 
     def _make_dir(self) -> None:
         try:
@@ -311,7 +432,9 @@ class IpswCache:
         verdict = self._verdict(name, path, stat, manifest, digests, trust_unlisted, previous, catalog,
                                 not_refreshed)
         if not_refreshed and verdict.usable:
-            log.warning("%s; used the saved copy", not_refreshed)
+            fetched = catalog.fetched_on(manifest.product_types)
+            log.warning("%s; %s", not_refreshed, f"used the saved copy (catalog fetched {fetched})" if fetched
+                        else "no saved catalog to check it against")
         return verdict
 
     def _verdict(self, name: str, path: Path, stat: os.stat_result, manifest: Manifest, digests: Digests,
@@ -392,6 +515,21 @@ class IpswCache:
             raise IpswError(f"{product_type} has {len(found)} boards in {manifest.build} ({classes}): "
                             f"give its CPID:BDID")
         return next(iter(found.values()), None)
+
+    def _not_signed(self, model: str, pin: str | None, manifest: Manifest) -> NotSignedError:
+        """The refusal of a build Apple no longer signs, saying what to add (or to change the pin)."""
+        what = f"iOS {manifest.version} ({manifest.build}) for {model} is no longer signed by Apple"
+        catalog = self._signing()
+        when = catalog.fetched_text((model,))
+        if pin is not None:
+            return NotSignedError(model, manifest.build, f"{what} ({when}); [ipsw] pin.{model} = \"{pin}\" names "
+                                  "it: pin a signed version, or remove the pin", "unpin")
+        newest = catalog.newest_for(model, signed=True)
+        if newest is None:
+            return NotSignedError(model, manifest.build, f"{what} ({when}), and the catalog lists no signed one "
+                                  "for it: station ipsw catalog refresh, then add one")
+        return NotSignedError(model, manifest.build, f"{what} ({when}); add iOS {newest.version} ({newest.build}): "
+                              f"station ipsw add {newest.url}", f"add iOS {newest.version}")
 
     def _what_to_add(self, model: str, pin: str | None) -> str:
         pinned = f" (pinned to {pin})" if pin else ""

@@ -53,14 +53,25 @@ class Catalog:
     def for_build(self, build: str, models: tuple[str, ...]) -> list[Published]:
         return [e for e in self.entries if e.build == build and set(e.models) & set(models)]
 
-    def newest_for(self, model: str, version: str | None = None) -> Published | None:
-        """The newest published IPSW for ``model``, or the one of ``version`` (an iOS version or build)."""
-        found = [e for e in self.entries if model in e.models and version in (None, e.version, e.build)]
+    def newest_for(self, model: str, version: str | None = None, signed: bool = False) -> Published | None:
+        """The newest published IPSW for ``model``, or the one of ``version`` (an iOS version or build);
+        ``signed``: only one Apple signs (or whose listing does not say)."""
+        found = [e for e in self.entries if model in e.models and version in (None, e.version, e.build)
+                 and not (signed and e.signed is False)]
         return max(found, key=lambda e: (version_key(e.version), e.build), default=None)
 
+    def signed(self, sha1: str) -> bool | None:
+        """Does Apple sign the file of this SHA-1, as of the last fetch? None: not listed, or not said."""
+        published = self.by_sha1(sha1) if sha1 else None
+        return published.signed if published is not None else None
+
+    def fetched_on(self, models: tuple[str, ...]) -> str:
+        """The dates ``models`` were last fetched ("2026-12-01, 2026-12-02"); empty when never."""
+        return ", ".join(sorted({self.fetched[m][:10] for m in models if m in self.fetched}))
+
     def fetched_text(self, models: tuple[str, ...]) -> str:
-        dates = sorted({self.fetched[m][:10] for m in models if m in self.fetched})
-        return f"catalog fetched {', '.join(dates)}" if dates else "catalog never fetched for these models"
+        dates = self.fetched_on(models)
+        return f"catalog fetched {dates}" if dates else "catalog never fetched for these models"
 
 
 def load(path: Path) -> Catalog:

@@ -16,6 +16,8 @@ from station.ipsw.progress import ProgressBar, gb
 
 Handler = Callable[[argparse.Namespace, Config], int]
 
+SIGNED = {True: "yes", False: "NO", None: "?"}  # as of the saved catalog; "?": it does not list the file
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     ipsw = subparsers.add_parser("ipsw", help="the IPSW cache: add, list, verify, match firmware")
@@ -68,8 +70,15 @@ def _one_line(handler: Handler) -> Handler:
 
 
 def cmd_add(args: argparse.Namespace, config: Config) -> int:
+    cache = IpswCache(config.ipsw)
+    # The same file again is a success, so that a provisioning script can run its adds again.
+    with ProgressBar("compare") as bar:
+        cached = cache.find_cached(args.source, bar)
+    if cached is not None:
+        print(f"already cached: {cached.path}: {_describe(cached)}")
+        return 0
     with ProgressBar("add") as bar:
-        entry = IpswCache(config.ipsw).add(args.source, args.trust_unlisted, bar)
+        entry = cache.add(args.source, args.trust_unlisted, bar)
     print(f"added {entry.path}: {_describe(entry)}")
     return 0
 
@@ -79,11 +88,11 @@ def cmd_list(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print(json.dumps([e.as_json() for e in entries], indent=2))
         return 0
-    rows = [("FILE", "BUILD", "iOS", "MODELS", "SIZE", "STATE")]
+    rows = [("FILE", "BUILD", "iOS", "MODELS", "SIZE", "SIGNED", "STATE")]
     for entry in entries:
         known = entry.as_json()
         rows.append((entry.path.name, known["build"] or "?", known["version"] or "?",
-                     ",".join(known["models"]) or "?", gb(entry.size), entry.state))
+                     ",".join(known["models"]) or "?", gb(entry.size), SIGNED[entry.signed], entry.state))
     widths = [max(len(row[n]) for row in rows) for n in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
@@ -119,11 +128,18 @@ def cmd_remove(args: argparse.Namespace, config: Config) -> int:
 def cmd_prune(args: argparse.Namespace, config: Config) -> int:
     if args.keep < 1:
         raise CommandError(f"--keep {args.keep}: must be at least 1")
-    doomed = IpswCache(config.ipsw).prune(args.keep, args.dry_run)
-    for path in doomed:
-        print(f"{'would remove' if args.dry_run else 'removed'} {path}")
+    cache = IpswCache(config.ipsw)
+    doomed = cache.prune(args.keep, dry_run=True)
     if not doomed:
         print(f"nothing to prune: at most {args.keep} verified IPSW(s) per model")
+    elif args.dry_run:
+        for path in doomed:
+            print(f"would remove {path}")
+    else:
+        with ProgressBar("prune") as bar:
+            removed = cache.prune(args.keep, progress=bar)  # a file a restore reads stays, with a warning
+        for path in removed:
+            print(f"removed {path}")
     return 0
 
 

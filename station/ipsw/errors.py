@@ -23,6 +23,16 @@ class NoIpswError(IpswError):
         self.log_message = log_message
 
 
+class NotSignedError(NoIpswError):
+    """The only IPSW for a phone is a build Apple no longer signs: refused before the restore starts,
+    not at its signing step minutes in. str() is the port's display text, with what to do."""
+
+    def __init__(self, model: str, build: str, log_message: str, hint: str = "") -> None:
+        super().__init__(model, log_message)
+        self.build = build
+        self.args = (f"NOT SIGNED {build}" + (f": {hint}" if hint else ""),)  # "...: add iOS 18.1"
+
+
 def printable(text: str) -> str:
     """``text`` with each unprintable character escaped (a newline as ``\\n``): a message stays one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -37,6 +37,7 @@ class Record:
     reason: str = ""  # why it failed, or where the published digests came from
     inode: int = 0
     ctime_ns: int = 0
+    source: str = ""  # the URL (or path) it was added from: an add of the same URL again is no new file
 
     @property
     def usable(self) -> bool:

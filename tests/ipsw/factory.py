@@ -76,13 +76,14 @@ def firmware(path: Path, url: str, model: str, version: str, build: str, **chang
 def tree(directory: Path) -> dict[str, tuple[int, int, str]]:
     """Every file under ``directory`` with its size, mtime and SHA-1: 'the cache is left as it was'.
 
-    Not catalog.json: that is the publisher's list, saved again whenever an add finds the station online.
+    Not catalog.json: that is the publisher's list, saved again whenever an add finds the station online;
+    nor .lock, the empty file every command that changes the cache locks.
     """
     if not directory.exists():
         return {}
     return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns,
                                             hashlib.sha1(p.read_bytes()).hexdigest())
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != "catalog.json"}
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name not in ("catalog.json", ".lock")}
 
 
 def member_data_at(path: Path, name: str) -> tuple[int, int]:

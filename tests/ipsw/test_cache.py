@@ -32,7 +32,7 @@ def test_add_copies_verifies_and_stores_the_result(server: Server, section: Ipsw
     assert (entry.record.build, entry.record.version, entry.record.models) == ("22A3370", "18.0.1", ("iPhone14,7",))
     assert record.path_for(entry.path).exists()
     assert sorted(p.name for p in section.cache_dir.iterdir()) == sorted(
-        [ipsw14_7.name, ipsw14_7.name + ".verify.json", "catalog.json"])  # no temp file left
+        [ipsw14_7.name, ipsw14_7.name + ".verify.json", "catalog.json", ".lock"])  # no temp file left
 
 
 def test_unlisted_needs_trust_and_stays_marked(offline_section: IpswSection, ipsw14_7: Path) -> None:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from station.config import IpswSection
 
-from .conftest import Server
-from .factory import build_ipsw, synthetic_manifest
+from .conftest import Server, fails_one_line
+from .factory import build_ipsw, synthetic_manifest, tree
 
 
 def test_the_commands_on_a_fresh_cache(cli, server: Server, section: IpswSection, tmp_path: Path, capsys) -> None:
@@ -33,7 +34,7 @@ def test_the_commands_on_a_fresh_cache(cli, server: Server, section: IpswSection
 
     assert cli(section, "ipsw", "list") == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["FILE", "BUILD", "iOS", "MODELS", "SIZE", "STATE"]
+    assert table[0].split() == ["FILE", "BUILD", "iOS", "MODELS", "SIZE", "SIGNED", "STATE"]
     assert table[2].split()[:4] == [newer.name, "22A3370", "18.0.1", "iPhone14,7"]
 
     assert cli(section, "ipsw", "match", "iPhone14,7", "--json") == 0
@@ -56,13 +57,11 @@ def test_the_commands_on_a_fresh_cache(cli, server: Server, section: IpswSection
     assert json.loads(capsys.readouterr().out) == []
 
 
-def test_add_twice_and_remove_unknown_are_one_line(cli, server: Server, section: IpswSection, ipsw14_7: Path,
-                                                   capsys) -> None:
+def test_remove_unknown_and_bad_keep_are_one_line(cli, server: Server, section: IpswSection, ipsw14_7: Path,
+                                                  capsys) -> None:
     server.publish(ipsw14_7, ("iPhone14,7",), "18.0.1", "22A3370")
     assert cli(section, "ipsw", "add", str(ipsw14_7)) == 0
-    assert cli(section, "ipsw", "add", str(ipsw14_7)) == 2
-    assert capsys.readouterr().err == (f"station: {ipsw14_7.name} is already in the cache "
-                                       f"(station ipsw verify {ipsw14_7.name} checks it again)\n")
+    capsys.readouterr()
     assert cli(section, "ipsw", "remove", ipsw14_7.name, "nope.ipsw") == 2
     assert capsys.readouterr().err == f"station: nope.ipsw: not in the cache ({section.cache_dir})\n"
     assert (section.cache_dir / ipsw14_7.name).exists()  # all or nothing
@@ -74,3 +73,80 @@ def test_trust_unlisted_from_the_command_line(cli, offline_section: IpswSection,
     assert cli(offline_section, "ipsw", "add", str(ipsw14_7), "--trust-unlisted") == 0
     assert cli(offline_section, "ipsw", "list", "--json") == 0
     assert json.loads(capsys.readouterr().out.split("\n", 1)[1])[0]["state"] == "unlisted (trusted)"
+
+
+def test_adding_a_cached_file_again_succeeds(cli, server: Server, section: IpswSection, ipsw14_7: Path,
+                                             capsys) -> None:
+    """Provisioning scripts re-run `ipsw add`: the same bytes already cached and verified are a success."""
+    url = server.publish(ipsw14_7, ("iPhone14,7",), "18.0.1", "22A3370")
+    assert cli(section, "ipsw", "add", str(ipsw14_7)) == 0
+    capsys.readouterr()
+    before = tree(section.cache_dir)
+    cached = section.cache_dir / ipsw14_7.name
+    for source in (str(ipsw14_7), url, str(cached)):
+        assert cli(section, "ipsw", "add", source) == 0
+        assert capsys.readouterr() == (f"already cached: {cached}: iOS 18.0.1 (22A3370) for iPhone14,7, "
+                                       "0.3 MB, verified\n", "")
+    assert tree(section.cache_dir) == before
+    assert not [path for path, _ in server.requests if path.startswith("/files/")]  # nothing downloaded
+
+
+def test_an_unlisted_url_added_again_is_already_cached(cli, offline_section: IpswSection, ipsw14_7: Path,
+                                                       scripted, capsys) -> None:
+    data = ipsw14_7.read_bytes()
+    scripted.steps = [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data), data]
+    url = f"{scripted.url}/{ipsw14_7.name}"
+    assert cli(offline_section, "ipsw", "add", url, "--trust-unlisted") == 0
+    capsys.readouterr()
+    scripted.steps = [b"HTTP/1.1 500 Not Again\r\nContent-Length: 0\r\n\r\n"]  # a second download would fail
+    assert cli(offline_section, "ipsw", "add", url, "--trust-unlisted") == 0
+    assert capsys.readouterr().out.startswith(f"already cached: {offline_section.cache_dir / ipsw14_7.name}: ")
+
+
+def test_another_file_under_a_cached_name_is_refused(cli, server: Server, section: IpswSection, ipsw14_7: Path,
+                                                     tmp_path: Path, capsys) -> None:
+    server.publish(ipsw14_7, ("iPhone14,7",), "18.0.1", "22A3370")
+    assert cli(section, "ipsw", "add", str(ipsw14_7)) == 0
+    capsys.readouterr()
+    before = tree(section.cache_dir)
+    for directory in ("same-size", "shorter"):
+        (tmp_path / directory).mkdir()
+    same_size = build_ipsw(tmp_path / "same-size" / ipsw14_7.name, synthetic_manifest(), seed=9)
+    shorter = build_ipsw(tmp_path / "shorter" / ipsw14_7.name, synthetic_manifest(), os_size=1000)
+    for source in (same_size, shorter):
+        fails_one_line(capsys, cli(section, "ipsw", "add", str(source)),
+                       rf"station: {re.escape(ipsw14_7.name)} is already in the cache, and {re.escape(str(source))} "
+                       r"is another file: station ipsw remove it first to add this one")
+        assert tree(section.cache_dir) == before
+
+
+def test_a_cached_file_that_failed_is_not_already_cached(cli, server: Server, section: IpswSection,
+                                                         ipsw14_7: Path, capsys) -> None:
+    server.publish(ipsw14_7, ("iPhone14,7",), "18.0.1", "22A3370")
+    assert cli(section, "ipsw", "add", str(ipsw14_7)) == 0
+    capsys.readouterr()
+    cached = section.cache_dir / ipsw14_7.name
+    cached.write_bytes(cached.read_bytes())  # the same bytes, but the stored result no longer fits the file
+    fails_one_line(capsys, cli(section, "ipsw", "add", str(ipsw14_7)),
+                   rf"station: {re.escape(ipsw14_7.name)} is already in the cache, changed \(verify again\): "
+                   rf"station ipsw verify {re.escape(ipsw14_7.name)} checks it")
+
+
+def test_offline_add_does_not_claim_a_saved_catalog_it_never_had(cli, offline_section: IpswSection,
+                                                                 ipsw14_7: Path, capsys) -> None:
+    assert cli(offline_section, "ipsw", "add", str(ipsw14_7), "--trust-unlisted") == 0
+    err = capsys.readouterr().err
+    assert "saved copy" not in err
+    assert re.fullmatch(r"catalog not refreshed: iPhone14,7: http://127\.0\.0\.1:\d+/iPhone14,7: .*; "
+                        r"no saved catalog to check it against\n", err), err
+
+
+def test_offline_add_names_the_saved_catalog_it_used(cli, server: Server, section: IpswSection,
+                                                     offline_section: IpswSection, ipsw14_7: Path, capsys) -> None:
+    server.catalog["iPhone14,7"] = []
+    assert cli(section, "ipsw", "catalog", "refresh", "iPhone14,7") == 0
+    capsys.readouterr()
+    assert cli(offline_section, "ipsw", "add", str(ipsw14_7), "--trust-unlisted") == 0
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"catalog not refreshed: .*; used the saved copy \(catalog fetched \d{4}-\d\d-\d\d\)\n",
+                        err), err
