@@ -38,6 +38,7 @@ import logging
 import plistlib
 import threading
 import zipfile
+from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -78,6 +79,9 @@ def point_tss_at(url: str | None) -> None:
     tss.TSS_CONTROLLER_ACTION_URL = APPLE_TSS_URL if url is None else url
 
 
+SEEN_KEPT = 256  # the latest requests, for tests: bounded, as a soak sends thousands
+
+
 @dataclass(frozen=True)
 class Seen:
     """One request the server answered: the phone's ECID (None if unreadable), the build, the status."""
@@ -100,7 +104,7 @@ class TssServer:
                  port: int = 0) -> None:
         """``unsigned``: (build, ProductType) pairs Apple no longer signs, e.g. ("21F90", "iPhone14,7")."""
         self.host = host
-        self.seen: list[Seen] = []
+        self.seen: deque[Seen] = deque(maxlen=SEEN_KEPT)
         self._unsigned = set(unsigned)
         self._known: dict[tuple[int, int], list[_Known]] = {}
         self._lock = threading.Lock()

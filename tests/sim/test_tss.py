@@ -227,3 +227,11 @@ def test_stop_leaves_no_thread() -> None:
         requests.post(url, data=b"", timeout=2)
     with pytest.raises(RuntimeError):
         server.url
+
+
+def test_what_the_server_remembers_is_bounded() -> None:
+    # Each restore asks for two tickets or more: a list of every request grew with each phone.
+    server = TssServer()
+    for _ in range(2_000):
+        server.answer(b"not a plist")
+    assert len(server.seen) < 1_000 and server.seen[-1].status == 100  # the latest, for tests
