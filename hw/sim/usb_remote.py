@@ -16,6 +16,7 @@ that re-enumerated fails with ENODEV in the worker exactly as it does in-process
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -67,10 +68,6 @@ class UsbBridge:
         self.key = secrets.token_bytes(32)
         path.unlink(missing_ok=True)
         self._listener = Listener(str(path), family="AF_UNIX", authkey=self.key)
-        self._objects: dict[int, object] = {}
-        self._tokens: dict[int, Token] = {}  # id(object) -> its token, while the object lives here
-        self._numbers = itertools.count(1)
-        self._lock = threading.Lock()
         self._closed = False
         self._acceptor = threading.Thread(target=self._accept, name="sim-usb-bridge", daemon=True)
         self._acceptor.start()
@@ -101,19 +98,20 @@ class UsbBridge:
                              daemon=True).start()
 
     def _serve(self, connection: Connection) -> None:
+        handed = _Handed()  # what this worker holds: it goes when the worker does
         with connection:
             while True:
                 try:
                     name, args = connection.recv()
                 except (EOFError, OSError):
                     return
-                connection.send(self._answer(name, args))
+                connection.send(self._answer(handed, name, args))
 
-    def _answer(self, name: str, args: tuple[Any, ...]) -> tuple[str, Any]:
+    def _answer(self, handed: _Handed, name: str, args: tuple[Any, ...]) -> tuple[str, Any]:
         if name not in CALLS:
             return "error", (f"no such call: {name}", None, None)
         try:
-            args = tuple(self._object(arg) if isinstance(arg, Token) else arg for arg in args)
+            args = tuple(handed.object(arg) if isinstance(arg, Token) else arg for arg in args)
             if name == "ctrl_transfer" and isinstance(args[5], int):  # IN: the length to read
                 buffer = array("B", bytes(args[5]))
                 count = self.backend.ctrl_transfer(*args[:5], buffer, args[6])
@@ -126,23 +124,45 @@ class UsbBridge:
         except PASSED_ON as error:  # part of the backend interface: pyusb's walks end on IndexError
             return "raise", (type(error).__name__, str(error))
         if name == "enumerate_devices":  # devices and handles stay here; the worker gets tokens
-            return "ok", [self._token(device) for device in result]
+            return "ok", [handed.token(device) for device in result]
         if name == "open_device":
-            return "ok", self._token(result)
+            return "ok", handed.token(result)
+        if name == "close_device":
+            handed.drop(args[0])
         return "ok", result
 
-    def _token(self, thing: object) -> Token:
-        with self._lock:
-            token = self._tokens.get(id(thing))
-            if token is None or self._objects.get(token.number) is not thing:
-                token = Token(next(self._numbers))
-                self._objects[token.number] = thing
-                self._tokens[id(thing)] = token
-            return token
 
-    def _object(self, token: Token) -> object:
-        with self._lock:
-            return self._objects[token.number]
+class _Handed:
+    """The devices and handles one worker holds tokens for, on its connection's thread.
+
+    Kept for as long as the worker is connected (a device is one enumeration, a handle one
+    ``open_device``), or a handle until it is closed: a bridge that kept all it ever handed
+    out kept every phone that a station restored.
+    """
+
+    def __init__(self) -> None:
+        self._objects: dict[int, object] = {}
+        self._tokens: dict[int, Token] = {}  # id(object) -> its token, while the object is here
+        self._numbers = itertools.count(1)
+
+    def token(self, thing: object) -> Token:
+        token = self._tokens.get(id(thing))
+        if token is None or self._objects.get(token.number) is not thing:
+            token = Token(next(self._numbers))
+            self._objects[token.number] = thing
+            self._tokens[id(thing)] = token
+        return token
+
+    def object(self, token: Token) -> object:
+        thing = self._objects.get(token.number)
+        if thing is None:  # a handle used after close_device: libusb's would be freed memory
+            raise USBError("No such device (it may have been disconnected)", errno=errno.ENODEV)
+        return thing
+
+    def drop(self, thing: object) -> None:
+        token = self._tokens.pop(id(thing), None)
+        if token is not None:
+            self._objects.pop(token.number, None)
 
 
 class RemoteUsbBackend(usb.backend.IBackend):

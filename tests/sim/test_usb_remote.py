@@ -1,13 +1,16 @@
 """The simulated bus from another process: what a restore worker sees through the bridge."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import weakref
 
 from hw.sim import Mode
+from hw.sim.usb_remote import RemoteUsbBackend
 
 from .conftest import wait_until
 
@@ -48,3 +51,23 @@ def test_a_process_without_the_key_is_refused(bench_for, make_phone):
     result = subprocess.run([sys.executable, "-c", WORKER, "1"], capture_output=True, text=True,
                             timeout=60, env=env)
     assert result.returncode != 0 and "AuthenticationError" in result.stderr
+
+
+def test_what_a_worker_was_handed_is_let_go_when_it_disconnects(bench_for, make_phone, monkeypatch):
+    # Every restore's worker enumerates and opens phones through the bridge: a bridge that kept
+    # each device and handle it ever handed out kept every phone a station restored.
+    bench = bench_for()
+    phone = make_phone(mode=Mode.RECOVERY)
+    bench.world.attach(phone)
+    for key, value in bench.environment().items():
+        monkeypatch.setenv(key, value)
+    worker = RemoteUsbBackend.from_environment()
+    for _ in range(3):
+        (device,) = worker.enumerate_devices()
+        worker.close_device(worker.open_device(device))
+    worker._connection.close()  # the worker exits
+    bench.world.detach(phone)
+    gone = weakref.ref(phone)
+    del phone
+
+    wait_until(lambda: (gc.collect(), gone() is None)[1], timeout=2)
