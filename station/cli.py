@@ -34,7 +34,7 @@ from station.records.certificate import tool_version
 COMMAND_MODULES = (
     "station.commands.run",
     "station.ipsw.cli",
-    "station.records.cli",
+    "station.commands.records",
     "station.commands.devices",
     "station.commands.ports",
     "station.commands.install",
