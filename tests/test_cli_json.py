@@ -5,8 +5,13 @@ test_every_subcommand_has_a_case."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import pty
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,3 +164,22 @@ def _values(value: Any) -> list[Any]:
     if isinstance(value, list):
         return [v for item in value for v in _values(item)]
     return [value]
+
+
+def test_run_sim_json_in_a_terminal_prints_the_summary_alone(station: Station):
+    """A terminal on stdin and stdout would bring up the terminal view; --json keeps it away."""
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.Popen([sys.executable, "-m", "station.cli", "run", "--sim", str(station.scenario),
+                                   "--speed", "50", "--json", "--config", str(station.config)],
+                                  stdin=terminal, stdout=terminal, stderr=subprocess.DEVNULL, cwd=station.dir)
+        os.close(terminal)
+        printed = b""
+        with contextlib.suppress(OSError):  # EIO once the process closed its end
+            while chunk := os.read(controller, 65536):
+                printed += chunk
+        assert result.wait(timeout=120) == 0
+    finally:
+        os.close(controller)
+    [port] = json.loads(printed.decode().replace("\r\n", "\n"))
+    assert port["outcome"] == "locked"

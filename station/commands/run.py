@@ -63,7 +63,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     _configure_logging(config.station.log_level)
     options = RunOptions(backend=backend, scenario=scenario, speed=args.speed or 1.0,
                          duration=args.duration,
-                         interactive=sys.stdout.isatty() and sys.stdin.isatty())
+                         # --json: stdout holds the summary alone, never the terminal view
+                         interactive=not args.json and sys.stdout.isatty() and sys.stdin.isatty())
     result = asyncio.run(run_station(config, options))
     if scenario is None:
         return 0
