@@ -85,6 +85,7 @@ class Station:
         self.ports = {slot: Port(slot) for slot in range(1, config.hub.slots + 1)}
         self.view = navigation.View()
         self.faults: dict[str, str] = {}
+        self.status = ""  # the overview's bottom line when there is something to say (set_status)
         self.fault_details: dict[str, str] = {}  # the whole line behind a fault, when it has one
         self._counts = Counters()
         self._queue: deque[int] = deque()
@@ -152,6 +153,12 @@ class Station:
         if self._note_fault(source, fault):
             self._schedule()
 
+    def set_status(self, text: str) -> None:
+        """A station-level line that is no fault (IPSW prefetch progress, NOT SIGNED); "" clears it."""
+        if text != self.status:
+            self.status = text
+            self.on_change()
+
     def begin_stopping(self) -> None:
         """No new restore starts; the running ones go on (``restores_running`` counts them)."""
         self._draining = True
@@ -190,7 +197,7 @@ class Station:
                         if k in self.fault_details)
         counters = self.counter_source.counters() if self.counter_source else self._counts
         return Snapshot(ports=ports, screen=self.view.screen, selected=self.view.selected,
-                        counters=counters, faults=faults, fault_details=details, now=now)
+                        counters=counters, faults=faults, fault_details=details, status=self.status, now=now)
 
     # -- the one way a port changes ----------------------------------------
 

@@ -29,6 +29,7 @@ class Snapshot:
     counters: Counters = Counters()
     faults: tuple[str, ...] = ()  # station-level faults, most urgent first ("NO NETWORK")
     fault_details: tuple[str, ...] = ()  # "BAD CONFIG: <file>: <what is wrong>", same order
+    status: str = ""  # a station-level line that is no fault: IPSW prefetch progress, NOT SIGNED
     now: float = 0.0  # station clock, for ETAs and blinking
 
     def port(self, slot: int) -> Port:

@@ -3,7 +3,8 @@
 Nothing here touches a device; ``hw.display`` pushes the image. Every screen
 keeps the bottom line for a station-level fault (``NO NETWORK``, inverted) so
 the operator sees it whatever screen is up; without a fault that line is the
-screen's own footer (today's counters, a progress bar). Every text goes
+screen's own footer (today's counters, or the station's status line while it
+has one, a progress bar). Every text goes
 through ``_text``, which cuts it to its box: nothing is drawn off screen.
 """
 from __future__ import annotations
@@ -79,6 +80,9 @@ def _overview(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
     done, failed, locked = (snapshot.counters.restored, snapshot.counters.failed,
                             snapshot.counters.locked)
     width = WIDTH - right - 2
+    if snapshot.status:  # while there is one (a download, NOT SIGNED): the counters have their own screen
+        _text(draw, (0, FOOTER_TOP), snapshot.status, small(), width)
+        return
     # Shorter wordings for big days: a number must never be cut.
     wordings = (f"DONE {done} FAIL {failed} LOCK {locked}", f"DONE{done} FAIL{failed} LOCK{locked}",
                 f"D{done} F{failed} L{locked}")
