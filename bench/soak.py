@@ -421,7 +421,7 @@ def check_records(plan: Plan, config: Path) -> list[str]:
                              capture_output=True, text=True, cwd=ROOT)
     if listing.returncode != 0:
         return [f"records list exited {listing.returncode}: {listing.stderr.strip()[-500:]}"]
-    sessions = [json.loads(line) for line in listing.stdout.splitlines() if line.strip()]
+    sessions = json.loads(listing.stdout)
     failures = []
     by_serial = Counter(s["serial"] for s in sessions)
     wanted = {serial(n) for n in range(plan.phones)}

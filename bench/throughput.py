@@ -69,7 +69,7 @@ def play(folder: Path, text: str, speed: float) -> Outcome:
     (folder / "station.log").write_text(run.stderr)
     listing = subprocess.run([sys.executable, "-m", "station.cli", "records", "list", "--json", "--config",
                               str(config)], capture_output=True, text=True, check=True, timeout=120)
-    sessions = [json.loads(line) for line in listing.stdout.splitlines()]
+    sessions = json.loads(listing.stdout)
     done = [s for s in sessions if s["result"] == "done"]
     starts = [_seconds(s["restore_started_at"]) for s in sessions if s["restore_started_at"]]
     batch = (max(_seconds(s["result_at"]) for s in done) - min(starts)) * speed if done else 0.0

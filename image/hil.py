@@ -190,7 +190,9 @@ class Hil:
     def sessions(self, phone: str) -> list[dict]:
         """The station's records of one phone, by serial number or ECID, oldest first."""
         out = self.console.run(f"{STATION_USER} records list --json", timeout=120)
-        rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        lines = out.splitlines()  # the console's own lines around the array
+        start = lines.index("[")
+        rows = json.loads("\n".join(lines[start:lines.index("]", start) + 1]))
         return [row for row in rows if phone in (row.get("serial"), row.get("ecid"))]
 
     def record(self, phone: str, which: int = -1, **want: object) -> dict:

@@ -42,7 +42,7 @@ def test_demo_ends_with_the_four_expected_outcomes(tmp_path):
     assert not list(tmp_path.glob("updater_output-*")), "a restore wrote into the working directory"
 
     records = station(tmp_path, "records", "list", "--json")
-    outcomes = {(r["slot"], r["outcome"]) for r in map(json.loads, records.stdout.splitlines())}
+    outcomes = {(r["slot"], r["outcome"]) for r in json.loads(records.stdout)}
     assert outcomes == {(1, "done"), (2, "locked"), (3, "done"), (4, "done")}, records.stdout
     verify = station(tmp_path, "records", "verify")
     assert verify.returncode == 0 and "3 certificates" in verify.stdout, verify.stdout + verify.stderr
@@ -69,7 +69,7 @@ def test_a_pulled_cable_stops_that_restore_only(tmp_path):
     assert "slot 1 [F2LXQ0J1PUL1] RESTORING -> EMPTY" in log
     assert re.search(r"slot1: worker \d+ stopped \((exit code 143|killed by SIG\w+)\)", log), log
     records = station(tmp_path, "records", "list", "--json")
-    outcomes = [(r["slot"], r["outcome"]) for r in map(json.loads, records.stdout.splitlines())]
+    outcomes = [(r["slot"], r["outcome"]) for r in json.loads(records.stdout)]
     assert sorted(outcomes) == [(1, "detached"), (2, "done")]
 
 

@@ -226,8 +226,7 @@ class Played:
     @property
     def sessions(self) -> dict[int, list[dict]]:
         by_slot: dict[int, list[dict]] = {}
-        for line in (self.folder / "left.json.records").read_text().splitlines():
-            session = json.loads(line)
+        for session in json.loads((self.folder / "left.json.records").read_text()):
             by_slot.setdefault(session["slot"], []).append(session)
         return by_slot
 

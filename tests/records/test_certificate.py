@@ -100,7 +100,7 @@ def test_cert_of_an_unknown_serial(recorder, cli, clock):
     helpers.locked(Phone(recorder, 1, clock), 3)
     assert recorder.flush(5)
     code, out, err = cli("cert", helpers.device(3).serial)
-    assert code == 2 and out == ""
+    assert code == 1 and out == ""
     assert err == f"station: no certificate for serial {helpers.device(3).serial}\n"
 
 

@@ -97,7 +97,7 @@ def test_certificate_index_columns_edited(records, cli, column, value):
 def test_cert_never_prints_another_phones_certificate(records, cli):
     tamper(records, "UPDATE certificates SET serial = 'SOMEONE-ELSE' WHERE session_id = 2")
     code, out, err = cli("cert", "SOMEONE-ELSE")
-    assert code == 2 and out == ""
+    assert code == 1 and out == ""
     assert err == ("station: the certificate stored for serial SOMEONE-ELSE names serial "
                    "F2LT00000002, filed under SOMEONE-ELSE (edited?)\n")
 
@@ -150,7 +150,7 @@ def test_certificates_carry_the_chain_head_they_were_issued_at(records, cli, tmp
     assert document["records"]["chain_position"] == 3 and document["records"]["chain_record"] == 3
     (tmp_path / "torn.json").write_text(out[:100])
     code, _, err = cli("records", "verify", "--against", str(tmp_path / "torn.json"))
-    assert code == 2 and err == f"station: {tmp_path / 'torn.json'}: not a certificate (not JSON)\n"
+    assert code == 1 and err == f"station: {tmp_path / 'torn.json'}: not a certificate (not JSON)\n"
 
 
 def test_verify_a_copy_with_only_the_public_key(records, station, cli, tmp_path):
