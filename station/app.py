@@ -18,7 +18,9 @@ from station.config import Config
 from station.core import Station
 from station.firmware import IpswFirmware
 from station.ipsw.cache import IpswCache
+from station.ipsw.seen import models_seen
 from station.ipsw.synthetic import provision
+from station.ipsw.upkeep import Upkeep
 from station.lag import LagMonitor
 from station.records.recorder import Recorder
 from station.records.statedir import (PRIVATE_UMASK, RecordsUnavailable, StationBusy, lock,
@@ -117,6 +119,11 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         if options.scenario.info.stall_at is not None:
             tasks.append(asyncio.create_task(_stall(options.scenario, clock), name="stall"))
     tasks.append(asyncio.create_task(notifier.run(), name="systemd"))
+    if options.scenario is None:  # a simulation has no catalog server to ask, nor days of phones seen
+        upkeep = Upkeep(cache, status=station.set_status,
+                        seen=lambda: models_seen(config.station.state_dir, config.ipsw.seen_days, time.time()),
+                        busy=lambda: any(port.state in WORKING for port in station.ports.values()))
+        tasks.append(asyncio.create_task(upkeep.run(), name="ipsw"))
     lag = LagMonitor()
     tasks.append(asyncio.create_task(lag.run(), name="lag"))
     notifier.ready()

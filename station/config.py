@@ -181,15 +181,42 @@ class IpswSection:
     # Published sizes and digests of one model's IPSWs, in the ipsw.me v4 shape;
     # "{identifier}" becomes the ProductType, so a mirror or a test server can stand in.
     catalog_url: str = "https://api.ipsw.me/v4/device/{identifier}?type=ipsw"
-    # ProductTypes `station ipsw catalog refresh` fetches; empty: every iPhone from iPhone10,1.
+    # ProductTypes `station ipsw catalog refresh` fetches (empty: every iPhone from iPhone10,1)
+    # and prefetch keeps (empty: only the models seen lately).
     models: tuple[str, ...] = ()  # each a ProductType: it becomes part of a URL and a file name
     # ProductType -> iOS version (or build) to restore instead of the newest verified one.
     pin: dict[str, str] = field(default_factory=dict)
     download_timeout_s: float = field(default=60.0, metadata=bounded(1.0, 600.0))
     # Attempts to resume an interrupted download before `add` gives up (the part file stays).
     download_retries: int = field(default=5, metadata=bounded(0, 100))
+    # Keep the newest signed build of every model in `models` and every model seen lately in the
+    # cache, downloaded in quiet hours or when idle (station.ipsw.prefetch), and prune the builds
+    # Apple no longer signs that no pin names. Off: the cache changes only by `station ipsw`.
+    prefetch: bool = False
+    # The most the cache's IPSWs may take together: prefetch downloads nothing that would pass it.
+    max_cache_gb: float = field(default=64.0, metadata=bounded(1.0, 1_000_000.0))
+    # Prefetch also the models of phones the station had on its slots in this many days (0: none).
+    seen_days: int = field(default=30, metadata=bounded(0, 3650))
+    # "HH:MM-HH:MM" (local time, may pass midnight): prefetch then, busy or not; "": never.
+    quiet_hours: str = ""
+    # Outside quiet hours, prefetch once no port has been busy for this long; a phone that comes
+    # meanwhile pauses the download (its part file is resumed later).
+    idle_minutes: float = field(default=15.0, metadata=bounded(1.0, 1440.0))
+
+    @property
+    def quiet_minutes(self) -> tuple[int, int] | None:
+        """``quiet_hours`` as (start, end) in minutes after midnight; None when there are none."""
+        if not self.quiet_hours:
+            return None
+        start, end = (int(t[:2]) * 60 + int(t[3:]) for t in self.quiet_hours.split("-"))
+        return start, end
 
     def __post_init__(self) -> None:
+        if self.quiet_hours:
+            found = QUIET_HOURS.fullmatch(self.quiet_hours)
+            if not found or found[1] == found[2]:
+                raise ConfigError(f"[ipsw] quiet_hours = {toml_value(self.quiet_hours)}: "
+                                  "must be \"HH:MM-HH:MM\" (two different times, 24-hour clock), or \"\"")
         if "{identifier}" not in self.catalog_url:
             raise ConfigError(f"[ipsw] catalog_url = {toml_value(self.catalog_url)}: "
                               "must contain {identifier}")
@@ -203,6 +230,8 @@ class IpswSection:
 
 
 PRODUCT_TYPE = re.compile(r"iPhone\d{1,3},\d{1,3}")
+_HH_MM = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]"
+QUIET_HOURS = re.compile(rf"({_HH_MM})-({_HH_MM})")
 
 
 @dataclass(frozen=True)

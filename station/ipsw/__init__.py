@@ -6,7 +6,9 @@ Modules, one job each: ``models`` (chip/board -> ProductType table), ``manifest`
 which builds Apple signs), ``record`` (the verification result beside each
 file), ``transfer`` (copy or resumable download into a temp file), ``lock``
 (one writer: commands and the station never race), ``cache`` (the directory),
-``progress`` (terminal bars), ``cli``.
+``prefetch`` (the newest signed builds, within a disk budget), ``seen`` (models
+the records saw lately), ``upkeep`` (the running station's daily catalog, NOT
+SIGNED line and prefetch), ``progress`` (terminal bars), ``cli``.
 """
 from station.ipsw.errors import IpswError, NoIpswError
 
