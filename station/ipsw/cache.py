@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,7 +146,9 @@ class IpswCache:
             return None
         entry = self._entry(path, self._signing())
         if not entry.usable or entry.record is None:
-            raise IpswError(f"{name} is already in the cache, {entry.state}: station ipsw verify {name} checks it")
+            failed = entry.current and entry.record is not None  # checked, and found wrong: no use checking again
+            todo = f"station ipsw remove {name}, then add it again" if failed else f"station ipsw verify {name} checks it"
+            raise IpswError(f"{name} is already in the cache, {entry.state}: {todo}")
         if url is not None:
             published = next((e for e in self._signing().entries if e.url == url), None)
             same = (published.sha1 == entry.record.sha1 and published.size == entry.size if published
@@ -271,12 +274,19 @@ class IpswCache:
 
     def remove(self, name: str) -> Path:
         """Delete a cached IPSW and its record; ``name`` as for ``find``. A file a restore reads stays."""
+        return self.remove_all([name])[0]
+
+    def remove_all(self, names: Iterable[str]) -> list[Path]:
+        """Delete cached IPSWs, all or none: IpswError, and nothing deleted, when one is not in the
+        cache or a restore reads it. A file named twice is removed once."""
         with self.lock.exclusive():
-            entry = self.find(name)
-            if in_use(entry.path):
-                raise IpswError(f"{entry.path.name} is in use by a restore; remove it when the restore is done")
-            self._delete(entry.path)
-        return entry.path
+            paths = list(dict.fromkeys(self.find(name).path for name in names))
+            for path in paths:
+                if in_use(path):
+                    raise IpswError(f"{path.name} is in use by a restore; remove it when the restore is done")
+            for path in paths:
+                self._delete(path)
+        return paths
 
     def prune(self, keep: int, dry_run: bool = False, progress: Progress | None = None) -> list[Path]:
         """Remove usable IPSWs that are not among the ``keep`` newest (or pinned) for any of their

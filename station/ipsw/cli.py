@@ -117,11 +117,8 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, config: Config) -> int:
-    cache = IpswCache(config.ipsw)
-    # All or nothing: check every name first; a file named twice is removed once.
-    entries = {entry.path: entry for entry in map(cache.find, args.files)}.values()
-    for entry in entries:
-        print(f"removed {cache.remove(entry.path.name)}")
+    for path in IpswCache(config.ipsw).remove_all(args.files):  # all or nothing
+        print(f"removed {path}")
     return 0
 
 

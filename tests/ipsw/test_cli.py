@@ -130,6 +130,14 @@ def test_a_cached_file_that_failed_is_not_already_cached(cli, server: Server, se
     fails_one_line(capsys, cli(section, "ipsw", "add", str(ipsw14_7)),
                    rf"station: {re.escape(ipsw14_7.name)} is already in the cache, changed \(verify again\): "
                    rf"station ipsw verify {re.escape(ipsw14_7.name)} checks it")
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the OS image: verify finds the wrong digest
+    cached.write_bytes(bytes(data))
+    assert cli(section, "ipsw", "verify", ipsw14_7.name) != 0
+    capsys.readouterr()
+    fails_one_line(capsys, cli(section, "ipsw", "add", str(ipsw14_7)),
+                   rf"station: {re.escape(ipsw14_7.name)} is already in the cache, failed: .*wrong digest.*: "
+                   rf"station ipsw remove {re.escape(ipsw14_7.name)}, then add it again")
 
 
 def test_offline_add_does_not_claim_a_saved_catalog_it_never_had(cli, offline_section: IpswSection,

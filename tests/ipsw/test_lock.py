@@ -56,8 +56,8 @@ def test_a_file_a_restore_holds_is_neither_removed_nor_pruned(server: Server, se
     held = pinned.select("iPhone14,7", hold=True)  # this process restores from the older build
     assert held.path == older and in_use(older)
 
-    removing = _station_command(section, tmp_path, "ipsw", "remove", older.name)
-    assert removing.returncode != 0 and older.exists()
+    removing = _station_command(section, tmp_path, "ipsw", "remove", newer.name, older.name)
+    assert removing.returncode != 0 and older.exists() and newer.exists()  # all or nothing
     assert removing.stderr == f"station: {older.name} is in use by a restore; remove it when the restore is done\n"
     pruning = _station_command(section, tmp_path, "ipsw", "prune", "--keep", "1")
     assert pruning.returncode == 0 and older.exists()
