@@ -96,7 +96,7 @@ class Upkeep:
             skip = frozenset(url for url, at in self._failed.items() if now - at < RETRY_S)
             result = await asyncio.to_thread(prefetch.run, self.cache, wanted, self.may_go_on, self._say, skip)
             self._failed.update(dict.fromkeys(result.failed, self.clock()))
-        self._say_unsigned(await asyncio.to_thread(self.cache.entries))
+        self._say_unsigned(await asyncio.to_thread(self._unsigned))
 
     def _wanted(self) -> tuple[str, ...]:
         """[ipsw] models first, then the models seen, the most recent first."""
@@ -110,13 +110,7 @@ class Upkeep:
         return start <= minute < end if start < end else minute >= start or minute < end
 
     async def _refresh(self, wanted: Iterable[str]) -> None:
-        cached = await asyncio.to_thread(self.cache.entries)
-        models = dict.fromkeys([*wanted, *(m for e in cached if e.usable and e.record for m in e.record.models)])
-        try:
-            fetched = self.cache.catalog().fetched
-        except IpswError:
-            fetched = {}  # unreadable: fetched again, which replaces it
-        stale = tuple(m for m in models if self._age(fetched.get(m)) >= CATALOG_MAX_AGE_S)
+        stale, fetched = await asyncio.to_thread(self._stale, wanted)
         if not stale or self.clock() < self._refresh_after:
             return
         try:
@@ -128,6 +122,17 @@ class Upkeep:
             saved = f"signing status as of the saved catalog (fetched {dates})" if dates else "no saved catalog"
             log.warning("%s; %s; tried again in an hour", error, saved)
 
+    def _stale(self, wanted: Iterable[str]) -> tuple[tuple[str, ...], dict[str, str]]:
+        """The wanted and cached models whose catalog is a day old (or was never fetched), and the
+        fetch dates (in a thread: the saved catalog of every iPhone is a megabyte of JSON)."""
+        cached = self.cache.entries()
+        models = dict.fromkeys([*wanted, *(m for e in cached if e.usable and e.record for m in e.record.models)])
+        try:
+            fetched = self.cache.catalog().fetched
+        except IpswError:
+            fetched = {}  # unreadable: fetched again, which replaces it
+        return tuple(m for m in models if self._age(fetched.get(m)) >= CATALOG_MAX_AGE_S), fetched
+
     def _age(self, fetched: str | None) -> float:
         if fetched is None:
             return float("inf")
@@ -136,26 +141,34 @@ class Upkeep:
         except ValueError:
             return float("inf")
 
-    def _say_unsigned(self, entries: list[Entry]) -> None:
-        """The status line says which model has only builds Apple no longer signs, and the log what to add."""
+    def _unsigned(self) -> list[tuple[str, str, str]]:
+        """(model, newest cached build, what to add) of each model whose cached builds Apple no longer
+        signs, every one of them (in a thread: it reads the records and the catalog)."""
         by_model: dict[str, list[Entry]] = {}
-        for entry in entries:
+        for entry in self.cache.entries():
             if entry.usable and entry.record is not None:
                 for model in entry.record.models:
                     by_model.setdefault(model, []).append(entry)
-        unsigned = {model: max(found, key=lambda e: version_key(e.record.version if e.record else ""))
-                    for model, found in sorted(by_model.items()) if all(e.signed is False for e in found)}
+        unsigned = []
+        for model, found in sorted(by_model.items()):
+            if all(e.signed is False for e in found):
+                newest = max(found, key=lambda e: version_key(e.record.version if e.record else ""))
+                assert newest.record is not None
+                unsigned.append((model, newest.record.build, self._what_to_add(model)))
+        return unsigned
+
+    def _say_unsigned(self, unsigned: list[tuple[str, str, str]]) -> None:
+        """The status line says which model has only builds Apple no longer signs; the log, once, what to add."""
         text = ""
         if unsigned:
-            model, entry = next(iter(unsigned.items()))
-            assert entry.record is not None
+            model, build, _ = unsigned[0]
             more = f" +{len(unsigned) - 1}" if len(unsigned) > 1 else ""
-            text = f"NOT SIGNED {entry.record.build} {model.removeprefix('iPhone')}{more}"
+            text = f"NOT SIGNED {build} {model.removeprefix('iPhone')}{more}"  # fits the 25-character line
         if text != self._unsigned_said:
             self._unsigned_said = text
-            for model, entry in unsigned.items():
+            for model, _, what_to_add in unsigned:
                 log.warning("%s: every cached build is one Apple no longer signs; its phones are refused until "
-                            "one it signs is added (%s)", model, self._what_to_add(model))
+                            "one it signs is added (%s)", model, what_to_add)
         self.status(text)
 
     def _what_to_add(self, model: str) -> str:
