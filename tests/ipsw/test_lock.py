@@ -100,7 +100,7 @@ def test_two_adds_of_one_file_at_once(offline_section: IpswSection, ipsw14_7: Pa
     """A provisioning script and the station's prefetch fetch the same URL: one writes, the other is told."""
     data = ipsw14_7.read_bytes()
     half = len(data) // 2
-    scripted.steps = [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data), data[:half], 1.5, data[half:]]
+    scripted.steps = [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data), data[:half], 2.5, data[half:]]
     url = f"{scripted.url}/{ipsw14_7.name}"
     config = tmp_path / "other.toml"
     config.write_text(f'[ipsw]\ncache_dir = "{offline_section.cache_dir}"\n'

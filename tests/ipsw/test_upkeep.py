@@ -134,7 +134,7 @@ async def test_a_phone_that_comes_pauses_the_download(server: Server, section: I
                       synthetic_manifest(("iPhone14,7",), "18.1", "22B83"), os_size=3_000_000)
     data = path.read_bytes()
     url = f"{scripted.url}/{path.name}"  # a slow mirror: a pause after the first 1.5 MB
-    scripted.steps = [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data), data[:1_500_000], 1.0,
+    scripted.steps = [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data), data[:1_500_000], 2.0,
                       data[1_500_000:]]
     server.catalog["iPhone14,7"] = [firmware(path, url, "iPhone14,7", "18.1", "22B83")]
     cache = IpswCache(dataclasses.replace(section, prefetch=True, models=("iPhone14,7",)))
