@@ -93,7 +93,8 @@ class Port:
     confirmed_by: str = ""  # "operator" or "policy" once the restore was allowed to queue
     phase: str = ""
     percent: float = 0.0
-    attempts: int = 0
+    attempts: int = 0  # restores started since the phone was queued (a manual retry starts again at 0)
+    max_attempts: int = 0  # how many the policy allows (retries + 1), set when a restore starts
     reason: str = ""  # why LOCKED / REFUSED / FAILED, shown to the operator
     retryable: bool = False
     verified: bool = False
@@ -336,7 +337,7 @@ def _restore_started(port: Port, event: RestoreStarted, policy: Policy, now: flo
     if port.state is not State.QUEUED or not _restorable(port, policy):
         return _ignore(port, event)
     return _enter(port, State.RESTORING, now, phase="starting", percent=0.0, reason="",
-                  attempts=port.attempts + 1, restore_started=now)
+                  attempts=port.attempts + 1, max_attempts=policy.retries + 1, restore_started=now)
 
 
 def _waiting(port: Port, event: Waiting, policy: Policy, now: float) -> Step:

@@ -111,6 +111,21 @@ def test_detach_stops_work_and_leaves_queue():
     assert step(restoring, Detached(), LINE, 9).effects == (Effect.STOP_WORK,)
 
 
+def test_a_restore_knows_which_attempt_it_is_of_how_many():
+    policy = Policy(mode="line", retries=1)
+    first, _ = drive(*CHECKING, CLEAR, RestoreStarted(), policy=policy)
+    assert (first.attempts, first.max_attempts) == (1, 2)
+    between = step(first, RestoreFailed("usb", True), policy, 9).port
+    assert between.state is State.QUEUED and (between.attempts, between.max_attempts) == (1, 2)
+    second = step(between, RestoreStarted(), policy, 10).port
+    assert (second.attempts, second.max_attempts) == (2, 2)
+    # A manual retry after a failure starts counting again, under the policy of the moment.
+    failed = step(second, RestoreFailed("usb", True), policy, 11).port
+    again = step(step(failed, Confirm(), Policy(mode="line", retries=2), 12).port, RestoreStarted(),
+                 Policy(mode="line", retries=2), 13).port
+    assert (again.attempts, again.max_attempts) == (1, 3)
+
+
 def test_describe_names_slot_device_and_both_states():
     old, _ = drive(*CHECKING)
     new = step(old, LockResult(Lock.LOCKED, "Find My is on"), LINE, 5).port

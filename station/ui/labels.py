@@ -1,8 +1,16 @@
-"""Short texts for ports, shared by the OLED screens and the command-line summary."""
+"""Short texts for ports, shared by the OLED screens and the command-line summary.
+
+The display tells the operator what to do, in their words: a failure reads
+"USB connection lost while copying iOS", not the worker's phase name and
+exception (those stay in the log and the record, ``Port.reason``).
+"""
 from __future__ import annotations
+
+import re
 
 from hw.phones import Lock
 from station.machine import Port, State
+from station.worker import phases
 
 # At most 7 characters, so a label fits an overview cell beside a two-digit slot number.
 SHORT = {
@@ -41,10 +49,79 @@ NEXT_STEP = {
 }
 
 
+# What went wrong, first match wins: (a pattern of the full reason, the operator's words).
+# The full reasons come from station.worker.classify (a real restore), station.worker.real
+# (restored's status, the phone not coming back), station.worker.sim (injected failures), the
+# station's own timeout, and the IPSW cache (NO IPSW, NOT SIGNED: already operator words).
+_WHAT: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern, re.IGNORECASE), words) for
+                                                       pattern, words in (
+    (r"^phone reported restore status (\d+)(?::\s*(.+))?", "phone error {0}{1}"),
+    (r"^(?:USB connection lost|USB transfer failed)\b|\busb failure\b|\bpulled\b|send data to ASR",
+     "USB connection lost"),
+    (r"^phone did not come back\b", "phone did not restart"),
+    (r"\bdid not come back\b|\bno answer\b|\bnot answering\b", "phone stopped answering"),
+    (r"^cannot reach Apple|\bnetwork failure\b", "no answer from Apple"),
+    (r"^Apple's signing server refused", "Apple would not sign this iOS"),
+    (r"^timed out\b|\btimeout failure\b", "took too long"),
+    (r"^internal error\b|\binternal failure\b", "station error: see the log"),
+    (r"\bdevice_rejected failure\b", "the phone refused the restore"),
+))
+# Where in the restore, for a reason that names the phase (phases.py's names).
+PHASE_WORDS = {
+    phases.ENTER_RECOVERY: "entering recovery",
+    phases.SEND_IBSS: "starting the restore",
+    phases.SEND_IBEC: "starting the restore",
+    phases.BOOT_RAMDISK: "starting the restore",
+    phases.PREPARE_DISK: "preparing the disk",
+    phases.RESTORE_IMAGE: "copying iOS",
+    phases.VERIFY_RESTORE: "checking iOS",
+    phases.FLASH_FIRMWARE: "updating firmware",
+    phases.UPDATE_BASEBAND: "updating the modem",
+    phases.SEAL_SYSTEM_VOLUME: "sealing iOS",
+    phases.REBOOT: "restarting",
+}
+_PHASE = re.compile(r"\b(" + "|".join(PHASE_WORDS) + r")\b")
+RETRYING = "retrying: "  # machine._restore_failed's prefix for a failure it retries
+
+
+def operator_reason(reason: str) -> str:
+    """The operator's words for why a restore failed: what went wrong, and while doing what.
+
+    A reason no rule knows is shown as it is (the caller cuts it to the screen).
+    """
+    what = ""
+    for pattern, words in _WHAT:
+        match = pattern.search(reason)
+        if match:
+            number, text = (match.groups() + (None, None))[:2]  # restored's status and its text
+            what = words.format(number, f": {text}" if text else "")
+            break
+    phase = _PHASE.search(reason)
+    if not what:
+        if phase is None:
+            return reason
+        what = "restore failed"
+    return f"{what} while {PHASE_WORDS[phase.group(1)]}" if phase else what
+
+
+def retry_text(port: Port) -> str:
+    """``RETRY 2/2`` while the station retries a failed restore by itself (between the attempts
+    too); "" for a first attempt and for anything else."""
+    if port.restore_started is None or port.max_attempts < 2:
+        return ""
+    if port.state in (State.RESTORING, State.NEEDS_TRUST) and port.attempts > 1:
+        return f"RETRY {port.attempts}/{port.max_attempts}"
+    if port.state is State.QUEUED and port.attempts >= 1:
+        return f"RETRY {port.attempts + 1}/{port.max_attempts}"
+    return ""
+
+
 def short_state(port: Port) -> str:
     """At most 8 characters (7 for every state but a restore at 100%): one overview cell."""
     if port.state is State.RESTORING:
         return f"{port.percent:.0f}%"
+    if port.state is State.QUEUED and retry_text(port):
+        return "RETRY"
     if port.state is State.NEEDS_CONFIRM and port.held:
         return "HOLD OK"
     if port.state is State.DONE and not port.verified:
@@ -91,9 +168,11 @@ def detail_lines(port: Port, now: float) -> list[str]:
     elif port.state is State.NEEDS_CONFIRM:
         lines.append("hold OK to restore" if port.held else "press OK to restore")
     elif port.state is State.FAILED:
-        lines.append(port.reason)
+        lines.append(operator_reason(port.reason))
         if port.restore_started is not None:
             lines.append("press OK to retry")
+    elif port.state is State.QUEUED and port.reason.startswith(RETRYING):
+        lines.append(f"retry after: {operator_reason(port.reason.removeprefix(RETRYING))}")
     else:
         lines += [port.reason, NEXT_STEP.get(port.state, "")]
     return [line for line in lines if line]

@@ -16,8 +16,8 @@ from importlib import resources
 from PIL import Image, ImageDraw, ImageFont
 
 from station.machine import Port, State
-from station.snapshot import Screen, Snapshot
-from station.ui.labels import NEEDS_PERSON, detail_lines, short_state
+from station.snapshot import PortFlag, Screen, Snapshot
+from station.ui.labels import NEEDS_PERSON, detail_lines, retry_text, short_state
 
 WIDTH, HEIGHT = 128, 64
 FOOTER_TOP = 56  # the bottom line: 5x8 text, or a fault inverted from FOOTER_TOP - 1
@@ -100,26 +100,38 @@ def _page(snapshot: Snapshot) -> tuple[int, int, tuple[Port, ...]]:
 
 
 def _cell(draw: ImageDraw.ImageDraw, port: Port, x: int, y: int, selected: bool) -> None:
-    """``12 HOLD OK`` or ``3 [bar] 42%``: the cursor inverts the cell, a waiting state its label."""
+    """``12 HOLD OK`` or ``3 [bar] 42%``: the cursor frames the cell, a waiting state inverts
+    its label (selected or not), so the two never look alike on the panel."""
     right, bottom = x + CELL_W - 2, y + CELL_H - 2
-    ink = 0 if selected else 1
     if selected:
-        draw.rectangle((x, y, right, bottom), fill=1)
+        draw.rectangle((x, y, right, bottom), outline=1)
     number = str(port.slot)
-    _text(draw, (x + 2, y + 1), number, medium(), 18, ink)
+    _text(draw, (x + 2, y + 1), number, medium(), 18)
     left = x + 2 + int(draw.textlength(number, font=medium())) + 4
     label = short_state(port)
     if port.state is State.RESTORING:
         label_w = int(draw.textlength(label, font=medium()))
         label_x = right - 1 - label_w
-        _text(draw, (label_x, y + 1), label, medium(), label_w, ink)
-        _bar(draw, (left, y + 2, label_x - 3, bottom - 2), port.percent, ink)
-    elif port.state in NEEDS_PERSON and not selected:  # the cursor is mark enough
+        _text(draw, (label_x, y + 1), label, medium(), label_w)
+        if retry_text(port):  # the word says more than the bar: the detail screen has the bar
+            _retry_mark(draw, left, y, label_x - 3)
+        else:
+            _bar(draw, (left, y + 2, label_x - 3, bottom - 2), port.percent, 1)
+    elif port.state in NEEDS_PERSON:
         label_w = min(right - 1 - left, int(draw.textlength(label, font=medium())))
-        draw.rectangle((left - 2, y, left + label_w + 1, bottom), fill=1)
+        draw.rectangle((left - 2, y + 1 if selected else y, left + label_w + 1,
+                        bottom - 1 if selected else bottom), fill=1)  # inside the cursor's frame
         _text(draw, (left, y + 1), label, medium(), label_w, 0)
     else:
-        _text(draw, (left, y + 1), label, medium(), right - 1 - left, ink)
+        _text(draw, (left, y + 1), label, medium(), right - 1 - left)
+
+
+def _retry_mark(draw: ImageDraw.ImageDraw, left: int, y: int, right: int) -> None:
+    """``RETRY`` in the bar's place, or ``R`` where a two-digit slot leaves no room for it."""
+    for word in ("RETRY", "R"):
+        if draw.textlength(word, font=small()) <= right - left:
+            _text(draw, (left, y + 2), word, small(), right - left)
+            return
 
 
 # Detail --------------------------------------------------------------------
@@ -128,7 +140,7 @@ def _cell(draw: ImageDraw.ImageDraw, port: Port, x: int, y: int, selected: bool)
 def _detail(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
     port = next((p for p in snapshot.ports if p.slot == snapshot.selected),
                 Port(snapshot.selected))
-    _titled(draw, f"SLOT {port.slot} {port.state.name.replace('_', ' ')}",
+    _titled(draw, f"SLOT {port.slot} {retry_text(port) or port.state.name.replace('_', ' ')}",
             detail_lines(port, snapshot.now),
             footer_taken=port.state is State.RESTORING or bool(snapshot.faults))
     if port.state is State.RESTORING:
@@ -166,6 +178,8 @@ def _wrapped(lines: list[str], room: int) -> list[str]:
 
 
 def _counters(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
+    """Today's counts, the restores that needed another attempt, and a port to look at
+    (inverted: it needs a person), above the fault line."""
     draw.rectangle((0, 0, WIDTH - 1, 10), fill=1)
     _text(draw, (2, 1), "TODAY", medium(), WIDTH - 4, 0)
     counters = snapshot.counters
@@ -175,8 +189,25 @@ def _counters(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
     face = large() if widest <= column_w - 1 else medium()  # five digits do not fit in large
     for index, (label, value) in enumerate(values.items()):
         x = index * column_w
-        _centred(draw, x, 20, str(value), face, column_w - 1)
-        _centred(draw, x, 40, label, small(), column_w - 1)
+        _centred(draw, x, 12, str(value), face, column_w - 1)
+        _centred(draw, x, 27, label, small(), column_w - 1)
+    _text(draw, (1, 36), f"retried {counters.retried}", small(), WIDTH - 2)
+    if snapshot.port_flags:
+        line = _flag_line(draw, snapshot.port_flags)
+        draw.rectangle((0, 45, int(draw.textlength(line, font=small())) + 1, 53), fill=1)
+        _text(draw, (1, 46), line, small(), WIDTH - 3, 0)
+
+
+def _flag_line(draw: ImageDraw.ImageDraw, flags: tuple[PortFlag, ...]) -> str:
+    """``CHECK PORT 4: 3 of 5 bad``, or ``CHECK PORTS 4 7 12`` when there are several."""
+    if len(flags) == 1:
+        flag = flags[0]
+        line = f"CHECK PORT {flag.slot}: {flag.troubles} of {flag.attempts} bad"
+    else:
+        line = "CHECK PORTS " + " ".join(str(flag.slot) for flag in flags)
+    while draw.textlength(line, font=small()) > WIDTH - 3 and " " in line:
+        line = line.rsplit(" ", 1)[0]  # whole numbers only, never a cut one
+    return line
 
 
 # Faults --------------------------------------------------------------------

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 from hw.phones import Device, Lock, Mode
 from station.machine import Port, State
-from station.snapshot import Counters, Screen, Snapshot
+from station.snapshot import Counters, PortFlag, Screen, Snapshot
 
 NOW = 10_000.0
 
@@ -34,7 +34,9 @@ MIXED = (
          restore_started=NOW - 900),
     Port(7, State.QUEUED, PRO, Lock.CLEAR, confirmed_by="policy"),
 )
-TODAY = Counters(restored=37, failed=2, locked=5)
+TODAY = Counters(restored=37, failed=2, locked=5, retried=3)
+# Slot 7 retries by itself (its first restore lost USB), slot 6 failed for good.
+RETRYING = MIXED[:6] + (replace(restoring(7, 63.0, minutes=9), attempts=2, max_attempts=2),)
 
 
 def sixteen() -> tuple[Port, ...]:
@@ -64,7 +66,13 @@ CASES: dict[str, Snapshot] = {
         Screen.DETAIL, selected=1, now=NOW),
     "detail_empty_fault": Snapshot(MIXED, Screen.DETAIL, selected=5, faults=("NO USBMUXD",),
                                    now=NOW),
+    "overview_retry_cursor_on_held": Snapshot(RETRYING, Screen.OVERVIEW, selected=4, counters=TODAY,
+                                              now=NOW),
+    "detail_retry": Snapshot(RETRYING, Screen.DETAIL, selected=7, counters=TODAY, now=NOW),
     "counters": Snapshot(MIXED, Screen.COUNTERS, counters=TODAY, now=NOW),
+    "counters_port_flag": Snapshot(MIXED, Screen.COUNTERS, counters=TODAY,
+                                   port_flags=(PortFlag(slot=6, troubles=4, attempts=7),),
+                                   faults=("NO NETWORK",), now=NOW),
     "counters_large": Snapshot(MIXED, Screen.COUNTERS, counters=Counters(1234, 56, 789), now=NOW),
 }
 
