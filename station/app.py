@@ -86,7 +86,8 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
                                 options.scenario.info.os_image_mb << 20)
     firmware = IpswFirmware(cache, required=options.backend != "sim" or real_engine)
     station = Station(config, phones, firmware=firmware, listeners=(recorder,),
-                      counter_source=recorder, records=recorder, clock=clock.now)
+                      counter_source=recorder, records=recorder, clock=clock.now,
+                      person_clock=time.monotonic)  # the idle return: real time at any --speed
 
     def on_press(button: str, long: bool) -> None:  # called on gpiozero's threads
         loop.call_soon_threadsafe(station.press, button, long)

@@ -24,6 +24,7 @@ from station import machine, navigation
 from station.bus import Link, TransferWatch
 from station.config import Config
 from station.listeners import CounterSource, Listener, RecordKeeper
+from station.records import port_stats
 from station.worker.phases import MEMORY_HEAVY
 from station.machine import (Attached, Detached, Effect, Event, Identified, LockCheckStarted,
                              LockResult, Policy, Port, PortFault, Progress, RestoreFailed,
@@ -37,6 +38,7 @@ FAULT_ORDER = ("stopping", "usbmuxd", "libusb", "usb-access", "network", "record
 
 OPERATOR_EVENTS = (machine.Confirm, machine.Cancel, machine.Abort)
 RECHECK_S = 5.0  # while a restore waits for memory or record space, look again this often
+STATS_MIN_S = 2.0  # the per-port statistics are read again at most this often
 GB = 1e9
 
 
@@ -58,6 +60,7 @@ class Station:
                  counter_source: CounterSource | None = None,
                  records: RecordKeeper | None = None,
                  clock: Callable[[], float] = time.monotonic,
+                 person_clock: Callable[[], float] | None = None,
                  on_change: Callable[[], None] = lambda: None,
                  free_memory: Callable[[], int | None] = available_bytes) -> None:
         self.policy = Policy(mode=config.restore.mode, unknown_lock=config.restore.unknown_lock,
@@ -81,6 +84,13 @@ class Station:
         self.listeners = listeners
         self.counter_source = counter_source
         self.clock = clock
+        # A person's timeouts (the idle return to the overview) run on this one: real time in a
+        # simulation played faster than real time, so a person can use the keys.
+        self.person_clock = person_clock or clock
+        self.state_dir = config.station.state_dir
+        self._stats: port_stats.PortStats | None = None  # per-port statistics from the records
+        self._stats_task: asyncio.Task[None] | None = None
+        self._stats_again = False
         self.on_change = on_change
         self.ports = {slot: Port(slot) for slot in range(1, config.hub.slots + 1)}
         self.view = navigation.View()
@@ -118,6 +128,8 @@ class Station:
         if self._recheck is not None:
             self._recheck.cancel()
         tasks = list(self._work.values())
+        if self._stats_task is not None:
+            tasks.append(self._stats_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -134,7 +146,7 @@ class Station:
             self.dispatch(event.slot, Detached())
 
     def press(self, button: navigation.Button, long: bool) -> None:
-        result = navigation.press(self.view, button, long, len(self.ports), self.clock(),
+        result = navigation.press(self.view, button, long, len(self.ports), self.person_clock(),
                                   faults_screen=bool(self.fault_details))
         log.info("button %s%s", button.upper(), " (long)" if long else "")
         self.view = result.view
@@ -147,7 +159,7 @@ class Station:
         in full on the FAULTS screen, which comes up by itself when such a fault is new."""
         if detail and fault is not None and self.fault_details.get(source) != detail:
             self.fault_details[source] = detail
-            self.view = navigation.show_faults(self.view, self.clock())
+            self.view = navigation.show_faults(self.view, self.person_clock())
         elif fault is None:
             self.fault_details.pop(source, None)
         if self._note_fault(source, fault):
@@ -173,6 +185,27 @@ class Station:
         """The records were written (or failed to be): restores waiting on them may go."""
         self._check_records()
         self._schedule()
+        self._refresh_stats()
+
+    def _refresh_stats(self) -> None:
+        """Read the per-port statistics again, in a thread, one read at a time."""
+        if self.records is None or self._stopping:
+            return
+        if self._stats_task is not None and not self._stats_task.done():
+            self._stats_again = True
+            return
+        self._stats_task = asyncio.get_running_loop().create_task(self._read_stats(), name="port-stats")
+
+    async def _read_stats(self) -> None:
+        while True:
+            self._stats_again = False
+            stats = await asyncio.to_thread(port_stats.load, self.state_dir, time.time())
+            if stats is not None and stats != self._stats:
+                self._stats = stats
+                self.on_change()
+            if not self._stats_again:
+                return
+            await asyncio.sleep(STATS_MIN_S)
 
     def _note_fault(self, source: str, fault: str | None) -> bool:
         if self.faults.get(source) == fault:
@@ -189,15 +222,20 @@ class Station:
     def snapshot(self) -> Snapshot:
         now = self.clock()
         ports = tuple(self.ports.values())
-        self.view = navigation.settle(self.view, ports, now)
+        self.view = navigation.settle(self.view, ports, self.person_clock())
         order = {name: i for i, name in enumerate(FAULT_ORDER)}
         sources = sorted(self.faults, key=lambda k: order.get(k, 99))
         faults = tuple(self.faults[k] for k in sources)
         details = tuple(f"{self.faults[k]}: {self.fault_details[k]}" for k in sources
                         if k in self.fault_details)
         counters = self.counter_source.counters() if self.counter_source else self._counts
+        flags: tuple = ()
+        if self._stats is not None:
+            counters = replace(counters, retried=self._stats.retried_today)
+            flags = self._stats.flags
         return Snapshot(ports=ports, screen=self.view.screen, selected=self.view.selected,
-                        counters=counters, faults=faults, fault_details=details, status=self.status, now=now)
+                        counters=counters, faults=faults, fault_details=details, status=self.status, now=now,
+                        port_flags=flags)
 
     # -- the one way a port changes ----------------------------------------
 
