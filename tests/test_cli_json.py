@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ipsw.conftest import Server, server  # noqa: F401 - the fixture, used by name
 from ipsw.factory import build_ipsw, synthetic_manifest
 from records import helpers
 from records.helpers import FakeClock, Phone
@@ -42,8 +43,8 @@ activation_lock = true
 expect = "locked"
 """
 PHONE = {"mode", "product_type", "name", "ios", "build", "ecid", "udid", "serial"}
+IPSW = {"file", "path", "size", "state", "build", "version", "models", "sha1", "sha256", "checked_at", "signed"}
 SESSION = {"id", "slot", "started_at", "outcome", "serial", "ecid", "lock_result", "hash"}  # among all columns
-IPSW_GAP = "no --json yet: station/ipsw/cli.py is another helper's (issue 14 item 5, reported)"
 
 
 @dataclass
@@ -87,11 +88,27 @@ class Case:
     shape: type  # list or dict
     keys: set[str]  # an object's keys, or each item's; exactly these unless `some`
     some: bool = False  # keys are a subset (the sessions' columns; station/ipsw's own objects)
-    before: Callable[[Station, Any], None] | None = None  # given the `bench` fixture
+    before: Callable[[Station, pytest.FixtureRequest], None] | None = None  # may ask for fixtures
 
 
-def _plug_one(station: Station, simulated: Any) -> None:
-    plug_soon(simulated, (1, 4))
+def _plug_one(station: Station, request: pytest.FixtureRequest) -> None:
+    plug_soon(request.getfixturevalue("bench"), (1, 4))
+
+
+def _an_older_build(station: Station, request: pytest.FixtureRequest) -> None:
+    """Something for prune to remove: the same model's older build, added as the station's was."""
+    older = build_ipsw(station.dir / "iPhone14,7_17.5.1_21F90_Restore.ipsw",
+                       synthetic_manifest(("iPhone14,7",), "17.5.1", "21F90"), seed=2)
+    assert main(["ipsw", "add", str(older), "--trust-unlisted", "--config", str(station.config)]) == 0
+
+
+def _online(station: Station, request: pytest.FixtureRequest) -> None:
+    """A catalog server that publishes the station's IPSW, in place of the URL nobody answers."""
+    publisher: Server = request.getfixturevalue("server")
+    publisher.publish(station.ipsw, ("iPhone14,7",), "18.0.1", "22A3370")
+    text = station.config.read_text()
+    offline = text.split('catalog_url = "', 1)[1].split('"', 1)[0]
+    station.config.write_text(text.replace(offline, publisher.catalog_url))
 
 
 CASES = [
@@ -111,19 +128,14 @@ CASES = [
     Case("install-service", lambda s: ["--root", str(s.dir / "root")], dict, {"written", "kept"}),
     Case("ipsw list", lambda s: [], list, {"file", "path", "build", "version", "state"}, some=True),
     Case("ipsw match", lambda s: ["iPhone14,7"], dict, {"model", "file", "build", "identity"}, some=True),
+    Case("ipsw add", lambda s: [str(s.ipsw)], dict, {*IPSW, "already_cached"}),
+    Case("ipsw verify", lambda s: ["--all"], list, {*IPSW, "problem"}),
+    Case("ipsw remove", lambda s: [s.ipsw.name], list, {"file", "path"}),
+    Case("ipsw prune", lambda s: ["--keep", "1"], list, {"file", "path"}, before=_an_older_build),
+    Case("ipsw catalog refresh", lambda s: ["iPhone14,7"], dict,
+         {"catalog", "entries", "models", "refreshed", "failed"}, before=_online),
 ]
-# Without --json today (argparse refuses it: SystemExit); the shape each should print is the
-# one the README proposes. Strict: the day one gains --json, its case must move up there.
-NO_JSON_YET = [
-    Case("ipsw add", lambda s: [str(s.ipsw)], dict, {"file", "state"}, some=True),
-    Case("ipsw verify", lambda s: ["--all"], list, {"file", "state"}, some=True),
-    Case("ipsw remove", lambda s: [s.ipsw.name], list, {"file"}, some=True),
-    Case("ipsw prune", lambda s: ["--keep", "1"], list, {"file"}, some=True),
-    Case("ipsw catalog refresh", lambda s: [], dict, {"entries"}, some=True),
-]
-PARAMS = [pytest.param(case, id=" ".join([case.command, *case.arguments(EXAMPLE)])) for case in CASES] + [
-    pytest.param(case, id=case.command, marks=pytest.mark.xfail(
-        strict=True, raises=SystemExit, reason=f"station {case.command}: {IPSW_GAP}")) for case in NO_JSON_YET]
+PARAMS = [pytest.param(case, id=" ".join([case.command, *case.arguments(EXAMPLE)])) for case in CASES]
 
 
 def subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> set[str]:
@@ -136,13 +148,14 @@ def subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> set[str]:
 
 
 def test_every_subcommand_has_a_case():
-    assert subcommands(build_parser()) == {case.command for case in CASES + NO_JSON_YET}
+    assert subcommands(build_parser()) == {case.command for case in CASES}
 
 
 @pytest.mark.parametrize("case", PARAMS)
 def test_json_output_has_the_documented_shape(case: Case, station: Station, request, capsys):
     if case.before is not None:
-        case.before(station, request.getfixturevalue("bench"))
+        case.before(station, request)
+        capsys.readouterr()  # what a preparing command printed
     argv = [*case.command.split(), *case.arguments(station), "--json", "--config", str(station.config)]
     code = main(argv)
     out, err = capsys.readouterr()
