@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from PIL import Image
+
+from ui.glyphs import shows
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,6 +43,12 @@ def test_demo_ends_with_the_four_expected_outcomes(tmp_path):
     assert "Traceback" not in log
     frames = sorted((tmp_path / "frames").glob("*.png"))
     assert frames, "the emulated OLED showed nothing"
+    # The scripted operator looks at slot 4 after confirming slot 3: its detail screen stays up
+    # (a person's idle timeout runs on real time) and shows the retry while it runs.
+    seen = [Image.open(path) for path in frames]
+    assert any(shows(image, "SLOT 4 RESTORING", "medium", inverse=True) for image in seen)
+    retrying = [image for image in seen if shows(image, "SLOT 4 RETRY 2/2", "medium", inverse=True)]
+    assert retrying, "the display never showed slot 4's retry"
     assert not list(tmp_path.glob("updater_output-*")), "a restore wrote into the working directory"
 
     records = station(tmp_path, "records", "list", "--json")
