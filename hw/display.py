@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+import textwrap
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +30,7 @@ from station.config import DisplaySection
 log = logging.getLogger(__name__)
 
 WIDTH, HEIGHT = 128, 64
+LOG_LINES = 8  # the newest log lines beneath the terminal view
 
 
 class Display(Protocol):
@@ -106,26 +109,58 @@ class TerminalView:
 
     Redrawn in place (cursor home, overwrite, clear the rest), so it does not
     scroll or flicker; the help line and the newest log lines go beneath it.
+    That takes a window of ``columns`` x ``rows_needed`` (128x43) characters: in
+    a smaller one the lines would wrap or scroll and the picture would tear, so
+    the view says what it needs instead, until the window is big enough.
     """
+
+    columns = WIDTH
+    rows_needed = 1 + HEIGHT // 2 + 1 + 1 + LOG_LINES  # edge, panel, edge, help, log lines
 
     # (top pixel lit, bottom pixel lit) -> the character that shows both
     BLOCKS: ClassVar[dict[tuple[bool, bool], str]] = {
         (False, False): " ", (True, False): "\u2580", (False, True): "\u2584", (True, True): "\u2588"}
 
     def __init__(self, stream: TextIO | None = None, log_lines: Callable[[], list[str]] = list,
-                 help_line: str = "") -> None:
+                 help_line: str = "", size: Callable[[], tuple[int, int] | None] | None = None) -> None:
         self.stream = stream or sys.stdout
         self.log_lines = log_lines
         self.help_line = help_line
+        self.size = size or self._window_size  # (columns, rows), None when unknown
         self._cleared = False
+        self._too_small: tuple[int, int] | None = None
 
     def draw(self, image: Image.Image) -> None:
         head = "\x1b[H" if self._cleared else "\x1b[2J\x1b[H"  # clear once, then overwrite
         self._cleared = True
-        edge = "-" * WIDTH  # the panel's top and bottom; its dark sides need no mark
-        lines = [edge, *self.rows(image), edge, self.help_line, *self.log_lines()]
+        size = self.size()
+        if size is not None and (size[0] < self.columns or size[1] < self.rows_needed):
+            lines = self._too_small_lines(*size)
+            if self._too_small != size:
+                head = "\x1b[2J\x1b[H"  # the panel's rows wrapped: start clean
+            self._too_small = size
+        else:
+            if self._too_small is not None:
+                head = "\x1b[2J\x1b[H"
+            self._too_small = None
+            edge = "-" * WIDTH  # the panel's top and bottom; its dark sides need no mark
+            logs = [line[:WIDTH] for line in self.log_lines()[-LOG_LINES:]]
+            lines = [edge, *self.rows(image), edge, self.help_line[:WIDTH], *logs]
         self.stream.write(head + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J")
         self.stream.flush()
+
+    def _too_small_lines(self, columns: int, rows: int) -> list[str]:
+        text = (f"The station's panel needs a terminal window of {self.columns}x{self.rows_needed} "
+                f"characters; this one is {columns}x{rows}. Make the window bigger (or the font "
+                f"smaller); the panel comes back by itself. {self.help_line}")
+        return textwrap.wrap(text, max(10, columns - 1))[:max(1, rows - 1)]
+
+    def _window_size(self) -> tuple[int, int] | None:
+        try:
+            size = os.get_terminal_size(self.stream.fileno())
+        except (AttributeError, OSError, ValueError):  # not a terminal (a file, a StringIO)
+            return None
+        return size.columns, size.lines
 
     @classmethod
     def rows(cls, image: Image.Image) -> list[str]:
@@ -139,13 +174,13 @@ class TerminalView:
 class RecentLines(logging.Handler):
     """Keeps the newest log lines for the terminal view, which owns the screen."""
 
-    def __init__(self, count: int = 8) -> None:
+    def __init__(self, count: int = LOG_LINES) -> None:
         super().__init__()
         self.lines: deque[str] = deque(maxlen=count)
         self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record)[:WIDTH + 2])
+        self.lines.append(self.format(record)[:WIDTH])  # the view is WIDTH wide: no line wraps
 
 
 S = TypeVar("S")

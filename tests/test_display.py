@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -248,3 +249,22 @@ async def test_the_redrawer_stops_when_cancelled_just_as_a_frame_is_asked_for() 
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=1.0)
     assert task in done, "the redrawer went on after it was cancelled"
+
+
+def test_the_terminal_view_needs_128x43_and_says_so_when_smaller() -> None:
+    stream = io.StringIO()
+    size = [(100, 30)]
+    view = TerminalView(stream, log_lines=lambda: ["12:00:00 " + "x" * 200], help_line="keys",
+                        size=lambda: size[0])
+    assert (view.columns, view.rows_needed) == (128, 43)
+    view.draw(frame("x"))
+    small = stream.getvalue()
+    assert "128x43" in small and "100x30" in small and "\u2588" not in small
+    plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", small)
+    assert max(len(line) for line in plain.split("\n")) < 100  # itself fits the small window
+    size[0] = (128, 43)  # the window was made bigger: the panel comes back
+    view.draw(frame("x"))
+    drawn = stream.getvalue()[len(small):]
+    lines = re.sub(r"\x1b\[[0-9;]*[A-HKJ]", "", drawn).splitlines()
+    assert len(lines) == 36 and "\u2588" in drawn  # edge, 32 panel rows, edge, help, one log line
+    assert all(len(line) <= 128 for line in lines)  # the log line is cut to the panel's width
