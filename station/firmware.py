@@ -26,6 +26,7 @@ class IpswFirmware(FirmwareSource):
     def __init__(self, cache: IpswCache, required: bool) -> None:
         self.cache = cache
         self.required = required
+        self._told: set[str] = set()  # what a simulated run has said about streaming synthetic bytes
 
     def select(self, device: Device) -> Selection | None:
         try:
@@ -35,9 +36,15 @@ class IpswFirmware(FirmwareSource):
             if self.required or isinstance(missing, NotSignedError):
                 log.error("%s", missing.log_message)
                 raise NoFirmware(str(missing)) from None
-            log.info("%s: the simulated restore streams synthetic bytes", missing)
+            self._once(str(missing), f"{missing}: simulated restores of this model stream synthetic bytes")
         except IpswError as error:
             if self.required:
                 raise NoFirmware(f"IPSW: {error}") from None
-            log.warning("IPSW cache: %s: the simulated restore streams synthetic bytes", error)
+            self._once(str(error), f"IPSW cache: {error}: simulated restores stream synthetic bytes")
         return None
+
+    def _once(self, key: str, text: str) -> None:
+        """A simulation without an IPSW is no fault: said once per model (or cache problem) a run."""
+        if key not in self._told:
+            self._told.add(key)
+            log.info("%s", text)
