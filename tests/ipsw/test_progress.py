@@ -90,7 +90,7 @@ def test_add_verify_and_prune_on_a_terminal(server: Server, section: IpswSection
     wrong = build_ipsw(tmp_path / "iPhone14,7_18.0.1_22A3370_Restore.ipsw", synthetic_manifest(), os_size=3_000_000)
     server.publish(wrong, ("iPhone14,7",), "18.0.1", "22A3370", sha1sum="0" * 40)
     code, lines, out, shown = _on_a_terminal(config, "ipsw", "add", str(wrong))
-    assert (code, out) == (2, "")
+    assert (code, out) == (1, "")  # a wrong digest: the operation failed
     assert re.search(r"^add .*100%.* 3\.\d/3\.\d MB .*B/s", lines[-2]), lines
     assert lines[-1].startswith("station: iPhone14,7_18.0.1_22A3370_Restore.ipsw: wrong digest"), lines
     assert b"\x1b[?25h" in shown
