@@ -140,7 +140,7 @@ class IpswCache:
         when the cached file was downloaded from it: nothing is downloaded to tell. A path is when
         it is the cached file, or has its size and SHA-256 (read once, never copied).
         """
-        name, url = self._name_of(source)
+        name, url = self.name_of(source)
         path = self.dir / name
         if not path.exists():
             return None
@@ -199,7 +199,7 @@ class IpswCache:
         if cached is not None:
             log.info("%s is already cached", cached.path.name)
             return cached
-        name, url = self._name_of(source)
+        name, url = self.name_of(source)
         if url is None:
             self._check_source(Path(source))  # fail in a second, not after copying 8 GB
         self._make_dir()
@@ -387,7 +387,7 @@ class IpswCache:
             log.warning("%s", error)
             return catalogs.Catalog()
 
-    def _name_of(self, source: str) -> tuple[str, str | None]:
+    def name_of(self, source: str) -> tuple[str, str | None]:
         """The name ``source`` gets in the cache, and the URL as it is sent (None for a path)."""
         if is_url(source):
             url = checked_url(source)

@@ -92,7 +92,7 @@ def _failed_operation(handler: Handler) -> Handler:
 def cmd_add(args: argparse.Namespace, config: Config) -> int:
     cache = IpswCache(config.ipsw)
     try:
-        cache._name_of(args.source)  # a bad URL or file name is the command line's (exit 2): nothing read yet
+        cache.name_of(args.source)  # a bad URL or file name is the command line's (exit 2): nothing read yet
     except IpswError as error:
         raise CommandError(printable(str(error))) from None
     # The same file again is a success, so that a provisioning script can run its adds again.
