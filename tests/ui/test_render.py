@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from hw.phones import Device, Lock, Mode
 from station.machine import Port, State
-from station.snapshot import Counters, Screen, Snapshot
+from station.snapshot import Counters, PortFlag, Screen, Snapshot
 from station.ui.labels import SHORT, detail_lines, eta_text, short_state
 from station.ui.render import HEIGHT, WIDTH, _page, draw_screen, render
 
@@ -103,7 +103,8 @@ devices = st.builds(Device, key=st.just("k"), mode=st.sampled_from(Mode), name=t
                     product_type=texts, ios_version=texts, serial=texts)
 ports = st.builds(Port, slot=st.just(0), state=st.sampled_from(State),
                   device=st.none() | devices, lock=st.sampled_from(Lock), lock_reason=texts,
-                  held=st.booleans(), phase=texts,
+                  held=st.booleans(), phase=texts, attempts=st.integers(0, 99),
+                  max_attempts=st.integers(0, 99),
                   percent=st.floats(0, 100), reason=texts, verified=st.booleans(),
                   restore_started=st.none() | st.floats(0, NOW))
 counts = st.integers(0, 10**7)
@@ -115,8 +116,10 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
     numbered = tuple(replace(port, slot=index + 1) for index, port in enumerate(many))
     return Snapshot(numbered, draw(st.sampled_from(Screen)),
                     selected=draw(st.integers(1, len(numbered) + 1)),
-                    counters=Counters(draw(counts), draw(counts), draw(counts)),
-                    faults=tuple(draw(st.lists(texts, max_size=3))), now=NOW)
+                    counters=Counters(draw(counts), draw(counts), draw(counts), draw(counts)),
+                    faults=tuple(draw(st.lists(texts, max_size=3))), now=NOW,
+                    port_flags=tuple(draw(st.lists(st.builds(PortFlag, st.integers(1, 64), counts, counts),
+                                                   max_size=5))))
 
 
 @settings(max_examples=300, deadline=None)
