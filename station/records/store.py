@@ -21,6 +21,9 @@ from station.records.statedir import RecordsUnavailable, prepare
 from station.records.writer import Item, SessionWriter
 
 
+CACHE_KIB = 256  # the writer's sqlite page cache
+
+
 class Store:
     def __init__(self, station: StationSection, now: Callable[[], float]) -> None:
         """Raises ``RecordsUnavailable`` (one line) when the records cannot be kept."""
@@ -32,6 +35,10 @@ class Store:
         key = keys.load_or_create(self.state_dir,
                                   may_create=head is None and db.count_sessions(self.state_dir) == 0)
         self._conn = db.open_store(self.state_dir)
+        # sqlite's default page cache (2 MB) filled as the records grew, and the station's memory
+        # with it (sqlite's own count: +1.4 MB over a 420-phone bench.soak, 2.3 MB from ~550
+        # phones on); this writer appends sessions and updates the open ones: a small cache will do.
+        self._conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         try:
             problem = continuity(self._conn, key.public_key(), head)
             if problem:

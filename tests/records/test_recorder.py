@@ -188,3 +188,14 @@ def test_stop_closes_open_sessions(station, clock):
     assert all(r["ended_at"] and r["seq"] for r in rows)
     assert transitions(station.state_dir, rows[0]["id"])[-1] == (
         "StationStopped", "checking_lock", "empty")
+
+
+def test_the_writers_page_cache_stays_small(recorder, station):
+    # sqlite's default cache (2 MB) filled as the records grew: the station's memory rose with it
+    # through bench.soak's first ~550 phones, for no gain to a writer that appends sessions.
+    assert recorder.flush(5)
+    conn = recorder._store._conn
+    (pages,) = conn.execute("PRAGMA cache_size").fetchone()
+    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    cache_bytes = -pages * 1024 if pages < 0 else pages * page_size
+    assert cache_bytes <= 512 * 1024
