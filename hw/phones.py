@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
 
@@ -31,6 +31,38 @@ TRUST_RECHECK_S = 3.0
 
 
 @dataclass(frozen=True)
+class Facts:
+    """What refurbishers record of a phone, as the phone said it: None where it did not say.
+
+    Never a guess: a DFU or recovery phone says none of these, a phone without cellular has no
+    IMEI, and a value that fails its check (an IMEI's Luhn digit) is recorded as None
+    (``hw.iphone.phone_facts`` reads and checks them).
+    """
+
+    imei: str | None = None  # lockdownd InternationalMobileEquipmentIdentity: 15 digits, Luhn
+    imei2: str | None = None  # InternationalMobileEquipmentIdentity2 (dual SIM / eSIM)
+    meid: str | None = None  # MobileEquipmentIdentifier: 14 hex digits (CDMA-capable phones)
+    storage_bytes: int | None = None  # com.apple.disk_usage TotalDiskCapacity
+    color: str | None = None  # DeviceColor, as lockdownd says it ("1", "#3b3b3c")
+    enclosure_color: str | None = None  # DeviceEnclosureColor
+    battery_cycle_count: int | None = None  # diagnostics relay, IOPMPowerSource CycleCount
+    battery_design_capacity: int | None = None  # mAh, DesignCapacity
+    battery_full_charge_capacity: int | None = None  # mAh, NominalChargeCapacity (AppleRawMaxCapacity)
+
+    def known(self) -> dict[str, str | int]:
+        """The facts the phone said, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def filled_from(self, other: Facts) -> Facts:
+        """These facts, with what ``other`` says where these say nothing (a known one stays)."""
+        return replace(self, **{name: value for name, value in other.known().items()
+                                if getattr(self, name) is None})
+
+
+NO_FACTS = Facts()
+
+
+@dataclass(frozen=True)
 class Device:
     """What the station knows of one phone; the phone layer fills in what it can."""
 
@@ -45,6 +77,7 @@ class Device:
     serial: str = ""
     chip_id: int | None = None
     board_id: int | None = None
+    facts: Facts = NO_FACTS  # IMEI, storage, colour... what lockdownd told without pairing
 
     @property
     def label(self) -> str:
@@ -96,6 +129,9 @@ class LockCheck:
     reason: str = ""  # shown to the operator: "Find My is on", "DFU: not checkable"
     method: str = ""  # how it was decided, for the record: "activation-server", "fmip", ...
     needs_trust: bool = False
+    # What the phone told in the paired session the check held (IMEI, storage, battery): None
+    # when the check held none (recovery, DFU, a phone that does not trust the station).
+    facts: Facts | None = None
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,21 @@ The lock check gathers what each source says and lets ``decide`` weigh it
 A phone that refuses to pair (passcode set, Trust denied or not tapped) cannot be
 read at all: its answer is UNKNOWN with ``needs_trust``, which no policy decides for.
 
+The paired session the check holds also reads what refurbishers record (IMEI, storage,
+battery: ``hw.iphone.phone_facts``), alongside the lock questions and bounded, so the
+answer never waits on it and a phone that will not say leaves the facts unknown.
+
 Every lockdown conversation is bounded; a phone that cannot answer yet raises
 ``NotReady`` and the caller decides whether to ask again.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from pymobiledevice3.exceptions import (FatalPairingError, PairingDialogResponsePendingError, PairingError,
@@ -32,11 +38,11 @@ from pymobiledevice3.exceptions import (FatalPairingError, PairingDialogResponse
 from pymobiledevice3.lockdown import LockdownClient, create_using_usbmux
 
 from hw import models
-from hw.iphone import activation
+from hw.iphone import activation, phone_facts
 from hw.iphone.activation import NotReady, one_line
 from hw.iphone.host_key import host_key
 from hw.iphone.lock_evidence import ACTIVATION_SERVER, FIND_MY, decide, judge_find_my
-from hw.phones import Device, Lock, LockCheck, Mode, PhoneError
+from hw.phones import Device, Facts, Lock, LockCheck, Mode, PhoneError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +131,7 @@ def identity(udid: str, values: Mapping[str, object]) -> Device:
         name=models.marketing_name(product_type), ios_version=_text(values, "ProductVersion"),
         build=_text(values, "BuildVersion"), udid=reported, ecid=_number(values, "UniqueChipID"),
         serial=_text(values, "SerialNumber"), chip_id=_number(values, "ChipID"),
-        board_id=_number(values, "BoardId"))
+        board_id=_number(values, "BoardId"), facts=phone_facts.from_values(values, udid))
 
 
 def _text(values: Mapping[str, object], key: str) -> str:
@@ -149,25 +155,49 @@ def _shown(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-async def check_lock(udid: str, pairing_dir: Path, timeout_s: float = LOCKDOWN_TIMEOUT_S) -> LockCheck:
-    """The lock decision; raises NotReady while the phone cannot answer."""
+async def check_lock(udid: str, pairing_dir: Path, timeout_s: float = LOCKDOWN_TIMEOUT_S,
+                     facts_timeout_s: float = phone_facts.FACTS_TIMEOUT_S) -> LockCheck:
+    """The lock decision, with the facts the paired session told; raises NotReady while the
+    phone cannot answer."""
     try:
         async with _lockdown(udid, pairing_dir, True, timeout_s) as lockdown:
-            state = lockdown.all_values.get("ActivationState")
-            if not isinstance(state, str):
-                raise NotReady("the phone does not say whether it is activated yet")
-            find_my = await _ask_find_my(lockdown, timeout_s)
-            if find_my.lock is Lock.LOCKED or state != "Unactivated":
-                return decide([find_my])
+            # Read beside the lock questions (the Apple conversation takes seconds): the facts
+            # never fail the check, and add at most facts_timeout_s to it.
+            reading = asyncio.create_task(phone_facts.read_in_session(lockdown, facts_timeout_s))
             try:
-                async with asyncio.timeout(APPLE_TIMEOUT_S):
-                    apple = await activation.ask_apple(lockdown)
-            except TimeoutError:
-                apple = LockCheck(Lock.UNKNOWN, "no answer from Apple's activation server in time",
-                                  ACTIVATION_SERVER)
-            return decide([find_my, apple])
+                check = await _decide(lockdown, timeout_s)
+            except BaseException:
+                reading.cancel()
+                with contextlib.suppress(BaseException):
+                    await reading
+                raise
+            return replace(check, facts=await _facts_of(reading, udid))
     except PairingError as error:
         return LockCheck(Lock.UNKNOWN, pairing_reason(error), FIND_MY, needs_trust=True)
+
+
+async def _facts_of(reading: asyncio.Task[Facts], udid: str) -> Facts | None:
+    try:
+        return await reading
+    except Exception:  # noqa: BLE001 - a fact the station cannot read must not cost the lock answer
+        log.exception("%s: reading the phone's facts failed: recorded as unknown", udid)
+        return None
+
+
+async def _decide(lockdown: LockdownClient, timeout_s: float) -> LockCheck:
+    state = lockdown.all_values.get("ActivationState")
+    if not isinstance(state, str):
+        raise NotReady("the phone does not say whether it is activated yet")
+    find_my = await _ask_find_my(lockdown, timeout_s)
+    if find_my.lock is Lock.LOCKED or state != "Unactivated":
+        return decide([find_my])
+    try:
+        async with asyncio.timeout(APPLE_TIMEOUT_S):
+            apple = await activation.ask_apple(lockdown)
+    except TimeoutError:
+        apple = LockCheck(Lock.UNKNOWN, "no answer from Apple's activation server in time",
+                          ACTIVATION_SERVER)
+    return decide([find_my, apple])
 
 
 async def pair(udid: str, pairing_dir: Path, timeout_s: float = LOCKDOWN_TIMEOUT_S) -> None:

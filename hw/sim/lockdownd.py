@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hw.sim.diagnostics import DiagnosticsRelay
 from hw.sim.framing import requests, write_plist
 from hw.sim.mobileactivation import MobileActivationd
 from hw.sim.phone import ACTIVATED, FindMyAnswer, Mode, Pairing
@@ -37,6 +38,7 @@ UNPAIRED_KEYS = frozenset({
     "UniqueDeviceID", "WiFiAddress",
 })
 _NO_VALUE = object()  # a key lockdownd answers for, with no Value in the reply
+DISK_USAGE_DOMAINS = ("com.apple.disk_usage", "com.apple.disk_usage.factory")
 PAIR_RECORD_KEYS = ("DeviceCertificate", "HostCertificate", "HostID", "RootCertificate", "SystemBUID")
 
 
@@ -177,9 +179,12 @@ class Lockdownd:
         reply: dict[str, Any] = {"Request": "StartService", "Service": name}
         if conn.session_id is None:
             return reply | {"Error": "SessionInactive"}
-        if name != MobileActivationd.SERVICE_NAME:
+        services = {MobileActivationd.SERVICE_NAME: MobileActivationd,
+                    DiagnosticsRelay.SERVICE_NAME: DiagnosticsRelay}
+        service = services.get(name) if isinstance(name, str) else None
+        if service is None:
             return reply | {"Error": "InvalidService"}
-        port = self.device.open_service(self._tls_service(MobileActivationd(self.device).serve, conn.host_id or ""))
+        port = self.device.open_service(self._tls_service(service(self.device).serve, conn.host_id or ""))
         return reply | {"Port": port, "EnableServiceSSL": True}
 
     def _enter_recovery(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
@@ -217,7 +222,8 @@ class Lockdownd:
                 "CPUArchitecture": "arm64e",
                 "ChipID": phone.chip_id,
                 "DeviceClass": "iPhone",
-                "DeviceColor": "1",
+                "DeviceColor": phone.color,
+                "DeviceEnclosureColor": phone.enclosure_color,
                 "DeviceName": phone.device_name,
                 "DevicePublicKey": phone.public_key_pem,
                 "HardwareModel": phone.hardware_model,
@@ -230,8 +236,10 @@ class Lockdownd:
                 "ProtocolVersion": "2",
                 "SEPNonce": phone.sep_nonce,
                 "SerialNumber": phone.serial,
-                "InternationalMobileEquipmentIdentity": phone.imei,
-                "TelephonyCapability": True,
+                **_present({"InternationalMobileEquipmentIdentity": phone.imei,
+                            "InternationalMobileEquipmentIdentity2": phone.imei2,
+                            "MobileEquipmentIdentifier": phone.meid}),
+                "TelephonyCapability": phone.cellular,
                 "TimeIntervalSince1970": time.time(),
                 "UniqueChipID": phone.ecid,
                 "UniqueDeviceID": phone.udid,
@@ -239,6 +247,11 @@ class Lockdownd:
             }
         if domain == "com.apple.fmip":
             return self._find_my_values()
+        if domain in DISK_USAGE_DOMAINS:
+            # libimobiledevice tools/ideviceinfo.c lists both domains; the factory one holds the
+            # capacity as sold. Only the keys the station reads, with their real names.
+            return {"TotalDiskCapacity": phone.storage_bytes, "TotalDataCapacity": phone.storage_bytes * 9 // 10,
+                    "TotalSystemCapacity": phone.storage_bytes // 10}
         return None
 
     def _find_my_values(self) -> dict[str, Any]:
@@ -248,6 +261,11 @@ class Lockdownd:
         if answer is FindMyAnswer.ABSENT:
             return {"IsAssociated": _NO_VALUE}
         return {"IsAssociated": self.phone.find_my and answer is FindMyAnswer.HONEST}
+
+
+def _present(values: dict[str, Any]) -> dict[str, Any]:
+    """The keys the phone has: lockdownd leaves out what a phone does not have (no IMEI without cellular)."""
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _error(request: Any, error: str) -> dict[str, Any]:

@@ -96,6 +96,20 @@ class SimPhone:
     bus: int = 1
     port_path: tuple[int, ...] = (1,)  # sysfs "1-1"; (1, 3) is "1-1.3"
 
+    # What refurbishers record (hw/iphone/phone_facts.py reads them). IMEIs and the MEID come from
+    # the ECID unless given; a phone without ``cellular`` has no IMEI or MEID key at all (lockdownd
+    # leaves them out). A given value is served as it is, a bad one included.
+    cellular: bool = True
+    dual_sim: bool = True  # eSIM phones (XS and later) report a second IMEI
+    imei_given: str | None = None  # served as InternationalMobileEquipmentIdentity instead of the derived one
+    storage_bytes: int = 128_000_000_000  # com.apple.disk_usage TotalDiskCapacity (decimal GB, as Apple sells)
+    color: str = "1"  # DeviceColor: current phones send a digit or "#rrggbb"
+    enclosure_color: str = "#3b3b3c"  # DeviceEnclosureColor
+    battery_cycle_count: int = 87  # diagnostics relay IOPMPowerSource (AppleSmartBattery) CycleCount
+    battery_design_capacity: int = 3227  # mAh, DesignCapacity (an iPhone 13's)
+    battery_full_charge_capacity: int = 2951  # mAh, NominalChargeCapacity
+    diagnostics_stalls: bool = False  # the diagnostics relay takes the request and never answers
+
     # Quirks of real phones and of Apple's server (see each type for its source).
     find_my_answer: FindMyAnswer = FindMyAnswer.HONEST
     activation_answer: str = "auto"  # hw.sim.activation_pages.ANSWERS: what Apple's server sends
@@ -164,9 +178,26 @@ class SimPhone:
         return "f0:99:b6:" + ":".join(f"{b:02x}" for b in tail)
 
     @property
-    def imei(self) -> str:
+    def imei(self) -> str | None:
+        if not self.cellular:
+            return None
+        if self.imei_given is not None:
+            return self.imei_given
         body = f"35{self.ecid % 10**12:012d}"
         return body + str(_luhn_check_digit(body))
+
+    @property
+    def imei2(self) -> str | None:
+        if not (self.cellular and self.dual_sim):
+            return None
+        body = f"35{(self.ecid + 1) % 10**12:012d}"
+        return body + str(_luhn_check_digit(body))
+
+    @property
+    def meid(self) -> str | None:
+        """A CDMA-capable iPhone's MEID is its IMEI without the check digit (14 decimal digits)."""
+        imei = self.imei
+        return imei[:14] if imei is not None and len(imei) == 15 else None
 
     @property
     def ap_nonce(self) -> bytes:
