@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import hw.phones
 from hw.memory import available_bytes
-from hw.phones import (Device, LayerFault, PhoneArrived, PhoneError, PhoneEvent, PhoneLayer,
+from hw.phones import (Device, LayerFault, LockCheck, PhoneArrived, PhoneError, PhoneEvent, PhoneLayer,
                        PhoneLeft, RestoreError, RestoreProgress, RestoreReport, TrustRequest)
 from station import machine, navigation
 from station.bus import Link, TransferWatch
@@ -419,9 +419,11 @@ class Station:
         """One lock check; a phone that does not trust the station is asked again until it does
         (it waits in NEEDS_TRUST meanwhile, under every policy). Leaving the slot ends it."""
         send = self._for(slot)
+        generation = self._generation[slot]
         send(LockCheckStarted())
         while True:
             result = await self.phones.check_lock(_present(device))
+            self._tell_facts(slot, generation, result)
             send(LockResult(result.lock, result.reason, result.method, needs_trust=result.needs_trust))
             if not result.needs_trust:
                 return
@@ -429,7 +431,9 @@ class Station:
 
     async def _verify(self, slot: int, device: Device | None) -> None:
         send = self._for(slot)
+        generation = self._generation[slot]
         result = await self.phones.check_lock(_present(device), after_restore=True)
+        self._tell_facts(slot, generation, result)
         send(LockResult(result.lock, result.reason, result.method, needs_trust=result.needs_trust))
 
     async def _restore(self, slot: int, device: Device | None) -> None:
@@ -476,6 +480,19 @@ class Station:
         for listener in self.listeners:
             with _isolated(listener):
                 listener.on_transition(old, new, event, at)
+
+    def _tell_facts(self, slot: int, generation: int, result: LockCheck) -> None:
+        """What the phone told in the check's paired session (IMEI, storage, battery), for the
+        records, before its lock result: a restore starts only once both are on disk. Dropped,
+        as ``send`` drops events, once the phone has left. A listener without ``on_facts`` keeps
+        none."""
+        if result.facts is None or self._generation[slot] != generation:
+            return
+        for listener in self.listeners:
+            on_facts = getattr(listener, "on_facts", None)
+            if on_facts is not None:
+                with _isolated(listener):
+                    on_facts(slot, result.facts)
 
     def _count(self, port: Port) -> None:
         field = {State.DONE: "restored", State.FAILED: "failed", State.LOCKED: "locked",

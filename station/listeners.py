@@ -20,6 +20,10 @@ class Listener(Protocol):
         """The IPSW chosen for the restore about to start on ``slot`` ("" when none), and the
         tool that restores it (``PhoneLayer.restore_tool``)."""
 
+    # Optional (the station looks for it): ``on_facts(slot, facts: hw.phones.Facts)``, what the
+    # phone on ``slot`` told in a lock check's paired session (IMEI, storage, battery), told
+    # before that check's result. The records keep them (station.records.recorder).
+
 
 class CounterSource(Protocol):
     def counters(self) -> Counters:

@@ -1,4 +1,4 @@
-"""`station records list|export|verify|new-chain`, `station cert SERIAL` and `station key show`.
+"""`station records list|export|verify|new-chain`, `station cert WHAT` and `station key show`.
 
 Records that cannot be read, a certificate not found, a file that cannot be written: the
 operation failed (exit 1). An output file that exists without --force, or one inside the
@@ -54,8 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     new_chain.add_argument("--reason", required=True, help="why, kept in the new records")
     new_chain.add_argument("--json", action="store_true", help='print {"archive": DIR, "reason": TEXT}')
 
-    cert = subparsers.add_parser("cert", help="the erasure certificate of a phone, by serial number")
-    cert.add_argument("serial")
+    cert = subparsers.add_parser(
+        "cert", help="the erasure certificate of a phone, by serial number, IMEI, ECID or record id",
+        description="The newest erasure certificate of a phone, found by its serial number, IMEI "
+                    "(or second IMEI), ECID (hex, as the station shows it: a DFU phone has no serial) "
+                    "or record id (#123). WHAT is tried as each; serial:, imei:, ecid: or record: "
+                    "before it names the kind, when two kinds find different certificates.")
+    cert.add_argument("what", metavar="WHAT", help="serial, IMEI, ECID or record id (#123), "
+                      "optionally prefixed with its kind (ecid:1A2B3C4D5E6F70)")
     _output_options(cert)
     cert.add_argument("--json", action="store_true",
                       help="accepted as by every command; the certificate is JSON already")
@@ -238,16 +244,25 @@ def _witness(path: Path) -> Witness:
         raise OperationFailed(f"{path}: not a certificate (not JSON)") from None
 
 
+KIND_NAMES = {"serial": "serial", "imei": "IMEI", "ecid": "ECID", "record": "record"}
+
+
 def _cert(args: argparse.Namespace, config: Config) -> int:
     with _records(config) as conn:
         try:
-            document = certificate.latest_for(conn, args.serial)
+            kind, what = certificate.split_kind(args.what)
+            found = certificate.find(conn, what, kind)
         except certificate.NotItsCertificate as error:
             raise OperationFailed(str(error)) from None
-    if document is None:
-        raise OperationFailed(f"no certificate for serial {args.serial}")
+    if not found:
+        kinds = [kind] if kind else certificate.kinds_of(what) or ["serial"]
+        named = " or ".join(KIND_NAMES[each] for each in kinds)
+        raise OperationFailed(f"no certificate for {named} {what}")
+    if len({f.session_id for f in found}) > 1:
+        which = ", ".join(f"record #{f.session_id} by {f.kind} ({f.kind}:{what})" for f in found)
+        raise CommandError(f"{args.what} finds more than one certificate: {which}")
     with _output(args.output, config, args.force) as stream:
-        json.dump(json.loads(document), stream, indent=2, sort_keys=True, ensure_ascii=False)
+        json.dump(json.loads(found[0].document), stream, indent=2, sort_keys=True, ensure_ascii=False)
         stream.write("\n")
     return 0
 

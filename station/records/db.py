@@ -1,4 +1,4 @@
-"""The records database: one SQLite file in WAL mode, schema v2 (v1 is upgraded in place).
+"""The records database: one SQLite file in WAL mode, schema v3 (v1 and v2 are upgraded in place).
 
 Tables: ``sessions`` (one row per phone on a slot, updated as it goes, sealed
 into the hash chain when it closes), ``transitions`` (every recorded state
@@ -20,17 +20,24 @@ from urllib.parse import quote
 from station.records.statedir import RecordsUnavailable, prepare
 
 DB_FILE = "records.sqlite3"
-SCHEMA_VERSION = "2"
-# Columns added after v1, NULL in rows written before: a NULL one is left out of a record's
-# hashed content (chain.content_of), so records sealed under v1 keep their hashes.
-ADDED_COLUMNS = {"restore_tool": "2"}
+SCHEMA_VERSION = "3"
+# What refurbishers record (issue 14 item 3; hw.phones.Facts): NULL where the phone did not say.
+FACT_COLUMNS = {
+    "imei": "TEXT", "imei2": "TEXT", "meid": "TEXT", "storage_bytes": "INTEGER", "color": "TEXT",
+    "enclosure_color": "TEXT", "battery_cycle_count": "INTEGER", "battery_design_capacity": "INTEGER",
+    "battery_full_charge_capacity": "INTEGER",
+}
+# Columns added after v1 (name: the version that added it), NULL in rows written before: a NULL
+# one is left out of a record's hashed content (chain.content_of), so records sealed before it
+# existed keep their hashes. A fact the phone did not say is NULL, and left out the same way.
+ADDED_COLUMNS = {"restore_tool": "2", **dict.fromkeys(FACT_COLUMNS, "3")}
 
 # Order of the session columns in exports and in the hashed content of a record.
 SESSION_COLUMNS = (
     "id", "station_id", "location", "operator", "slot",
     "started_at", "lock_checked_at", "restore_started_at", "restore_finished_at", "result_at",
     "ended_at", "state", "result", "outcome", "reason",
-    "udid", "ecid", "serial", "model", "ios_before", "build_before",
+    "udid", "ecid", "serial", "model", "ios_before", "build_before", *FACT_COLUMNS,
     "lock_method", "lock_result", "lock_reason", "verify_method", "verify_result", "verified",
     "attempts", "actions", "ipsw_build", "ios_after", "ipsw_sha256", "restore_tool",
     "seq", "prev_id", "prev_hash", "hash",
@@ -61,6 +68,15 @@ CREATE TABLE IF NOT EXISTS sessions (
     model TEXT NOT NULL DEFAULT '',
     ios_before TEXT NOT NULL DEFAULT '',
     build_before TEXT NOT NULL DEFAULT '',
+    imei TEXT,
+    imei2 TEXT,
+    meid TEXT,
+    storage_bytes INTEGER,
+    color TEXT,
+    enclosure_color TEXT,
+    battery_cycle_count INTEGER,
+    battery_design_capacity INTEGER,
+    battery_full_charge_capacity INTEGER,
     lock_method TEXT NOT NULL DEFAULT '',
     lock_result TEXT NOT NULL DEFAULT '',
     lock_reason TEXT NOT NULL DEFAULT '',
@@ -81,6 +97,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
 CREATE INDEX IF NOT EXISTS sessions_result ON sessions (result_at);
 CREATE INDEX IF NOT EXISTS sessions_open ON sessions (ended_at) WHERE ended_at IS NULL;
+CREATE INDEX IF NOT EXISTS sessions_ecid ON sessions (ecid);
 CREATE TABLE IF NOT EXISTS transitions (
     id INTEGER PRIMARY KEY,
     session_id INTEGER NOT NULL REFERENCES sessions (id),
@@ -146,10 +163,20 @@ def open_store(state_dir: Path) -> sqlite3.Connection:
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:
-    """v1 -> v2: the restore tool of each session (certificates name it)."""
+    """v1 -> v2: the restore tool of each session (certificates name it); v2 -> v3: the phone's
+    facts (IMEI, storage, colour, battery), NULL in the sessions recorded before."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
     if get_meta(conn, "schema_version") == "1":
-        conn.execute("ALTER TABLE sessions ADD COLUMN restore_tool TEXT")
+        if "restore_tool" not in present:
+            conn.execute("ALTER TABLE sessions ADD COLUMN restore_tool TEXT")
         set_meta(conn, "schema_version", "2")
+    if get_meta(conn, "schema_version") == "2":
+        for name, kind in FACT_COLUMNS.items():
+            if name not in present:
+                conn.execute(f"ALTER TABLE sessions ADD COLUMN {name} {kind}")
+        set_meta(conn, "schema_version", "3")
+    # After the columns exist: a v2 table has no imei column when the schema above runs.
+    conn.execute("CREATE INDEX IF NOT EXISTS sessions_imei ON sessions (imei)")
 
 
 def session_columns(conn: sqlite3.Connection) -> tuple[str, ...]:

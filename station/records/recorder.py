@@ -30,13 +30,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
+from hw.phones import Facts
 from station.config import StationSection
 from station.machine import Port
 from station.records import sessions
 from station.records.counters import DayCounters
 from station.records.statedir import RecordsUnavailable
 from station.records.store import Store
-from station.records.writer import Firmware, Item, Transition
+from station.records.writer import Firmware, Item, PhoneFacts, Transition
 from station.snapshot import Counters
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,9 @@ class Recorder:
 
     def on_firmware(self, slot: int, build: str, version: str, sha256: str, tool: str = "") -> None:
         self._enqueue(slot, Firmware(slot, build, version, sha256, tool))
+
+    def on_facts(self, slot: int, facts: Facts) -> None:
+        self._enqueue(slot, PhoneFacts(slot, facts))
 
     def _enqueue(self, slot: int, item: Item) -> None:
         self._reported += 1

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hw.phones import Device
+from hw.phones import Device, Facts
 from station.machine import (
     Abort,
     Cancel,
@@ -66,7 +66,15 @@ def opening(device: Device | None) -> dict[str, Any]:
         "model": device.product_type,
         "ios_before": device.ios_version,
         "build_before": device.build,
+        **device.facts.known(),  # what lockdownd told without pairing; the rest at the lock check
     }
+
+
+def new_facts(session: dict[str, Any], facts: Facts) -> dict[str, Any]:
+    """The fact columns ``facts`` fills: only those the session does not know yet. The first
+    reading stands (the phone as it came in); a later one (at the Hello screen after the
+    restore of a phone that came in DFU) adds what was unknown."""
+    return {name: value for name, value in facts.known().items() if session.get(name) is None}
 
 
 def changes(session: dict[str, Any], old: Port, new: Port, event: object, at: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hw.phones import Facts
 from station.machine import Port, State
 from station.records import certificate, chain, db, sessions
 
@@ -39,7 +40,15 @@ class Firmware:
     tool: str = ""  # what restores: pymobiledevice3's Restore, or the timed simulation
 
 
-Item = Transition | Firmware
+@dataclass(frozen=True)
+class PhoneFacts:
+    """What the phone told in a paired session (IMEI, storage, battery): hw.phones.Facts."""
+
+    slot: int
+    facts: Facts
+
+
+Item = Transition | Firmware | PhoneFacts
 
 
 class SessionWriter:
@@ -55,6 +64,10 @@ class SessionWriter:
         """One item, inside the caller's transaction."""
         if isinstance(item, Firmware):
             self._firmware(item)
+        elif isinstance(item, PhoneFacts):
+            session = self._open.get(item.slot)
+            if session is not None:  # facts of a phone whose session closed already: nobody's
+                self._update(session, sessions.new_facts(session, item.facts))
         else:
             self._transition(item)
 

@@ -33,7 +33,12 @@ def test_fields_of_a_verified_restore(recorder, station, clock):
     device = helpers.device(1)
     assert document["media"] == {
         "manufacturer": "Apple", "model": "iPhone14,7", "serial": device.serial,
-        "media_type": "flash memory", "udid": device.udid, "ecid": f"{device.ecid:X}", "ios_before": "16.1"}
+        "media_type": "flash memory", "udid": device.udid, "ecid": f"{device.ecid:X}", "ios_before": "16.1",
+        # What the phone did not say is null, never a guess (helpers.device tells no facts).
+        "imei": None, "imei2": None, "meid": None, "storage_bytes": None, "color": None,
+        "enclosure_color": None,
+        "battery": {"cycle_count": None, "design_capacity_mah": None, "full_charge_capacity_mah": None}}
+    assert document["format"] == "station-erasure-certificate/3"
     sanitization = document["sanitization"]
     assert sanitization["method_type"] == "Purge"
     assert sanitization["method_detail"] == "Purge: cryptographic erase by iOS restore"
