@@ -412,7 +412,7 @@ def _sim_phone(spec: ScenarioPhone, speed: float) -> SimPhone:
         pairing=Pairing(spec.pairing), bus=SIM_BUS, port_path=(1, spec.slot),
         find_my_answer=FindMyAnswer(spec.find_my_answer), activation_answer=spec.activation_answer,
         activation_ready_after=spec.activation_ready_after / speed, lockdown_stalls=spec.lockdown_stalls,
-        usb3=spec.usb3, vanish_on_scan=spec.vanish_on_scan)
+        usb3=spec.usb3, vanish_on_scan=spec.vanish_on_scan, **spec.phone_facts())
 
 
 def open_simulated_phones(config: Config, scenario: Scenario | None, clock: Clock) -> SimulatedPhones:

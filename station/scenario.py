@@ -49,6 +49,14 @@ and the benchmarks::
     lockdown_stalls = false   # lockdownd takes connections and never answers
     usb3 = false              # USB-C phone on a USB 3 hub: SuperSpeed path in iOS, USB 2 in iBoot
     vanish_on_scan = 0        # the next N USB scans catch it re-enumerating
+    # What refurbishers record (hw/sim/phone.py has the defaults; left out: the simulated phone's own):
+    cellular = true           # false: no IMEI, IMEI2 or MEID (a Wi-Fi-only phone)
+    storage_gb = 128          # com.apple.disk_usage TotalDiskCapacity, decimal GB
+    color = "1"               # DeviceColor
+    enclosure_color = "#3b3b3c"  # DeviceEnclosureColor
+    battery_cycle_count = 87  # diagnostics relay (AppleSmartBattery)
+    battery_design_capacity = 3227       # mAh
+    battery_full_charge_capacity = 2951  # mAh
 
     [[press]]
     at = 30
@@ -138,6 +146,23 @@ class ScenarioPhone:
     usb3: bool = False
     vanish_on_scan: int = field(default=0, metadata=bounded(0, 100))
     restore_fault: str = ""
+    # What refurbishers record; None: the simulated phone's default (hw/sim/phone.py).
+    cellular: bool = True
+    storage_gb: int | None = field(default=None, metadata=bounded(1, 65536))
+    color: str | None = None
+    enclosure_color: str | None = None
+    battery_cycle_count: int | None = field(default=None, metadata=bounded(0, 100_000))
+    battery_design_capacity: int | None = field(default=None, metadata=bounded(1, 100_000))
+    battery_full_charge_capacity: int | None = field(default=None, metadata=bounded(1, 100_000))
+
+    def phone_facts(self) -> dict[str, Any]:
+        """The simulated phone's fields these keys set (hw.sim.SimPhone), only those given."""
+        given = {"cellular": self.cellular, "color": self.color, "enclosure_color": self.enclosure_color,
+                 "battery_cycle_count": self.battery_cycle_count,
+                 "battery_design_capacity": self.battery_design_capacity,
+                 "battery_full_charge_capacity": self.battery_full_charge_capacity,
+                 "storage_bytes": None if self.storage_gb is None else self.storage_gb * 1_000_000_000}
+        return {name: value for name, value in given.items() if value is not None}
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,26 @@ def test_a_phone_still_locked_after_its_restore_ends_locked_without_certificate(
     assert "VERIFYING -> LOCKED" in result.stderr
     verify = station(tmp_path, "records", "verify")
     assert verify.returncode == 0 and "0 certificates" in verify.stdout, verify.stdout
+
+
+def test_refurbisher_facts_on_certificates_and_the_dfu_phone_found_by_ecid(tmp_path):
+    """Issue 14 item 3: the simulated phones' facts reach the records through pymobiledevice3."""
+    result = run_scenario(tmp_path, "config/sim/refurbisher-facts.toml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "UNEXPECTED" not in result.stdout, result.stdout
+    worn = json.loads(station(tmp_path, "cert", "F2LFACTS0001").stdout)["media"]
+    assert worn["battery"] == {"cycle_count": 812, "design_capacity_mah": 3227, "full_charge_capacity_mah": 2581}
+    assert (worn["storage_bytes"], worn["color"], worn["enclosure_color"]) == (256_000_000_000, "#fae5d3", "#e3e4e5")
+    assert len(worn["imei"]) == 15 and worn["imei2"] and worn["meid"] == worn["imei"][:14]
+    by_imei = station(tmp_path, "cert", worn["imei"])
+    assert by_imei.returncode == 0 and json.loads(by_imei.stdout)["media"]["serial"] == "F2LFACTS0001"
+    wifi = json.loads(station(tmp_path, "cert", "F2LFACTS0002").stdout)["media"]
+    assert (wifi["imei"], wifi["imei2"], wifi["meid"]) == (None, None, None)
+    assert wifi["battery"]["cycle_count"] == 87  # the simulated phone's default
+    # The DFU phone: no serial, found by its ECID; its facts were read at the Hello screen.
+    dfu = station(tmp_path, "cert", "1A2B3C4D5E6F70")
+    assert dfu.returncode == 0, dfu.stderr
+    media = json.loads(dfu.stdout)["media"]
+    assert (media["serial"], media["ecid"], media["battery"]["cycle_count"]) == ("", "1A2B3C4D5E6F70", 15)
+    export = station(tmp_path, "records", "export", "--format", "csv").stdout
+    assert export.splitlines()[0].count("battery_") == 3 and "812" in export
