@@ -35,7 +35,7 @@ def wait_for_line(child: subprocess.Popen[str], text: str, timeout: float = 60.0
 def sessions(tmp_path: Path) -> list[dict]:
     result = subprocess.run([sys.executable, "-m", "station.cli", "records", "list", "--json", "--config",
                              str(tmp_path / "station.toml")], capture_output=True, text=True, timeout=60)
-    return [json.loads(line) for line in result.stdout.splitlines()]
+    return json.loads(result.stdout)  # one array (README: Exit codes and JSON output)
 
 
 def test_a_sigterm_lets_the_running_restore_finish(tmp_path):

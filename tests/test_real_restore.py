@@ -69,7 +69,7 @@ def test_a_phone_from_ios_and_one_from_dfu_restored_by_pymobiledevice3(tmp_path)
 def test_each_fault_ends_as_a_real_restore_would(tmp_path):
     result = play(tmp_path, "config/sim/real-restore-faults.toml")
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
-    sessions = {s["slot"]: s for s in map(json.loads, station(tmp_path, "records", "list", "--json").splitlines())}
+    sessions = {s["slot"]: s for s in json.loads(station(tmp_path, "records", "list", "--json"))}
     assert (sessions[1]["outcome"], sessions[1]["reason"]) == (
         "failed", "NOT SIGNED 22C152: Apple no longer signs it; add a signed IPSW for iPhone15,4 (station ipsw add)")
     assert sessions[1]["attempts"] == 1  # a refusal to sign is final: never asked again

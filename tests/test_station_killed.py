@@ -58,7 +58,7 @@ def sessions(tmp_path: Path) -> list[dict]:
     result = subprocess.run(command(tmp_path, "records", "list", "--json"), capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
+    return json.loads(result.stdout)  # one array (README: Exit codes and JSON output)
 
 
 def wait_until(check: Callable[[], bool], what: str, child: subprocess.Popen[str], timeout: float = 60.0) -> None:
