@@ -153,6 +153,10 @@ class HubSection:
 class RestoreSection:
     mode: Literal["counter", "line"] = "counter"
     unknown_lock: Literal["hold", "refuse", "restore"] = "hold"
+    # Each phone's job at plug-in: "restore" reinstalls iOS from an IPSW; "erase" asks a phone
+    # running iOS that trusts the station and whose lock check says CLEAR to erase itself
+    # (mobilebackup2 EraseDevice); any other phone is restored (station.machine).
+    job: Literal["restore", "erase"] = "restore"
     # "bus": start restores so that each USB link's filesystem transfers keep it busy and never
     # oversubscribe it ([hub] links), up to max_parallel_restores and memory; "fixed": start up to
     # max_parallel_restores at once, whatever they do on the bus.

@@ -23,10 +23,21 @@ path through it can be tested exhaustively. The graph::
     RESTORING --RestoreFailed | Abort--> FAILED --Confirm(retryable)--> QUEUED
     any working state --PortFault--> FAILED
     any state --Detached--> EMPTY
+    a phone not yet started --ChooseJob(restore | erase)--> the same state, that job
 
 The lock rule lives in two places that cannot both be wrong: LOCKED is left
 only by Detached, and RESTORING is entered only from QUEUED by a port whose
 lock status is CLEAR, or UNKNOWN under a policy that allows it.
+
+The job (``Port.job``): a ``restore`` reinstalls iOS from an IPSW; an ``erase`` asks the phone
+to erase itself (Erase All Content and Settings: mobilebackup2's EraseDevice) and keeps its iOS.
+Both run through RESTORING -> VERIFYING -> DONE, with the same Hello-screen check after. The
+policy's job is the port's at plug-in; ``ChooseJob`` (an operator's choice) changes it until the
+work starts. An erase needs what only a phone running iOS can give: it trusts the station and its
+lock check said CLEAR. A phone that cannot be erased (recovery, DFU, lock UNKNOWN, held) becomes
+a restore at its lock answer, decided by the policy as any restore is; a LOCKED or REFUSED one
+gets neither. That rule, too, is in two places: ``_lock_result`` and ``_erasable``, which
+``_restore_started`` asks again.
 
 The policy (``unknown_lock``) decides only for a phone whose lock cannot be read
 by nature (recovery, DFU): ``refuse`` refuses it, ``hold`` waits for a long press,
@@ -79,6 +90,7 @@ class Policy:
     mode: Literal["counter", "line"] = "counter"
     unknown_lock: Literal["hold", "refuse", "restore"] = "hold"
     retries: int = 1
+    job: Literal["restore", "erase"] = "restore"  # each phone's job at plug-in
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,7 @@ class Port:
     verified: bool = False
     since: float = 0.0  # when the current state was entered
     restore_started: float | None = None
+    job: Literal["restore", "erase"] = "restore"  # what RESTORING does: reinstall iOS, or erase it
 
 
 # Events --------------------------------------------------------------------
@@ -189,9 +202,16 @@ class Detached:
     pass
 
 
+@dataclass(frozen=True)
+class ChooseJob:
+    """The operator's (or the scenario's) job for this phone, before its work starts."""
+
+    job: Literal["restore", "erase"]
+
+
 Event = (Attached | Identified | LockCheckStarted | TrustNeeded | LockResult | Confirm | Cancel
          | Abort | Waiting | RestoreStarted | Progress | RestoreFinished | RestoreFailed | PortFault
-         | Detached)
+         | Detached | ChooseJob)
 
 
 # Effects: what the station must do after a transition --------------------
@@ -232,7 +252,8 @@ def _ignore(port: Port, event: Event) -> Step:
 def _attached(port: Port, event: Attached, policy: Policy, now: float) -> Step:
     if port.state is not State.EMPTY:
         return _ignore(port, event)
-    return _enter(Port(slot=port.slot), State.DETECTING, now, Effect.IDENTIFY, device=event.device)
+    return _enter(Port(slot=port.slot), State.DETECTING, now, Effect.IDENTIFY, device=event.device,
+                  job=policy.job)
 
 
 def _identified(port: Port, event: Identified, policy: Policy, now: float) -> Step:
@@ -270,9 +291,12 @@ def _lock_result(port: Port, event: LockResult, policy: Policy, now: float) -> S
     # "restore" decides only for a phone unreadable by nature; a phone running iOS whose check
     # was inconclusive is held for a person (who can ask its owner), under every policy.
     held = event.lock is Lock.UNKNOWN and (policy.unknown_lock == "hold" or not _unreadable_by_nature(port))
+    port = replace(port, held=held)
+    if port.job == "erase" and not _erasable(port):
+        port = replace(port, job="restore")  # it cannot erase itself: restored, as any phone is
     if policy.mode == "line" and not held:
         return _enter(port, State.QUEUED, now, Effect.ENQUEUE, confirmed_by="policy")
-    return _enter(port, State.NEEDS_CONFIRM, now, held=held)
+    return _enter(port, State.NEEDS_CONFIRM, now)
 
 
 def _untrusted(port: Port, event: LockResult, now: float) -> Step:
@@ -336,6 +360,8 @@ def _abort(port: Port, event: Abort, policy: Policy, now: float) -> Step:
 def _restore_started(port: Port, event: RestoreStarted, policy: Policy, now: float) -> Step:
     if port.state is not State.QUEUED or not _restorable(port, policy):
         return _ignore(port, event)
+    if port.job == "erase" and not _erasable(port):
+        return Step(port, note="erase refused: only a trusted phone running iOS whose lock is clear")
     return _enter(port, State.RESTORING, now, phase="starting", percent=0.0, reason="",
                   attempts=port.attempts + 1, max_attempts=policy.retries + 1, restore_started=now)
 
@@ -360,6 +386,25 @@ def _restorable(port: Port, policy: Policy) -> bool:
     if policy.unknown_lock == "restore" and _unreadable_by_nature(port):
         return True
     return port.confirmed_by == "operator"
+
+
+def _erasable(port: Port) -> bool:
+    """The erase rule: a phone running iOS that trusts the station, checked CLEAR, not held."""
+    return (port.lock is Lock.CLEAR and not port.untrusted and not port.held
+            and port.device is not None and port.device.mode is Mode.NORMAL)
+
+
+# States in which the job may still be chosen: the phone is there and its work has not started.
+CHOOSING = frozenset({State.DETECTING, State.IDENTIFIED, State.CHECKING_LOCK, State.NEEDS_TRUST,
+                      State.NEEDS_CONFIRM})
+
+
+def _choose_job(port: Port, event: ChooseJob, policy: Policy, now: float) -> Step:
+    if port.state not in CHOOSING or port.restore_started is not None or event.job == port.job:
+        return _ignore(port, event)
+    if event.job == "erase" and port.state is State.NEEDS_CONFIRM and not _erasable(port):
+        return Step(port, note="erase refused: only a trusted phone running iOS whose lock is clear")
+    return Step(replace(port, job=event.job))
 
 
 def _unreadable_by_nature(port: Port) -> bool:
@@ -422,6 +467,7 @@ _HANDLERS = {
     RestoreFailed: _restore_failed,
     PortFault: _port_fault,
     Detached: _detached,
+    ChooseJob: _choose_job,
 }
 
 
@@ -432,5 +478,7 @@ def describe(old: Port, new: Port) -> str:
     reason = new.reason if new.reason != old.reason else ""
     if not reason and new.lock_reason != old.lock_reason:
         reason = new.lock_reason  # why a phone waits for a person (lock unknown)
+    if not reason and new.state is State.RESTORING and old.state is not State.RESTORING and new.job == "erase":
+        reason = "erase"
     why = f" ({reason})" if reason else ""
     return f"slot {new.slot}{who} {old.state} -> {new.state}{why}"

@@ -39,6 +39,8 @@ def test_every_key_is_documented_in_station_toml():
      'config error: [restore] mode = "auto": must be one of "counter", "line"'),
     ("[restore]\nmax_paralel_restores = 2\n",
      "config error: [restore] max_paralel_restores: unknown key (did you mean max_parallel_restores?)"),
+    ("[restore]\njob = \"wipe\"\n",
+     'config error: [restore] job = "wipe": must be one of "restore", "erase"'),
     ("[dispaly]\n", "config error: [dispaly]: unknown section (did you mean display?)"),
     ("[buttons]\nhold_s = \"long\"\n", 'config error: [buttons] hold_s = "long": must be a number'),
     ("[hub]\nslots = true\n", "config error: [hub] slots = true: must be an integer"),

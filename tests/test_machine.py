@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hw.phones import Device, Lock, Mode
-from station.machine import (WORKING, Abort, Attached, Cancel, Confirm, Detached, Effect,
+from station.machine import (WORKING, Abort, Attached, Cancel, ChooseJob, Confirm, Detached, Effect,
                              Identified, LockCheckStarted, LockResult, Policy, Port, PortFault,
                              Progress, RestoreFailed, RestoreFinished, RestoreStarted, State,
                              TrustNeeded, describe, step)
@@ -145,10 +145,11 @@ events = st.one_of(
     st.just(RestoreStarted()), st.floats(-10, 200).map(lambda p: Progress("restore image", p)),
     st.just(RestoreFinished()), st.booleans().map(lambda r: RestoreFailed("x", r)),
     st.just(PortFault("boom")), st.just(Detached()), st.just(TrustNeeded()),
+    st.sampled_from(["restore", "erase"]).map(ChooseJob),
 )
 policies = st.builds(Policy, mode=st.sampled_from(["counter", "line"]),
                      unknown_lock=st.sampled_from(["hold", "refuse", "restore"]),
-                     retries=st.integers(0, 3))
+                     retries=st.integers(0, 3), job=st.sampled_from(["restore", "erase"]))
 
 
 # Uniformly random events rarely get past DETECTING; three draws in four therefore
@@ -224,3 +225,67 @@ def test_detach_always_empties_the_port_and_stops_its_work(data, policy):
     assert result.port.state is State.EMPTY and result.port.device is None
     if port.state in WORKING:
         assert set(result.effects) & {Effect.STOP_WORK, Effect.DEQUEUE}
+
+
+# Erase jobs ----------------------------------------------------------------
+
+ERASE = Policy(mode="line", job="erase")
+
+
+def test_an_erase_job_runs_for_a_trusted_clear_phone_running_ios():
+    port, effects = drive(*CHECKING, CLEAR, RestoreStarted(), policy=ERASE)
+    assert port.state is State.RESTORING and port.job == "erase"
+    port, _ = drive(RestoreFinished(), CLEAR, policy=ERASE, port=port)
+    assert port.state is State.DONE and port.verified and port.job == "erase"
+
+
+@pytest.mark.parametrize("events, policy", [
+    # recovery/DFU phones cannot erase themselves: they are restored (or refused) as today
+    (CHECKING_DFU + (LockResult(Lock.UNKNOWN, "DFU"),), Policy(mode="line", unknown_lock="restore", job="erase")),
+    (CHECKING_DFU + (LockResult(Lock.UNKNOWN, "DFU"), Confirm(long=True)), ERASE),
+    # a phone running iOS whose lock check proved nothing: held, and restored once confirmed
+    (CHECKING + (LockResult(Lock.UNKNOWN, "Find My not confirmed off"), Confirm(long=True)), ERASE),
+])
+def test_an_erase_job_is_never_run_for_a_phone_not_proven_clear(events, policy):
+    port, _ = drive(*events, policy=policy)
+    assert port.state is State.QUEUED and port.job == "restore"
+    port, _ = drive(RestoreStarted(), policy=policy, port=port)
+    assert port.state is State.RESTORING and port.job == "restore"
+
+
+def test_a_locked_or_refused_phone_is_neither_erased_nor_restored():
+    port, _ = drive(*CHECKING, LockResult(Lock.LOCKED, "Find My is on"), ChooseJob("erase"),
+                    RestoreStarted(), policy=ERASE)
+    assert port.state is State.LOCKED
+    port, _ = drive(*CHECKING_DFU, LockResult(Lock.UNKNOWN, "DFU"), ChooseJob("erase"),
+                    RestoreStarted(), policy=Policy(mode="line", unknown_lock="refuse", job="erase"))
+    assert port.state is State.REFUSED
+
+
+def test_the_operator_chooses_the_job_before_it_starts():
+    port, _ = drive(*CHECKING, CLEAR, ChooseJob("erase"), policy=COUNTER)
+    assert port.state is State.NEEDS_CONFIRM and port.job == "erase"
+    port, _ = drive(Confirm(), RestoreStarted(), ChooseJob("restore"), policy=COUNTER, port=port)
+    assert port.state is State.RESTORING and port.job == "erase"  # too late to change
+    # chosen at plug-in, before the check: a check that is not CLEAR makes it a restore
+    port, _ = drive(Attached(PHONE), ChooseJob("erase"), Identified(PHONE), LockCheckStarted(),
+                    LockResult(Lock.UNKNOWN, "Find My not confirmed off"), policy=COUNTER)
+    assert port.state is State.NEEDS_CONFIRM and port.held and port.job == "restore"
+    # a held phone cannot be made an erase afterwards
+    port, _ = drive(ChooseJob("erase"), policy=COUNTER, port=port)
+    assert port.job == "restore"
+
+
+def test_describe_says_an_erase_starts():
+    old, _ = drive(*CHECKING, CLEAR, policy=ERASE)
+    new = step(old, RestoreStarted(), ERASE, 9.0).port
+    assert describe(old, new) == "slot 1 [F2LXQ0J1N7KC] QUEUED -> RESTORING (erase)"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.data(), policies)
+def test_an_erase_only_ever_starts_for_a_trusted_clear_phone_running_ios(data, policy):
+    for old, event, port in run_random(data, policy):
+        if port.state is State.RESTORING and old.state is not State.RESTORING and port.job == "erase":
+            assert port.lock is Lock.CLEAR and not port.untrusted and not port.held
+            assert port.device is not None and port.device.mode is Mode.NORMAL
