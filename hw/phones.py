@@ -165,6 +165,7 @@ class RestoreError(Exception):
 
 class PhoneLayer(Protocol):
     restore_tool: str  # what restores, with its version: named on every erasure certificate
+    erase_tool: str  # what erases a phone running iOS (an erase job), named the same way
 
     async def watch(self, emit: Callable[[PhoneEvent], None]) -> None:
         """Report arrivals, departures and faults until cancelled."""
@@ -179,3 +180,8 @@ class PhoneLayer(Protocol):
     async def restore(self, device: Device, firmware: object,
                       report: Callable[[RestoreReport], None]) -> None:
         """Erase and reinstall; raises RestoreError. Cancelling the task stops the restore."""
+
+    async def erase(self, device: Device, report: Callable[[RestoreReport], None]) -> None:
+        """Ask a phone running iOS that trusts the station to erase itself (Erase All Content and
+        Settings, keeping its iOS); it reboots to the Hello screen, where ``check_lock(...,
+        after_restore=True)`` finds it. Raises RestoreError; cancelling the task stops it."""

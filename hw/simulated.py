@@ -106,6 +106,7 @@ class SimulatedPhones(UsbPhoneLayer):
         self.clock = clock
         self.engine = scenario.info.engine
         self.restore_tool = self.TOOLS[self.engine]
+        self.erase_tool = f"{UsbPhoneLayer.erase_tool}, against a simulated phone (no phone erased)"
         self.signing = TssServer(unsigned={(SIM_BUILD, model) for model in scenario.info.unsigned_models})
         state = config.station.state_dir
         self.bench = SimulatedBench([], state / "sim", hub_ports=config.hub.slots,
@@ -412,7 +413,8 @@ def _sim_phone(spec: ScenarioPhone, speed: float) -> SimPhone:
         pairing=Pairing(spec.pairing), bus=SIM_BUS, port_path=(1, spec.slot),
         find_my_answer=FindMyAnswer(spec.find_my_answer), activation_answer=spec.activation_answer,
         activation_ready_after=spec.activation_ready_after / speed, lockdown_stalls=spec.lockdown_stalls,
-        usb3=spec.usb3, vanish_on_scan=spec.vanish_on_scan, **spec.phone_facts())
+        usb3=spec.usb3, vanish_on_scan=spec.vanish_on_scan, erase_reboot_s=REBOOT_S / speed,
+        **spec.phone_facts())
 
 
 def open_simulated_phones(config: Config, scenario: Scenario | None, clock: Clock) -> SimulatedPhones:

@@ -29,17 +29,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 import time
 from importlib import metadata
+from pathlib import Path
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pymobiledevice3 import usbmux
-from pymobiledevice3.exceptions import ConnectionFailedToUsbmuxdError, MuxException
+from pymobiledevice3.exceptions import (ConnectionFailedToUsbmuxdError, MuxException, PairingError,
+                                        PyMobileDevice3Exception)
 
 from hw import models
-from hw.iphone import lockdown_ops
+from hw.iphone import activation, lockdown_ops
 from hw.iphone.hotplug import Hotplug, UdevHotplug
 from hw.iphone.iboot import BadSerialString, parse_iboot_serial
 from hw.iphone.restore import WorkerSetup, fork_server, pairing_dir, restore_in_worker
@@ -49,7 +52,7 @@ from hw.iphone.usb_sysfs import UsbSysfs
 from hw.iphone.usb_topology import PortPeers
 from hw.network import ACTIVATION_HOST, host_and_port, watch_network
 from hw.phones import (Device, LayerFault, Lock, LockCheck, Mode, PhoneArrived, PhoneError,
-                       PhoneEvent, PhoneLeft, RestoreError, RestoreReport)
+                       PhoneEvent, PhoneLeft, RestoreError, RestoreProgress, RestoreReport)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ REAPPEAR_S = USB_POLL_S + USBMUXD_RETRY_S
 # or a Pair attempt), also the phones it finds when it (re)starts: 7 s seen in make hil's VM.
 PREFLIGHT_S = 15.0
 BUSY_GRACE_S = 2.0  # a phone caught re-enumerating is off the bus about this long (a DFU reset)
+ERASE_PHASE = "erase"  # the one phase of an erase: 0% when asked, 100% once the phone took it
 PORT_MEMORY = 512  # normal-mode serials whose last port (and ECID) is remembered
 
 
@@ -96,6 +100,7 @@ class _Sighting:
 class UsbPhoneLayer:
     # Named on every erasure certificate (NIST SP 800-88: the tool used, with its version).
     restore_tool = f"pymobiledevice3 {metadata.version('pymobiledevice3')} Restore (Erase)"
+    erase_tool = f"pymobiledevice3 {metadata.version('pymobiledevice3')} mobilebackup2 EraseDevice"
 
     def __init__(self, slot_map: SlotMap, setup: WorkerSetup, usb_backend: object | None = None,
                  restore_grace_s: float = RESTORE_GRACE_S, hello_wait_s: float = HELLO_WAIT_S,
@@ -514,6 +519,41 @@ class UsbPhoneLayer:
             self._release(device)
             raise
         # Restored: the phone reboots to the Hello screen, where the station checks it again.
+        self._held[slot] = _Held(self.hello_wait_s)
+
+    async def erase(self, device: Device, report: Callable[[RestoreReport], None]) -> None:
+        """Ask a phone running iOS that trusts the station to erase itself; it reboots to Hello.
+
+        In the station's process, not a worker: a few lockdown messages, every one bounded
+        (``lockdown_timeout_s``) and the whole by the station's job timeout, and cancelling the
+        task stops it; no IPSW, nothing CPU- or memory-heavy. Raises RestoreError.
+        """
+        slot = next(s for s, d in self._told.items() if _same_phone(d, device))
+        if self._told[slot].mode is not Mode.NORMAL:
+            raise RestoreError("the phone is not running iOS: only a restore can erase it", False)
+        self._held[slot] = _Held(self.hello_wait_s)  # it leaves the bus when it reboots
+        if device.ecid is not None:  # the check afterwards needs an enumeration newer than this
+            self._restore_began[device.ecid] = self._sightings
+        report(RestoreProgress(ERASE_PHASE, 0.0))
+        try:
+            await self._usbmuxd_up()
+            with tempfile.TemporaryDirectory(prefix="erase-") as work_dir:
+                await lockdown_ops.erase(device.udid, self.pairing_dir, Path(work_dir), self.lockdown_timeout_s)
+        except PairingError as error:
+            self._release(device)
+            raise RestoreError(f"phone does not trust this station: {lockdown_ops.pairing_reason(error)}",
+                               True) from None
+        except lockdown_ops.NotReady as error:
+            self._release(device)
+            raise RestoreError(f"no answer from the phone: {error}", True) from None
+        except (PyMobileDevice3Exception, OSError) as error:
+            self._release(device)
+            raise RestoreError(f"the phone refused the erase: {activation.one_line(error)}", False) from None
+        except BaseException:
+            self._release(device)
+            raise
+        report(RestoreProgress(ERASE_PHASE, 100.0))
+        # Erased: the phone reboots to the Hello screen, where the station checks it again.
         self._held[slot] = _Held(self.hello_wait_s)
 
     def _release(self, device: Device) -> None:

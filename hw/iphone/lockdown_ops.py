@@ -36,6 +36,7 @@ from pymobiledevice3.exceptions import (FatalPairingError, PairingDialogResponse
                                         PasswordRequiredError, PyMobileDevice3Exception,
                                         UserDeniedPairingError)
 from pymobiledevice3.lockdown import LockdownClient, create_using_usbmux
+from pymobiledevice3.services.mobilebackup2 import Mobilebackup2Service
 
 from hw import models
 from hw.iphone import activation, phone_facts
@@ -50,7 +51,7 @@ PAIR_TIMEOUT_S = 10.0  # at the Hello screen pairing needs no dialog; don't wait
 LOCKDOWN_TIMEOUT_S = 20.0  # one lockdown conversation (connect, pair, read)
 APPLE_TIMEOUT_S = 90.0  # the whole activation conversation: two POSTs of <= 30 s and the phone
 
-__all__ = ["NotReady", "check_lock", "identity", "pair", "pairing_reason", "read_identity"]
+__all__ = ["NotReady", "check_lock", "erase", "identity", "pair", "pairing_reason", "read_identity"]
 
 
 @asynccontextmanager
@@ -218,6 +219,24 @@ async def _ask_find_my(lockdown: LockdownClient, timeout_s: float) -> LockCheck:
     if value is not True:
         log.info("%s: com.apple.fmip IsAssociated = %r: no evidence", lockdown.identifier, value)
     return judge_find_my(value)
+
+
+async def erase(udid: str, pairing_dir: Path, work_dir: Path, timeout_s: float = LOCKDOWN_TIMEOUT_S) -> None:
+    """Ask the phone to erase itself (Erase All Content and Settings), in a paired session.
+
+    pymobiledevice3's ``Mobilebackup2Service.erase_device``: the device-link and mobilebackup2
+    version exchanges, then ``EraseDevice`` (libimobiledevice tools/idevicebackup2.c ``erase``
+    sends the same request). The phone drops the link and reboots to the Hello screen; it keeps
+    its iOS. ``work_dir``: the device link's directory (an erase writes nothing there). Raises
+    PairingError while the phone does not trust this host, NotReady while it cannot answer,
+    PyMobileDevice3Exception when it refuses.
+    """
+    async with _lockdown(udid, pairing_dir, True, timeout_s) as lockdown:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await Mobilebackup2Service(lockdown).erase_device(work_dir)
+        except TimeoutError:
+            raise NotReady(f"mobilebackup2 did not answer within {timeout_s:g} s") from None
 
 
 def pairing_reason(error: PairingError) -> str:

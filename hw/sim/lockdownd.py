@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hw.sim.diagnostics import DiagnosticsRelay
 from hw.sim.framing import requests, write_plist
 from hw.sim.mobileactivation import MobileActivationd
+from hw.sim.mobilebackup2 import MobileBackup2
 from hw.sim.phone import ACTIVATED, FindMyAnswer, Mode, Pairing
 
 if TYPE_CHECKING:
@@ -180,7 +181,8 @@ class Lockdownd:
         if conn.session_id is None:
             return reply | {"Error": "SessionInactive"}
         services = {MobileActivationd.SERVICE_NAME: MobileActivationd,
-                    DiagnosticsRelay.SERVICE_NAME: DiagnosticsRelay}
+                    DiagnosticsRelay.SERVICE_NAME: DiagnosticsRelay,
+                    MobileBackup2.SERVICE_NAME: MobileBackup2}
         service = services.get(name) if isinstance(name, str) else None
         if service is None:
             return reply | {"Error": "InvalidService"}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hw.iphone import layer
-from hw.phones import PhoneArrived, RestoreError, TrustRequest
+from hw.phones import Lock, PhoneArrived, RestoreError, TrustRequest
 from hw.sim import Mode as SimMode
 from hw.simulated import SimulatedPhones
 from station.clock import Clock
@@ -118,3 +118,52 @@ def test_a_restored_phone_keeps_its_slot_for_as_long_as_the_station_takes_to_see
     scenario = Scenario("grace", ScenarioInfo(engine=engine), (), (), {}, tmp_path)
     phones = SimulatedPhones(config, scenario, Clock(speed=speed, started=False))
     assert phones.restore_grace_s >= 2 * (layer.USB_POLL_S + layer.USBMUXD_RETRY_S)
+
+
+async def _erase(tmp_path: Path, spec: ScenarioPhone) -> tuple[SimulatedPhones, list[object], object]:
+    """Erase the scenario's phone through the layer, then check it at the Hello screen."""
+    config = Config(station=StationSection(state_dir=tmp_path / "state"),
+                    restore=RestoreSection(timeout_s=60))
+    scenario = Scenario("erase", ScenarioInfo(engine="timed"), (spec,), (), {}, tmp_path)
+    layer = SimulatedPhones(config, scenario, Clock(speed=100, started=False))
+    events: list[object] = []
+    reports: list[object] = []
+    watching = asyncio.create_task(layer.watch(events.append))
+    try:
+        async with asyncio.timeout(30):
+            while not any(isinstance(e, PhoneArrived) for e in events):
+                await asyncio.sleep(0.05)
+            arrived = next(e for e in events if isinstance(e, PhoneArrived))
+            device = await layer.identify(arrived.device)
+            phone = layer.phones[spec.name]
+            await layer.erase(device, reports.append)
+            after = await layer.check_lock(device, after_restore=True)
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+    return phone, reports, after
+
+
+async def test_an_erase_empties_a_trusting_phone_which_reboots_to_hello_clear(tmp_path):
+    spec = ScenarioPhone(name="trade-in", slot=1, activated=True, serial="F2LXERASE001")
+    phone, reports, after = await _erase(tmp_path, spec)
+    assert "mobilebackup2.EraseDevice" in phone.requests()
+    assert "EnterRecovery" not in phone.requests()  # iOS stays: no restore
+    assert phone.activation_state == "Unactivated" and not phone.find_my
+    assert after.lock is Lock.CLEAR, after
+    assert [r.phase for r in reports] == ["erase", "erase"] and reports[-1].percent == 100
+
+
+async def test_a_phone_that_refuses_the_erase_fails_it(tmp_path, monkeypatch):
+    spec = ScenarioPhone(name="trade-in", slot=1, activated=True)
+    original = SimulatedPhones.__init__
+
+    def refusing(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        for phone in self.phones.values():
+            phone.erase_refused = True
+
+    monkeypatch.setattr(SimulatedPhones, "__init__", refusing)
+    with pytest.raises(RestoreError) as failure:
+        await _erase(tmp_path, spec)
+    assert failure.value.reason.startswith("the phone refused the erase")
