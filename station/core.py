@@ -64,7 +64,7 @@ class Station:
                  on_change: Callable[[], None] = lambda: None,
                  free_memory: Callable[[], int | None] = available_bytes) -> None:
         self.policy = Policy(mode=config.restore.mode, unknown_lock=config.restore.unknown_lock,
-                             retries=config.restore.retries)
+                             retries=config.restore.retries, job=config.restore.job)
         self.max_parallel = config.restore.max_parallel_restores
         self.by_bus = config.restore.schedule == "bus"
         self.links = {name: Link(name, rate, config.hub.phone_mb_s * 1e6)
@@ -302,7 +302,8 @@ class Station:
                 return
             if self.records is not None and not self.records.durable(slot):
                 return  # being written now: the writer's notify schedules again
-            short = self._memory_short()
+            erase = self.ports[slot].job == "erase"  # a few lockdown messages: no memory, no transfer
+            short = "" if erase else self._memory_short()
             if short:
                 self._wait(slot, short)
                 return
@@ -311,8 +312,9 @@ class Station:
             port = self.ports[slot]
             if port.state is not State.RESTORING:
                 continue
-            self.transfers.started(slot, _present(port.device).mode, self.clock())
-            self._start(slot, self._restore(slot, port.device))
+            if port.job == "restore":
+                self.transfers.started(slot, _present(port.device).mode, self.clock())
+            self._start(slot, self._restore(slot, port.device, port.job))
             self._restoring[slot] = self._work[slot]
 
     def _next_on_the_bus(self) -> int | None:
@@ -320,6 +322,8 @@ class Station:
         if not self.by_bus:
             return self._queue[0]
         for slot in self._queue:
+            if self.ports[slot].job == "erase":
+                return slot  # nothing to transfer
             link = self.links[self.link_of[slot]]
             reason = self.transfers.wait_reason(link, self.slots_on[link.name],
                                                 _present(self.ports[slot].device).mode)
@@ -436,14 +440,21 @@ class Station:
         self._tell_facts(slot, generation, result)
         send(LockResult(result.lock, result.reason, result.method, needs_trust=result.needs_trust))
 
-    async def _restore(self, slot: int, device: Device | None) -> None:
+    async def _restore(self, slot: int, device: Device | None, job: str = "restore") -> None:
+        """The port's job, restore or erase, bounded by ``[restore] timeout_s`` either way."""
         device = _present(device)
         send = self._for(slot)
         firmware: object = None
         try:
-            firmware = await self._firmware_for(slot, device)
+            if job == "erase":  # no IPSW: the phone keeps its iOS; the records hear what erased it
+                self._tell_firmware(slot, None, getattr(self.phones, "erase_tool", ""))
+            else:
+                firmware = await self._firmware_for(slot, device)
             async with asyncio.timeout(self.restore_timeout):
-                await self.phones.restore(device, firmware, lambda report: send(_progress(report)))
+                if job == "erase":
+                    await self.phones.erase(device, lambda report: send(_progress(report)))
+                else:
+                    await self.phones.restore(device, firmware, lambda report: send(_progress(report)))
         except NoFirmware as missing:
             send(RestoreFailed(str(missing), retryable=False))
         except RestoreError as error:
@@ -466,12 +477,14 @@ class Station:
         choice = None
         if self.firmware is not None:
             choice = await asyncio.to_thread(self.firmware.select, device)
-        tool = getattr(self.phones, "restore_tool", "")
+        self._tell_firmware(slot, choice, getattr(self.phones, "restore_tool", ""))
+        return choice
+
+    def _tell_firmware(self, slot: int, choice: object, tool: str) -> None:
         for listener in self.listeners:
             with _isolated(listener):
                 listener.on_firmware(slot, getattr(choice, "build", ""), getattr(choice, "version", ""),
                                      getattr(choice, "sha256", ""), tool)
-        return choice
 
     # -- memory -------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from dataclasses import replace
 
@@ -20,10 +21,13 @@ from station.machine import State, Waiting
 
 
 class DoublePhones:
+    erase_tool = "double EraseDevice"
+
     def __init__(self, locks: dict[str, LockCheck], restore_s: float = 0.05) -> None:
         self.locks = locks
         self.restore_s = restore_s
         self.restores: list[str] = []
+        self.erases: list[str] = []
         self.running = 0
         self.most_running = 0
         self.fail_identify: set[str] = set()
@@ -58,6 +62,13 @@ class DoublePhones:
             raise
         finally:
             self.running -= 1
+
+    async def erase(self, device, report):
+        assert device.mode is Mode.NORMAL
+        self.erases.append(device.key)
+        report(RestoreProgress("erase", 0))
+        await asyncio.sleep(self.restore_s)
+        report(RestoreProgress("erase", 100))
 
 
 def make_station(phones, **restore) -> Station:
@@ -244,11 +255,11 @@ async def test_no_restore_starts_without_memory_for_one():
 # -- no record, no erase: the station's real recorder, its store made to fail -------------
 
 @contextlib.asynccontextmanager
-async def records_station(phones, state_dir, **recorder_options):
+async def records_station(phones, state_dir, restore=None, **recorder_options):
     """A line station with the real recorder on ``state_dir``, running until the block ends."""
     recorder = Recorder(StationSection(state_dir=state_dir), **{"retry_s": 0.05, **recorder_options})
     recorder.start()
-    station = Station(Config(restore=RestoreSection(mode="line")), phones, listeners=(recorder,),
+    station = Station(Config(restore=restore or RestoreSection(mode="line")), phones, listeners=(recorder,),
                       counter_source=recorder, records=recorder,
                       clock=asyncio.get_running_loop().time)
     task = asyncio.create_task(station.run())
@@ -352,4 +363,63 @@ async def test_work_for_a_phone_gone_before_it_began_leaves_nothing_unawaited():
         await asyncio.sleep(0.05)
         gc.collect()
     assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
+    await station.stop_work()
+
+
+# -- erase jobs ------------------------------------------------------------------------------
+
+def certificates(state_dir):
+    conn = sqlite3.connect(state_dir / "records.sqlite3")
+    try:
+        return {serial: json.loads(document)
+                for serial, document in conn.execute("SELECT serial, document FROM certificates")}
+    finally:
+        conn.close()
+
+
+async def test_an_erase_job_erases_a_clear_phone_and_restores_one_that_cannot_erase_itself(tmp_path):
+    phones = DoublePhones({"dfu": LockCheck(Lock.UNKNOWN, "DFU: lock not readable", "none"),
+                           "locked": LockCheck(Lock.LOCKED, "Find My is on", "fmip")})
+    restore = RestoreSection(mode="line", job="erase", unknown_lock="restore")
+    async with records_station(phones, tmp_path / "state", restore) as station:
+        plug(station, 1, "clean")
+        plug(station, 2, "dfu", Mode.DFU)
+        plug(station, 3, "locked")
+        await until(lambda: station.ports[1].state is State.DONE and station.ports[2].state is State.DONE)
+        assert station.ports[3].state is State.LOCKED
+    assert phones.erases == ["clean"] and phones.restores == ["dfu"]
+    issued = certificates(tmp_path / "state")
+    assert set(issued) == {"CLEAN", "DFU"}
+    erased = issued["CLEAN"]["sanitization"]
+    assert erased["job"] == "erase (EraseDevice)" and erased["tool"] == "double EraseDevice"
+    assert erased["method_type"] == "Purge" and erased["method"] == "cryptographic erase"
+    assert "Erase All Content and Settings" in erased["method_detail"]
+    assert issued["DFU"]["sanitization"]["job"] == "restore"
+    assert "restore" in issued["DFU"]["sanitization"]["method_detail"]
+
+
+async def test_an_erase_starts_only_once_its_session_is_on_disk(tmp_path):
+    phones = DoublePhones({})
+    (tmp_path / "state").mkdir()
+    other = sqlite3.connect(tmp_path / "state" / "records.sqlite3", isolation_level=None)
+    restore = RestoreSection(mode="line", job="erase")
+    async with records_station(phones, tmp_path / "state", restore) as station:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the database: nothing commits
+        plug(station, 1, "p1")
+        await until(lambda: station.ports[1].state is State.QUEUED)
+        await asyncio.sleep(0.3)
+        assert phones.erases == []
+        other.execute("ROLLBACK")
+        await until(lambda: station.ports[1].state is State.DONE)
+        assert phones.erases == ["p1"]
+    other.close()
+
+
+async def test_an_erase_that_hangs_times_out_like_a_restore():
+    phones = DoublePhones({}, restore_s=30)
+    station = make_station(phones, mode="line", job="erase", timeout_s=10, retries=0)
+    station.restore_timeout = 0.2
+    plug(station, 1, "slow")
+    await until(lambda: station.ports[1].state is State.FAILED)
+    assert station.ports[1].reason == "timed out after 0 s" and phones.erases == ["slow"]
     await station.stop_work()

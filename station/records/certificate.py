@@ -2,7 +2,8 @@
 
 A JSON document with the sample certificate's fields — who sanitized (operator,
 station, location), the media (manufacturer, model, serial, media type), how
-(method type Purge, cryptographic erase by iOS restore, tool and version), the
+(method type Purge, cryptographic erase by iOS restore or by the phone's own erase, which
+job, tool and version), the
 verification (the post-restore lock/setup check) and the date — plus the
 phone's UDID and ECID, what refurbishers record (IMEI, IMEI2, MEID, storage, colours and
 battery health; null where the phone did not say: format 3) and the IPSW restored. It is signed with the station's
@@ -29,8 +30,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from station.records import chain, db, keys
 
-FORMAT = "station-erasure-certificate/3"  # 3: the phone's facts in media (2: without)
+FORMAT = "station-erasure-certificate/4"  # 4: sanitization.job; 3: the phone's facts in media
 METHOD_DETAIL = "Purge: cryptographic erase by iOS restore"
+# Both jobs purge by cryptographic erase (NIST SP 800-88 Rev. 1, Table A-2, Apple iOS): a restore
+# reinstalls iOS; an erase has the phone erase itself (mobilebackup2 EraseDevice) and keeps it.
+JOBS = {"restore": ("restore", METHOD_DETAIL),
+        "erase": ("erase (EraseDevice)",
+                  "Purge: cryptographic erase by the phone's Erase All Content and Settings")}
 VERIFICATION_METHOD = "post-restore Activation Lock / setup check"
 
 
@@ -59,6 +65,7 @@ def build(session: dict[str, Any], issuer: Issuer, signer: Ed25519PublicKey,
           head: tuple[int, int | None, str] = (0, None, chain.GENESIS)) -> dict[str, Any]:
     """The unsigned document for a session that reached DONE; ``head``: the chain head now."""
     verified = bool(session["verified"])
+    job, method_detail = JOBS[session.get("job") or "restore"]  # before v4 every job was a restore
     return {
         "format": FORMAT,
         "title": "Certificate of Sanitization (NIST SP 800-88 Rev. 1)",
@@ -90,7 +97,8 @@ def build(session: dict[str, Any], issuer: Issuer, signer: Ed25519PublicKey,
         "sanitization": {
             "method_type": "Purge",
             "method": "cryptographic erase",
-            "method_detail": METHOD_DETAIL,
+            "method_detail": method_detail,
+            "job": job,
             # What erased: pymobiledevice3's Restore, or said plainly when it was a simulation.
             "tool": session.get("restore_tool") or issuer.tool,
             "station_software": issuer.tool,

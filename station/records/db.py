@@ -20,7 +20,7 @@ from urllib.parse import quote
 from station.records.statedir import RecordsUnavailable, prepare
 
 DB_FILE = "records.sqlite3"
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 # What refurbishers record (issue 14 item 3; hw.phones.Facts): NULL where the phone did not say.
 FACT_COLUMNS = {
     "imei": "TEXT", "imei2": "TEXT", "meid": "TEXT", "storage_bytes": "INTEGER", "color": "TEXT",
@@ -30,7 +30,7 @@ FACT_COLUMNS = {
 # Columns added after v1 (name: the version that added it), NULL in rows written before: a NULL
 # one is left out of a record's hashed content (chain.content_of), so records sealed before it
 # existed keep their hashes. A fact the phone did not say is NULL, and left out the same way.
-ADDED_COLUMNS = {"restore_tool": "2", **dict.fromkeys(FACT_COLUMNS, "3")}
+ADDED_COLUMNS = {"restore_tool": "2", **dict.fromkeys(FACT_COLUMNS, "3"), "job": "4"}
 
 # Order of the session columns in exports and in the hashed content of a record.
 SESSION_COLUMNS = (
@@ -39,7 +39,7 @@ SESSION_COLUMNS = (
     "ended_at", "state", "result", "outcome", "reason",
     "udid", "ecid", "serial", "model", "ios_before", "build_before", *FACT_COLUMNS,
     "lock_method", "lock_result", "lock_reason", "verify_method", "verify_result", "verified",
-    "attempts", "actions", "ipsw_build", "ios_after", "ipsw_sha256", "restore_tool",
+    "attempts", "actions", "ipsw_build", "ios_after", "ipsw_sha256", "restore_tool", "job",
     "seq", "prev_id", "prev_hash", "hash",
 )
 TRANSITION_COLUMNS = ("at", "event", "from_state", "to_state", "reason", "detail")
@@ -89,6 +89,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     ios_after TEXT NOT NULL DEFAULT '',
     ipsw_sha256 TEXT NOT NULL DEFAULT '',
     restore_tool TEXT,
+    job TEXT,
     seq INTEGER UNIQUE,
     prev_id INTEGER,
     prev_hash TEXT,
@@ -164,7 +165,8 @@ def open_store(state_dir: Path) -> sqlite3.Connection:
 
 def _upgrade(conn: sqlite3.Connection) -> None:
     """v1 -> v2: the restore tool of each session (certificates name it); v2 -> v3: the phone's
-    facts (IMEI, storage, colour, battery), NULL in the sessions recorded before."""
+    facts (IMEI, storage, colour, battery), NULL in the sessions recorded before; v3 -> v4: the
+    job ("restore" or "erase"), NULL before (those were all restores)."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
     if get_meta(conn, "schema_version") == "1":
         if "restore_tool" not in present:
@@ -175,6 +177,10 @@ def _upgrade(conn: sqlite3.Connection) -> None:
             if name not in present:
                 conn.execute(f"ALTER TABLE sessions ADD COLUMN {name} {kind}")
         set_meta(conn, "schema_version", "3")
+    if get_meta(conn, "schema_version") == "3":
+        if "job" not in present:
+            conn.execute("ALTER TABLE sessions ADD COLUMN job TEXT")
+        set_meta(conn, "schema_version", "4")
     # After the columns exist: a v2 table has no imei column when the schema above runs.
     conn.execute("CREATE INDEX IF NOT EXISTS sessions_imei ON sessions (imei)")
 

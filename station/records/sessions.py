@@ -95,6 +95,7 @@ def changes(session: dict[str, Any], old: Port, new: Port, event: object, at: st
             cols.update(lock_method=event.method, lock_result=event.lock.value,
                         lock_reason=event.reason, lock_checked_at=at)
     if isinstance(event, RestoreStarted):
+        cols["job"] = new.job
         cols["attempts"] = session.get("attempts", 0) + 1
         if not session.get("restore_started_at"):
             cols["restore_started_at"] = at

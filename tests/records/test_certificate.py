@@ -38,7 +38,8 @@ def test_fields_of_a_verified_restore(recorder, station, clock):
         "imei": None, "imei2": None, "meid": None, "storage_bytes": None, "color": None,
         "enclosure_color": None,
         "battery": {"cycle_count": None, "design_capacity_mah": None, "full_charge_capacity_mah": None}}
-    assert document["format"] == "station-erasure-certificate/3"
+    assert document["format"] == "station-erasure-certificate/4"
+    assert document["sanitization"]["job"] == "restore"
     sanitization = document["sanitization"]
     assert sanitization["method_type"] == "Purge"
     assert sanitization["method_detail"] == "Purge: cryptographic erase by iOS restore"
@@ -142,3 +143,33 @@ def test_records_sealed_before_the_tool_column_keep_verifying(station, clock, cl
     assert conn.execute("SELECT restore_tool FROM sessions ORDER BY id").fetchall() == [
         (None,), (helpers.RESTORE_TOOL,)]
     conn.close()
+
+
+def test_a_v3_database_opens_and_its_records_keep_verifying_as_restores(station, clock, cli):
+    """Records sealed before the job column keep their hashes; a session without a job (all were
+    restores then) gets a certificate that says restore."""
+    with Recorder(station, now=clock) as recorder:
+        phone = Phone(recorder, 1, clock)
+        helpers.arrive(phone, 1)
+        phone.send(LockResult(Lock.LOCKED, "Find My is on", "fmip"), Detached())  # no job: never started
+    conn = sqlite3.connect(db.path_in(station.state_dir))
+    with conn:  # what a v3 station left behind
+        conn.execute("ALTER TABLE sessions DROP COLUMN job")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    conn.close()
+    assert cli("records", "verify")[0] == 0  # a v3 copy read by this station, before the upgrade
+    with Recorder(station, now=clock) as recorder:
+        assert recorder.problem() is None
+        helpers.clean_restore(Phone(recorder, 1, clock), 2)
+    code, out, err = cli("records", "verify")
+    assert code == 0, err
+    assert out.startswith("ok: 2 records, chain intact; 1 certificate")
+    conn = sqlite3.connect(db.path_in(station.state_dir))
+    conn.row_factory = sqlite3.Row
+    assert [tuple(r) for r in conn.execute("SELECT job FROM sessions ORDER BY id")] == [(None,), ("restore",)]
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
+    session = db.session(conn, 2)
+    conn.close()
+    issuer = certificate.Issuer("bench-7", "alice", "Shop", "station test")
+    key = Ed25519PrivateKey.generate().public_key()
+    assert certificate.build({**session, "job": None}, issuer, key)["sanitization"]["job"] == "restore"
