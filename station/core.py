@@ -26,7 +26,7 @@ from station.config import Config
 from station.listeners import CounterSource, Listener, RecordKeeper
 from station.records import port_stats
 from station.worker.phases import MEMORY_HEAVY
-from station.machine import (Attached, Detached, Effect, Event, Identified, LockCheckStarted,
+from station.machine import (Attached, ChooseJob, Detached, Effect, Event, Identified, LockCheckStarted,
                              LockResult, Policy, Port, PortFault, Progress, RestoreFailed,
                              RestoreFinished, RestoreStarted, State, TrustNeeded, Waiting)
 from station.snapshot import Counters, Snapshot
@@ -92,6 +92,9 @@ class Station:
         self._stats_task: asyncio.Task[None] | None = None
         self._stats_again = False
         self.on_change = on_change
+        # A phone's own job, once it is identified (None: the station's [restore] job). The
+        # simulation sets it from a scenario phone's ``job``; a counter button could too.
+        self.job_for: Callable[[Device], str | None] = lambda device: None
         self.ports = {slot: Port(slot) for slot in range(1, config.hub.slots + 1)}
         self.view = navigation.View()
         self.faults: dict[str, str] = {}
@@ -417,7 +420,11 @@ class Station:
 
     async def _identify(self, slot: int, device: Device | None) -> None:
         send = self._for(slot)
-        send(Identified(await self.phones.identify(_present(device))))
+        identified = await self.phones.identify(_present(device))
+        send(Identified(identified))
+        job = self.job_for(identified)
+        if job is not None:  # before the lock check answers: the machine decides if it may run
+            send(ChooseJob(job))
 
     async def _check_lock(self, slot: int, device: Device | None) -> None:
         """One lock check; a phone that does not trust the station is asked again until it does

@@ -394,6 +394,7 @@ async def test_an_erase_job_erases_a_clear_phone_and_restores_one_that_cannot_er
     assert erased["job"] == "erase (EraseDevice)" and erased["tool"] == "double EraseDevice"
     assert erased["method_type"] == "Purge" and erased["method"] == "cryptographic erase"
     assert "Erase All Content and Settings" in erased["method_detail"]
+    assert erased["firmware"]["build"] is None and erased["firmware"]["sha256"] is None
     assert issued["DFU"]["sanitization"]["job"] == "restore"
     assert "restore" in issued["DFU"]["sanitization"]["method_detail"]
 
@@ -423,3 +424,14 @@ async def test_an_erase_that_hangs_times_out_like_a_restore():
     await until(lambda: station.ports[1].state is State.FAILED)
     assert station.ports[1].reason == "timed out after 0 s" and phones.erases == ["slow"]
     await station.stop_work()
+
+
+async def test_a_phones_own_job_is_chosen_once_it_is_identified():
+    phones = DoublePhones({})
+    station = make_station(phones, mode="line")
+    station.job_for = lambda device: "erase" if device.serial == "TRADE-IN" else None
+    plug(station, 1, "trade-in")
+    plug(station, 2, "other")
+    await settle(station)
+    assert station.ports[1].state is State.DONE and station.ports[2].state is State.DONE
+    assert phones.erases == ["trade-in"] and phones.restores == ["other"]

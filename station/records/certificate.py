@@ -105,8 +105,10 @@ def build(session: dict[str, Any], issuer: Issuer, signer: Ed25519PublicKey,
             "started": session["restore_started_at"],
             "completed": session["restore_finished_at"],
             "attempts": session["attempts"],
-            "firmware": {"build": session["ipsw_build"], "ios": session["ios_after"],
-                         "sha256": session["ipsw_sha256"]},
+            # An erase installs nothing: no IPSW, and the phone keeps the iOS it came with.
+            "firmware": {"build": None, "ios": session["ios_before"], "sha256": None}
+            if session.get("job") == "erase" else
+            {"build": session["ipsw_build"], "ios": session["ios_after"], "sha256": session["ipsw_sha256"]},
         },
         "verification": {
             "method": f"{VERIFICATION_METHOD} ({session['verify_method'] or 'unspecified'})",
