@@ -357,6 +357,9 @@ class SimulatedPhones(UsbPhoneLayer):
 
 
 REBOOT_S = 30.0  # a restored phone takes this long to reach the Hello screen
+# An erased phone drops mobilebackup2's link this long after EraseDevice (unverified: the time a
+# real phone takes to begin erasing; it keeps the station's ERASING on the display a moment).
+ERASE_STARTS_S = 15.0
 
 
 class _Needs:
@@ -414,6 +417,7 @@ def _sim_phone(spec: ScenarioPhone, speed: float) -> SimPhone:
         find_my_answer=FindMyAnswer(spec.find_my_answer), activation_answer=spec.activation_answer,
         activation_ready_after=spec.activation_ready_after / speed, lockdown_stalls=spec.lockdown_stalls,
         usb3=spec.usb3, vanish_on_scan=spec.vanish_on_scan, erase_reboot_s=REBOOT_S / speed,
+        erase_starts_s=ERASE_STARTS_S / speed,
         **spec.phone_facts())
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hw.backends import BACKENDS
+from hw.phones import Device
 from hw.display import RecentLines, Redrawer, TerminalView
 from station import keys, overrides
 from station.clock import Clock
@@ -88,6 +89,8 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
     station = Station(config, phones, firmware=firmware, listeners=(recorder,),
                       counter_source=recorder, records=recorder, clock=clock.now,
                       person_clock=time.monotonic)  # the idle return: real time at any --speed
+    if options.scenario is not None:
+        station.job_for = _scenario_jobs(options.scenario)
 
     def on_press(button: str, long: bool) -> None:  # called on gpiozero's threads
         loop.call_soon_threadsafe(station.press, button, long)
@@ -181,6 +184,16 @@ def _terminal_view() -> TerminalView:
         root.removeHandler(handler)
     root.addHandler(recent)
     return TerminalView(log_lines=lambda: list(recent.lines), help_line=keys.HELP)
+
+
+def _scenario_jobs(scenario: Scenario) -> Callable[[Device], str | None]:
+    """A scenario phone's own ``job``, found by its serial or ECID once the station identified it."""
+    by_serial = {p.serial: p.job for p in scenario.phones if p.job and p.serial}
+    by_ecid = {p.ecid: p.job for p in scenario.phones if p.job and p.ecid is not None}
+
+    def job_for(device: Device) -> str | None:
+        return by_serial.get(device.serial) or by_ecid.get(device.ecid)
+    return job_for
 
 
 async def _play(scenario: Scenario, station: Station, panel: object, clock: Clock,

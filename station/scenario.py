@@ -146,6 +146,9 @@ class ScenarioPhone:
     usb3: bool = False
     vanish_on_scan: int = field(default=0, metadata=bounded(0, 100))
     restore_fault: str = ""
+    # This phone's job, as an operator would choose it ("": the station's [restore] job). The
+    # machine still decides: an erase runs only for a trusted phone running iOS that checks CLEAR.
+    job: Literal["", "restore", "erase"] = ""
     # What refurbishers record; None: the simulated phone's default (hw/sim/phone.py).
     cellular: bool = True
     storage_gb: int | None = field(default=None, metadata=bounded(1, 65536))

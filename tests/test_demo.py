@@ -25,21 +25,23 @@ def run_scenario(tmp_path: Path, scenario: str, speed: int = 300) -> subprocess.
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
-def test_demo_ends_with_the_four_expected_outcomes(tmp_path):
+def test_demo_ends_with_the_five_expected_outcomes(tmp_path):
     # At `make run`'s speed: pymobiledevice3's own waits (iBoot's, restored's) pass in real time.
     result = run_scenario(tmp_path, "config/sim/demo.toml", speed=30)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 4, result.stdout
+    assert len(lines) == 5, result.stdout
     assert lines[0].startswith("slot 1: DONE")
     assert lines[1].startswith("slot 2: LOCKED") and "Find My is on" in lines[1]
     assert lines[2].startswith("slot 3: DONE")
     assert lines[3].startswith("slot 4: DONE") and "(2 attempts)" in lines[3]
+    assert lines[4].startswith("slot 5: DONE") and lines[4].endswith("(erase)")
     assert "UNEXPECTED" not in result.stdout
     log = result.stderr
     assert "slot 2 [G6TZK2P4Q1MN] CHECKING_LOCK -> LOCKED (Find My is on)" in log
     assert ("slot 4 [DNPWL4H8Q6VR] RESTORING -> QUEUED "
             "(retrying: phone reported restore status 53: failed to recover FDR data)") in log
+    assert "slot 5 [HX7TRADE1N5E] QUEUED -> RESTORING (erase)" in log
     assert "Traceback" not in log
     frames = sorted((tmp_path / "frames").glob("*.png"))
     assert frames, "the emulated OLED showed nothing"
@@ -49,19 +51,28 @@ def test_demo_ends_with_the_four_expected_outcomes(tmp_path):
     assert any(shows(image, "SLOT 4 RESTORING", "medium", inverse=True) for image in seen)
     retrying = [image for image in seen if shows(image, "SLOT 4 RETRY 2/2", "medium", inverse=True)]
     assert retrying, "the display never showed slot 4's retry"
+    assert any(shows(image, "ERASE", "medium") for image in seen), "the display never showed the erase"
     assert not list(tmp_path.glob("updater_output-*")), "a restore wrote into the working directory"
 
     records = station(tmp_path, "records", "list", "--json")
     outcomes = {(r["slot"], r["outcome"]) for r in json.loads(records.stdout)}
-    assert outcomes == {(1, "done"), (2, "locked"), (3, "done"), (4, "done")}, records.stdout
+    assert outcomes == {(1, "done"), (2, "locked"), (3, "done"), (4, "done"), (5, "done")}, records.stdout
     verify = station(tmp_path, "records", "verify")
-    assert verify.returncode == 0 and "3 certificates" in verify.stdout, verify.stdout + verify.stderr
+    assert verify.returncode == 0 and "4 certificates" in verify.stdout, verify.stdout + verify.stderr
     # pymobiledevice3's Restore did it, against a simulated phone, and the certificate says both,
     # with the build it installed.
     certificate = json.loads(station(tmp_path, "cert", "F2LXQ0J1N7KC").stdout)
     assert certificate["sanitization"]["tool"] == (
         "pymobiledevice3 11.45.0 Restore (Erase), against a simulated phone (no phone erased)")
     assert certificate["sanitization"]["firmware"]["build"] == "22C152"
+    assert certificate["sanitization"]["job"] == "restore"
+    # The trade-in was erased, not restored: its certificate says so, and which tool did it.
+    erased = json.loads(station(tmp_path, "cert", "HX7TRADE1N5E").stdout)["sanitization"]
+    assert erased["job"] == "erase (EraseDevice)" and erased["method_type"] == "Purge"
+    assert "Erase All Content and Settings" in erased["method_detail"]
+    assert erased["tool"] == ("pymobiledevice3 11.45.0 mobilebackup2 EraseDevice, against a simulated phone "
+                              "(no phone erased)")
+    assert erased["firmware"] == {"build": None, "ios": "17.5.1", "sha256": None} and erased["attempts"] == 1
 
 
 def station(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

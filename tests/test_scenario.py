@@ -17,11 +17,13 @@ def test_shipped_scenarios_load(path):
     assert scenario.phones
 
 
-def test_demo_has_the_four_phones_the_readme_promises():
+def test_demo_has_the_five_phones_the_readme_promises():
     demo = load_scenario(ROOT / "config" / "sim" / "demo.toml")
     assert [(p.name, p.expect) for p in demo.phones] == [
-        ("clean", "done"), ("find-my-on", "locked"), ("dfu", "done"), ("flaky-fdr", "done")]
+        ("clean", "done"), ("find-my-on", "locked"), ("dfu", "done"), ("flaky-fdr", "done"),
+        ("trade-in", "done")]
     assert demo.info.engine == "real" and demo.phones[3].restore_fault == "status-53"
+    assert [p.job for p in demo.phones] == ["", "", "", "", "erase"]
 
 
 @pytest.mark.parametrize("body, message", [

@@ -68,6 +68,7 @@ class MobileBackup2:
                 if name == "Hello":
                     await _send(writer, ["DLMessageProcessMessage", self._hello(body)])
                 elif name == "EraseDevice" and not self.phone.erase_refused:
+                    await asyncio.sleep(self.phone.erase_starts_s)
                     self._erase()
                     return  # the link drops: the phone is erasing
                 else:

@@ -116,6 +116,7 @@ class SimPhone:
     activation_ready_after: float = 0.0  # s after a boot before mobileactivationd gives session info
     lockdown_stalls: bool = False  # lockdownd takes connections and never answers
     erase_reboot_s: float | None = None  # after EraseDevice, back at Hello this long after (None: the world's)
+    erase_starts_s: float = 0.0  # after EraseDevice, the link drops this long after (unverified)
     erase_refused: bool = False  # mobilebackup2 answers EraseDevice with an error instead of erasing
     usb3: bool = False  # USB-C phone on a USB 3 hub: SuperSpeed bus in iOS, USB 2 bus in iBoot
     vanish_on_scan: int = 0  # the next N descriptor reads find the phone re-enumerating

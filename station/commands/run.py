@@ -134,7 +134,8 @@ def _summary_line(port: Port) -> str:
     who = f"{device.name or device.product_type} {device.label}" if device else "-"
     why = f"  {port.reason}" if port.reason else ""
     tries = f"  ({port.attempts} attempts)" if port.attempts > 1 else ""
-    return f"slot {port.slot}: {port.state.name:<13} {short_state(port):<8} {who}{why}{tries}"
+    job = "  (erase)" if port.job == "erase" and port.restore_started is not None else ""
+    return f"slot {port.slot}: {port.state.name:<13} {short_state(port):<8} {who}{why}{tries}{job}"
 
 
 def _configure_logging(level: str) -> None:

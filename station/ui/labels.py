@@ -116,10 +116,17 @@ def retry_text(port: Port) -> str:
     return ""
 
 
+def state_title(port: Port) -> str:
+    """The state as the detail screen's title says it: an erase job's RESTORING is ERASING."""
+    if port.state is State.RESTORING and port.job == "erase":
+        return "ERASING"
+    return port.state.name.replace("_", " ")
+
+
 def short_state(port: Port) -> str:
     """At most 8 characters (7 for every state but a restore at 100%): one overview cell."""
     if port.state is State.RESTORING:
-        return f"{port.percent:.0f}%"
+        return "ERASE" if port.job == "erase" else f"{port.percent:.0f}%"  # an erase has no pace to show
     if port.state is State.QUEUED and retry_text(port):
         return "RETRY"
     if port.state is State.NEEDS_CONFIRM and port.held:
@@ -164,9 +171,10 @@ def detail_lines(port: Port, now: float) -> list[str]:
     version = f"iOS {device.ios_version}" if device.ios_version else device.mode.value.upper()
     lines = [model_text(port), f"{version}  {device.serial}".rstrip(), lock_text(port)]
     if port.state is State.RESTORING:
-        lines += [f"{port.phase.replace('_', ' ')} {port.percent:.0f}%", eta_text(port, now)]
+        phase = "erasing" if port.job == "erase" else port.phase.replace('_', ' ')
+        lines += [f"{phase} {port.percent:.0f}%", eta_text(port, now)]
     elif port.state is State.NEEDS_CONFIRM:
-        lines.append("hold OK to restore" if port.held else "press OK to restore")
+        lines.append(f"{'hold' if port.held else 'press'} OK to {port.job}")
     elif port.state is State.FAILED:
         lines.append(operator_reason(port.reason))
         if port.restore_started is not None:

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from station.machine import Port, State
 from station.snapshot import PortFlag, Screen, Snapshot
-from station.ui.labels import NEEDS_PERSON, detail_lines, retry_text, short_state
+from station.ui.labels import NEEDS_PERSON, detail_lines, retry_text, short_state, state_title
 
 WIDTH, HEIGHT = 128, 64
 FOOTER_TOP = 56  # the bottom line: 5x8 text, or a fault inverted from FOOTER_TOP - 1
@@ -140,7 +140,7 @@ def _retry_mark(draw: ImageDraw.ImageDraw, left: int, y: int, right: int) -> Non
 def _detail(draw: ImageDraw.ImageDraw, snapshot: Snapshot) -> None:
     port = next((p for p in snapshot.ports if p.slot == snapshot.selected),
                 Port(snapshot.selected))
-    _titled(draw, f"SLOT {port.slot} {retry_text(port) or port.state.name.replace('_', ' ')}",
+    _titled(draw, f"SLOT {port.slot} {retry_text(port) or state_title(port)}",
             detail_lines(port, snapshot.now),
             footer_taken=port.state is State.RESTORING or bool(snapshot.faults))
     if port.state is State.RESTORING:

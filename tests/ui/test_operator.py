@@ -114,3 +114,15 @@ def test_the_counters_show_retries_and_a_port_to_look_at() -> None:
     assert shows(image, "CHECK PORT 4: 3 of 5 bad", "small", inverse=True)
     calm = render(replace(snapshot, port_flags=()))
     assert shows(calm, "retried 3", "small") and not shows(calm, "CHECK PORT", "small")
+
+
+def test_an_erase_is_shown_as_erasing_not_restoring() -> None:
+    erasing = replace(restoring(4, 0.0, phase="erase"), job="erase")
+    detail = render(Snapshot((erasing,), Screen.DETAIL, selected=4, now=NOW))
+    assert shows(detail, "SLOT 4 ERASING", "medium", inverse=True)
+    assert not shows(detail, "RESTORING", "medium", inverse=True)
+    assert "erasing 0%" in detail_lines(erasing, NOW)
+    waiting = Port(4, State.NEEDS_CONFIRM, PRO, Lock.CLEAR, job="erase")
+    assert "press OK to erase" in detail_lines(waiting, NOW)
+    assert short_state(erasing) == "ERASE"
+    assert shows(render(overview(Port(1), erasing, selected=1)), "ERASE", "medium")
