@@ -558,6 +558,7 @@ class UsbPhoneLayer:
 
     def _release(self, device: Device) -> None:
         """Stop expecting the phone to vanish, once it is seen again (or stays gone)."""
+        self._restore_began.pop(device.ecid, None)  # a retry notes its own; a check at Hello took it
         for slot, told in list(self._told.items()):
             if _same_phone(told, device):
                 self._held[slot] = _Held(SETTLE_S, until_scan=self._scans)
