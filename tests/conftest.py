@@ -31,6 +31,13 @@ def sim_config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def demo_config(sim_config: Path) -> Path:
+    """sim_config with a hub for config/sim/demo.toml's five phones."""
+    sim_config.write_text(sim_config.read_text().replace("slots = 4", "slots = 5"))
+    return sim_config
+
+
+@pytest.fixture
 def pmd3_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """pymobiledevice3's pair records go to this test's folder, not the user's home.
 

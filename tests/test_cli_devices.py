@@ -48,13 +48,13 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_devices_lists_every_phone_with_slot_mode_and_identity(sim_config, capsys):
-    code, out, err = run(capsys, "devices", "--json", "--config", str(sim_config), "--sim", str(DEMO))
+def test_devices_lists_every_phone_with_slot_mode_and_identity(demo_config, capsys):
+    code, out, err = run(capsys, "devices", "--json", "--config", str(demo_config), "--sim", str(DEMO))
     assert code == 0, err
     rows = json.loads(out)
     assert [(r["slot"], r["mode"], r["product_type"]) for r in rows] == [
         (1, "normal", "iPhone14,7"), (2, "normal", "iPhone15,4"), (3, "dfu", "iPhone13,2"),
-        (4, "normal", "iPhone14,5")]
+        (4, "normal", "iPhone14,5"), (5, "normal", "iPhone14,7")]
     assert rows[0]["ios"] == "17.5.1" and rows[0]["serial"] == "F2LXQ0J1N7KC"
     # DFU: identity from the iBoot string; what it cannot tell is null, never "-"
     assert rows[2]["ecid"] and rows[2]["ios"] is None and rows[2]["serial"] is None

@@ -111,9 +111,9 @@ def test_two_different_configs_are_one_clear_error(tmp_path, config, capsys):
         f"station: --config given twice: {config} before the command, {other} after it"
 
 
-def test_run_check_loads_config_and_scenario_and_starts_nothing(tmp_path, config, capsys):
-    assert main(["run", "--check", "--config", str(config), "--sim", str(DEMO)]) == 0
-    assert capsys.readouterr().out == f"{config}: OK\n{DEMO}: OK\n"
+def test_run_check_loads_config_and_scenario_and_starts_nothing(tmp_path, demo_config, capsys):
+    assert main(["run", "--check", "--config", str(demo_config), "--sim", str(DEMO)]) == 0
+    assert capsys.readouterr().out == f"{demo_config}: OK\n{DEMO}: OK\n"
     assert not (tmp_path / "state").exists()
 
 
