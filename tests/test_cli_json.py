@@ -22,26 +22,13 @@ from ipsw.conftest import Server, server  # noqa: F401 - the fixture, used by na
 from ipsw.factory import build_ipsw, synthetic_manifest
 from records import helpers
 from records.helpers import FakeClock, Phone
+from test_cli_devices import LOCKED
 from test_cli_ports import bench, plug_soon  # noqa: F401 - the fixture, used by name
 
 from station.cli import build_parser, main
 from station.config import StationSection
 from station.records.recorder import Recorder
 
-LOCKED = """\
-[scenario]
-engine = "timed"
-[config.restore]
-mode = "line"
-[[phone]]
-name = "find-my-on"
-slot = 2
-model = "iPhone15,4"
-serial = "G6TZK2P4Q1MN"
-find_my = true
-activation_lock = true
-expect = "locked"
-"""
 PHONE = {"mode", "product_type", "name", "ios", "build", "ecid", "udid", "serial"}
 IPSW = {"file", "path", "size", "state", "build", "version", "models", "sha1", "sha256", "checked_at", "signed"}
 SESSION = {"id", "slot", "started_at", "outcome", "serial", "ecid", "lock_result", "hash"}  # among all columns

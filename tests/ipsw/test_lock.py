@@ -12,10 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hw.phones import Device, Lock, LockCheck, Mode, PhoneArrived
-from station.config import Config, IpswSection, RestoreSection
-from station.core import Station
-from station.firmware import IpswFirmware
+from station.config import IpswSection
 from station.ipsw.cache import IpswCache
 from station.ipsw.errors import IpswError
 from station.ipsw.lock import in_use
@@ -23,6 +20,7 @@ from station.machine import State
 
 from .conftest import Server
 from .factory import build_ipsw, synthetic_manifest
+from .one_phone import OnePhone, restore_one
 
 ROOT = Path(__file__).resolve().parents[2]
 # `station ARGV...` with only the ipsw commands registered: the others import the whole phone stack (2 s).
@@ -125,36 +123,14 @@ def test_two_adds_of_one_file_at_once(offline_section: IpswSection, ipsw14_7: Pa
     assert cache.find_cached(url) is not None and not part.exists()
 
 
-class _Phones:
-    """One phone; while it restores, it looks at whether the station holds the file it was given."""
-
-    def __init__(self) -> None:
-        self.held_while_restoring: list[bool] = []
-
-    async def watch(self, emit) -> None:  # type: ignore[no-untyped-def]
-        await asyncio.Event().wait()
-
-    async def identify(self, device: Device) -> Device:
-        return dataclasses.replace(device, product_type="iPhone14,7", serial="F2LTEST")
-
-    async def check_lock(self, device: Device, after_restore: bool = False) -> LockCheck:
-        return LockCheck(Lock.CLEAR, "Find My off", "fmip")
-
-    async def restore(self, device, firmware, report) -> None:  # type: ignore[no-untyped-def]
-        self.held_while_restoring.append(await asyncio.to_thread(in_use, firmware.path))
-
-
 async def test_the_station_holds_the_file_only_while_its_restore_runs(server: Server, section: IpswSection,
                                                                       tmp_path: Path) -> None:
     _, newer = await asyncio.to_thread(_two_builds, server, section, tmp_path)
-    phones = _Phones()
-    station = Station(Config(restore=RestoreSection(mode="line")), phones,  # type: ignore[arg-type]
-                      firmware=IpswFirmware(IpswCache(section), required=True),
-                      clock=asyncio.get_running_loop().time)
-    station.on_phone_event(PhoneArrived(1, Device(key="p1", mode=Mode.NORMAL)))
-    async with asyncio.timeout(10):
-        while station.ports[1].state is not State.DONE:
-            await asyncio.sleep(0.01)
-    await station.stop_work()
-    assert phones.held_while_restoring == [True]
+    held_while_restoring: list[bool] = []
+
+    async def look(firmware) -> None:  # type: ignore[no-untyped-def]
+        held_while_restoring.append(await asyncio.to_thread(in_use, firmware.path))
+    station = await restore_one(IpswCache(section), OnePhone(while_restoring=look))
+    assert station.ports[1].state is State.DONE
+    assert held_while_restoring == [True]
     assert not in_use(newer)

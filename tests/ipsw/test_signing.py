@@ -9,16 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from hw.phones import Device, Lock, LockCheck, Mode, PhoneArrived
-from station.config import Config, IpswSection, RestoreSection
-from station.core import Station
-from station.firmware import IpswFirmware
+from station.config import IpswSection
 from station.ipsw.cache import IpswCache
 from station.ipsw.errors import NotSignedError
 from station.machine import State
 
 from .conftest import Server
 from .factory import build_ipsw, synthetic_manifest
+from .one_phone import OnePhone, restore_one
 
 
 def _publish(server: Server, tmp_path: Path, version: str, build: str, signed: bool, seed: int,
@@ -91,44 +89,14 @@ def test_match_says_not_signed(cli, server: Server, section: IpswSection, tmp_pa
                                               "longer signed by Apple")
 
 
-class _Phones:
-    """Enough of the phone layer for one phone in line mode; it records the restores it is asked for."""
-
-    def __init__(self) -> None:
-        self.restores: list[object] = []
-
-    async def watch(self, emit) -> None:  # type: ignore[no-untyped-def]
-        await asyncio.Event().wait()
-
-    async def identify(self, device: Device) -> Device:
-        return dataclasses.replace(device, product_type="iPhone14,7", serial="F2LTEST")
-
-    async def check_lock(self, device: Device, after_restore: bool = False) -> LockCheck:
-        return LockCheck(Lock.CLEAR, "Find My off", "fmip")
-
-    async def restore(self, device, firmware, report) -> None:  # type: ignore[no-untyped-def]
-        self.restores.append(firmware)
-
-
-async def _restore_one(cache: IpswCache) -> tuple[Station, _Phones]:
-    phones = _Phones()
-    station = Station(Config(restore=RestoreSection(mode="line")), phones,  # type: ignore[arg-type]
-                      firmware=IpswFirmware(cache, required=True), clock=asyncio.get_running_loop().time)
-    station.on_phone_event(PhoneArrived(1, Device(key="p1", mode=Mode.NORMAL)))
-    async with asyncio.timeout(10):
-        while station.ports[1].state not in (State.FAILED, State.DONE):
-            await asyncio.sleep(0.01)
-    await station.stop_work()
-    return station, phones
-
-
 async def test_the_station_refuses_an_unsigned_build_before_the_restore(server: Server, section: IpswSection,
                                                                         tmp_path: Path) -> None:
     cache = IpswCache(section)
     _publish(server, tmp_path, "17.5.1", "21F90", False, 1, cache)
     _publish(server, tmp_path, "18.1", "22B83", True, 2)
     await asyncio.to_thread(cache.refresh_catalog, ("iPhone14,7",))
-    station, phones = await _restore_one(cache)
+    phones = OnePhone()
+    station = await restore_one(cache, phones)
     assert station.ports[1].state is State.FAILED
     assert station.ports[1].reason == "NOT SIGNED 21F90: add iOS 18.1"  # the detail screen shows it
     assert phones.restores == []  # the phone was never touched
