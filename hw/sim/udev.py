@@ -119,9 +119,10 @@ class SysfsDevices:
             return
         device = event.device
         folder.mkdir(parents=True, exist_ok=True)
+        strings = string_table(device)
         fields = {"idVendor": f"{APPLE_VENDOR_ID:04x}", "idProduct": f"{PRODUCT_IDS[device.mode]:04x}",
                   "busnum": str(device.bus), "devnum": str(device.address),
-                  "serial": string_table(device)[max(string_table(device))]}
+                  "serial": strings[max(strings)]}  # iSerialNumber is the last string (usb_backend)
         for name, value in fields.items():
             (folder / name).write_text(value + "\n")
 
