@@ -84,8 +84,8 @@ class _Held:
 
     grace_s: float
     since_gone: float | None = None
-    # A last hold: it ends once a USB scan newer than this one has seen the phone (what usbmuxd
-    # said before then may be stale: a failed restore often leaves the phone re-enumerating).
+    # A last hold: it ends once a USB scan begun after this one has seen the phone (what usbmuxd
+    # said, or a scan under way, may be stale: a failed restore often leaves the phone rebooting).
     until_scan: int | None = None
 
 
@@ -125,7 +125,8 @@ class UsbPhoneLayer:
         self._sightings = 0
         self._usb: list[UsbPhone] = []
         self._usb_ok: bool | None = None  # None until the first scan
-        self._scans = 0
+        self._scans = 0  # the number of the scan whose picture the layer holds
+        self._scans_begun = 0
         self._busy_until: dict[str, float] = {}  # port path -> until when its phone counts as there
         self._ios_on_usb_since: float | None = None
         self._port_of: dict[str, str] = {}  # normal-mode USB serial (UDID without dash) -> port path
@@ -255,6 +256,7 @@ class UsbPhoneLayer:
         while True:
             self._bus_changed.clear()  # a hotplug event from here on sets off the next scan
             try:
+                number = self._begin_scan()
                 scan = await asyncio.to_thread(self.scanner.scan)
             except UsbUnavailable as error:
                 log.debug("USB scan: %s", error)
@@ -266,18 +268,23 @@ class UsbPhoneLayer:
                 # Usually missing udev rules: the phone is there but cannot be identified.
                 self._emit(LayerFault("usb-access", "USB NO ACCESS" if scan.problems else None))
                 self._log_once(scan.problems)
-                self._take_scan(scan)
+                self._take_scan(scan, number)
                 self._reconcile()
             self._report_usbmuxd()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(USB_POLL_S):
                     await self._bus_changed.wait()
 
-    def _take_scan(self, scan: Scan) -> None:
+    def _begin_scan(self) -> int:
+        """A scan's number, by when it began: its picture is no newer than that."""
+        self._scans_begun += 1
+        return self._scans_begun
+
+    def _take_scan(self, scan: Scan, number: int) -> None:
         """The bus as the last scan saw it, and the port where each normal-mode serial was last."""
         self._usb = scan.phones
         self._in_sysfs = set()
-        self._scans += 1
+        self._scans = number
         now = time.monotonic()
         self._busy_until = {path: until for path, until in self._busy_until.items() if until > now}
         self._busy_until.update(dict.fromkeys(scan.busy_ports, now + BUSY_GRACE_S))
@@ -409,9 +416,10 @@ class UsbPhoneLayer:
             self._mux_up = True
         except (ConnectionFailedToUsbmuxdError, MuxException, OSError, TimeoutError) as error:
             notes.append(f"usbmuxd: {error or 'no answer'} (normal-mode phones not listed)")
+        number = self._begin_scan()
         scan = await asyncio.to_thread(self.scanner.scan)  # raises UsbUnavailable
         notes.extend(scan.problems)
-        self._take_scan(scan)
+        self._take_scan(scan, number)
         present = self._present()
         for slot, device in present.items():
             try:
@@ -561,7 +569,7 @@ class UsbPhoneLayer:
         self._restore_began.pop(device.ecid, None)  # a retry notes its own; a check at Hello took it
         for slot, told in list(self._told.items()):
             if _same_phone(told, device):
-                self._held[slot] = _Held(SETTLE_S, until_scan=self._scans)
+                self._held[slot] = _Held(SETTLE_S, until_scan=self._scans_begun)
         self._reconcile()
 
     async def _usbmuxd_up(self) -> None:

@@ -225,7 +225,7 @@ def test_odd_usbmuxd_records_and_serials_never_make_a_phone_out_of_nothing(tmp_p
     events: list[object] = []
     phones = layer(tmp_path, events)
     phones._take_mux_list(devices)
-    phones._take_scan(scan)
+    phones._take_scan(scan, phones._begin_scan())
     phones._reconcile()
     arrived = [e for e in events if isinstance(e, PhoneArrived)]
     on_slot = {phones.slot_map.slot_for(p.port_path): p for p in scan.phones}  # as the layer placed them
@@ -256,7 +256,7 @@ def test_an_entry_without_a_text_serial_is_dropped(tmp_path, serial):
               "Properties": {"ConnectionType": "USB", "DeviceID": 7, "SerialNumber": serial}}
     phones = layer(tmp_path, [])
     phones._take_mux_list(mux_devices([plistlib.loads(plistlib.dumps(record))]))
-    phones._take_scan(Scan([UsbPhone("1-1.1", Mode.NORMAL, "0", 1, 11)], []))
+    phones._take_scan(Scan([UsbPhone("1-1.1", Mode.NORMAL, "0", 1, 11)], []), phones._begin_scan())
     phones._reconcile()
     assert phones._told == {}
 
@@ -278,7 +278,7 @@ def test_a_phone_usbmuxd_lists_on_usb_and_the_bus_shows_arrives_once(tmp_path):
     events: list[object] = []
     phones = layer(tmp_path, events)
     phones._take_mux_list(mux_devices(records))
-    phones._take_scan(Scan([UsbPhone("1-1.2", Mode.NORMAL, UDIDS[0].replace("-", ""), 1, 12)], []))
+    phones._take_scan(Scan([UsbPhone("1-1.2", Mode.NORMAL, UDIDS[0].replace("-", ""), 1, 12)], []), phones._begin_scan())
     phones._reconcile()
     [arrival] = [e for e in events if isinstance(e, PhoneArrived)]
     assert (arrival.slot, arrival.device.udid, arrival.device.ecid) == (2, UDIDS[0], 0x001A2B3C4D5E6F72)

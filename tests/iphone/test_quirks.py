@@ -6,6 +6,7 @@ real phone layer through pymobiledevice3 and pyusb.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -280,6 +281,41 @@ async def test_a_restore_that_lost_usb_with_the_phone_still_there_fails_without_
             with pytest.raises(RestoreError):
                 await h.layer.restore(device, None, lambda report: None)
         await asyncio.sleep(2 * layer.USB_POLL_S)
+    assert not [e for e in h.events if isinstance(e, PhoneLeft)]
+
+
+async def test_a_scan_begun_before_a_failed_restore_does_not_end_the_wait_for_its_phone(
+        tmp_path, monkeypatch):
+    """A failed restore leaves the phone rebooting to recovery (idevicerestore's failure path).
+    A USB scan that began before the failure still shows it there: only a scan begun after may
+    end the wait, or the reboot is taken for a departure and the retried phone comes back as a
+    new one held for a person (seen in the fault matrix's restore_image@99-network-down)."""
+    sim = phone(product_type="iPhone14,7", mode=SimMode.RECOVERY)
+    async with running_layer(tmp_path, monkeypatch) as h:
+        device = await arrive(h, sim, 2)
+        pictured, answer = threading.Event(), threading.Event()
+        real_scan = h.layer.scanner.scan
+
+        def scan_held_open():  # the picture is taken, the answer waits
+            picture = real_scan()
+            pictured.set()
+            answer.wait(5)
+            return picture
+
+        async def worker(slot, device, firmware, report):
+            h.layer.scanner.scan = scan_held_open
+            await asyncio.to_thread(pictured.wait, 5)
+            h.layer.scanner.scan = real_scan
+            h.bench.world.reboot(sim, SimMode.RECOVERY, delay=1.0)
+            answer.set()  # the stale picture arrives once the failure is taken
+            raise RestoreError("cannot reach Apple: the network is down", True)
+
+        h.layer._restore_in_worker = worker
+        async with asyncio.timeout(10):
+            with pytest.raises(RestoreError):
+                await h.layer.restore(device, None, lambda report: None)
+        await asyncio.sleep(1.0 + 3 * layer.USB_POLL_S)  # back from its reboot, seen again
+        assert h.layer._told[2].ecid == sim.ecid
     assert not [e for e in h.events if isinstance(e, PhoneLeft)]
 
 
