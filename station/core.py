@@ -36,7 +36,7 @@ log = logging.getLogger("station.core")
 # Station-level faults, most urgent first: the display shows the first present.
 FAULT_ORDER = ("stopping", "usbmuxd", "libusb", "usb-access", "network", "records", "panel", "config")
 
-OPERATOR_EVENTS = (machine.Confirm, machine.Cancel, machine.Abort)
+OPERATOR_EVENTS = (machine.Confirm, machine.Cancel, machine.Abort, machine.SwitchJob)
 RECHECK_S = 5.0  # while a restore waits for memory or record space, look again this often
 STATS_MIN_S = 2.0  # the per-port statistics are read again at most this often
 GB = 1e9
@@ -247,10 +247,13 @@ class Station:
         result = machine.step(old, event, self.policy, self.clock())
         new = self.ports[slot] = result.port
         if result.note:
-            log.debug("slot %d: %s", slot, result.note)
+            log.log(logging.INFO if isinstance(event, OPERATOR_EVENTS) else logging.DEBUG,
+                    "slot %d: %s", slot, result.note)
         if new.state is not old.state:
             log.info(machine.describe(old, new))
             self._count(new)
+        elif new.job != old.job:
+            log.info("slot %d: job %s -> %s", slot, old.job, new.job)
         if isinstance(event, Detached):
             self._generation[slot] += 1
         if isinstance(event, Progress) and new.state is State.RESTORING:

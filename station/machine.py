@@ -24,6 +24,7 @@ path through it can be tested exhaustively. The graph::
     any working state --PortFault--> FAILED
     any state --Detached--> EMPTY
     a phone not yet started --ChooseJob(restore | erase)--> the same state, that job
+    a phone not yet started --SwitchJob--> the same state, the other job (held SELECT)
 
 The lock rule lives in two places that cannot both be wrong: LOCKED is left
 only by Detached, and RESTORING is entered only from QUEUED by a port whose
@@ -36,7 +37,7 @@ policy's job is the port's at plug-in; ``ChooseJob`` (an operator's choice) chan
 work starts. An erase needs what only a phone running iOS can give: it trusts the station and its
 lock check said CLEAR. A phone that cannot be erased (recovery, DFU, lock UNKNOWN, held) becomes
 a restore at its lock answer, decided by the policy as any restore is; a LOCKED or REFUSED one
-gets neither. That rule, too, is in two places: ``_lock_result`` and ``_erasable``, which
+gets neither. That rule, too, is in two places: ``_lock_result`` and ``erasable``, which
 ``_restore_started`` asks again.
 
 The policy (``unknown_lock``) decides only for a phone whose lock cannot be read
@@ -209,9 +210,14 @@ class ChooseJob:
     job: Literal["restore", "erase"]
 
 
+@dataclass(frozen=True)
+class SwitchJob:
+    """The operator's other job for this phone (restore <-> erase), before its work starts."""
+
+
 Event = (Attached | Identified | LockCheckStarted | TrustNeeded | LockResult | Confirm | Cancel
          | Abort | Waiting | RestoreStarted | Progress | RestoreFinished | RestoreFailed | PortFault
-         | Detached | ChooseJob)
+         | Detached | ChooseJob | SwitchJob)
 
 
 # Effects: what the station must do after a transition --------------------
@@ -292,7 +298,7 @@ def _lock_result(port: Port, event: LockResult, policy: Policy, now: float) -> S
     # was inconclusive is held for a person (who can ask its owner), under every policy.
     held = event.lock is Lock.UNKNOWN and (policy.unknown_lock == "hold" or not _unreadable_by_nature(port))
     port = replace(port, held=held)
-    if port.job == "erase" and not _erasable(port):
+    if port.job == "erase" and not erasable(port):
         port = replace(port, job="restore")  # it cannot erase itself: restored, as any phone is
     if policy.mode == "line" and not held:
         return _enter(port, State.QUEUED, now, Effect.ENQUEUE, confirmed_by="policy")
@@ -360,7 +366,7 @@ def _abort(port: Port, event: Abort, policy: Policy, now: float) -> Step:
 def _restore_started(port: Port, event: RestoreStarted, policy: Policy, now: float) -> Step:
     if port.state is not State.QUEUED or not _restorable(port, policy):
         return _ignore(port, event)
-    if port.job == "erase" and not _erasable(port):
+    if port.job == "erase" and not erasable(port):
         return Step(port, note="erase refused: only a trusted phone running iOS whose lock is clear")
     return _enter(port, State.RESTORING, now, phase="starting", percent=0.0, reason="",
                   attempts=port.attempts + 1, max_attempts=policy.retries + 1, restore_started=now)
@@ -388,7 +394,7 @@ def _restorable(port: Port, policy: Policy) -> bool:
     return port.confirmed_by == "operator"
 
 
-def _erasable(port: Port) -> bool:
+def erasable(port: Port) -> bool:
     """The erase rule: a phone running iOS that trusts the station, checked CLEAR, not held."""
     return (port.lock is Lock.CLEAR and not port.untrusted and not port.held
             and port.device is not None and port.device.mode is Mode.NORMAL)
@@ -402,9 +408,13 @@ CHOOSING = frozenset({State.DETECTING, State.IDENTIFIED, State.CHECKING_LOCK, St
 def _choose_job(port: Port, event: ChooseJob, policy: Policy, now: float) -> Step:
     if port.state not in CHOOSING or port.restore_started is not None or event.job == port.job:
         return _ignore(port, event)
-    if event.job == "erase" and port.state is State.NEEDS_CONFIRM and not _erasable(port):
+    if event.job == "erase" and port.state is State.NEEDS_CONFIRM and not erasable(port):
         return Step(port, note="erase refused: only a trusted phone running iOS whose lock is clear")
     return Step(replace(port, job=event.job))
+
+
+def _switch_job(port: Port, event: SwitchJob, policy: Policy, now: float) -> Step:
+    return _choose_job(port, ChooseJob("restore" if port.job == "erase" else "erase"), policy, now)
 
 
 def _unreadable_by_nature(port: Port) -> bool:
@@ -468,6 +478,7 @@ _HANDLERS = {
     PortFault: _port_fault,
     Detached: _detached,
     ChooseJob: _choose_job,
+    SwitchJob: _switch_job,
 }
 
 

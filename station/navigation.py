@@ -2,17 +2,18 @@
 
 SELECT walks the slots (showing each one's detail), then the counters, then
 the faults' details when a fault has some (a bad config file), then back to the
-overview. OK and BACK act on the selected slot: OK starts or
-confirms (a long press confirms a held phone), BACK cancels a queued restore
-or, held, aborts a running one; with nothing to cancel BACK returns to the
-overview.
+overview; held on a slot's screen, SELECT switches that phone between restore
+and erase (before its work starts). OK and BACK act on the selected slot: OK
+starts or confirms (a long press confirms a held phone), BACK cancels a queued
+restore or, held, aborts a running one; with nothing to cancel BACK returns to
+the overview.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from station.machine import Abort, Cancel, Confirm, Event, Port, State
+from station.machine import Abort, Cancel, Confirm, Event, Port, State, SwitchJob
 from station.snapshot import Screen
 
 Button = Literal["select", "ok", "back"]
@@ -39,6 +40,8 @@ class Press:
 def press(view: View, button: Button, long: bool, slots: int, now: float,
           faults_screen: bool = False) -> Press:
     view = replace(view, last_press=now)
+    if button == "select" and long and view.screen is Screen.DETAIL:
+        return Press(view, view.selected, SwitchJob())
     if button == "select":
         return Press(_next_screen(view, slots, faults_screen))
     if button == "ok":

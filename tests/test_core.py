@@ -18,6 +18,8 @@ from station.config import Config, RestoreSection, StationSection
 from station.core import NoFirmware, Station
 from station.records.recorder import Recorder
 from station.machine import State, Waiting
+from station.snapshot import Screen
+from station.ui.labels import detail_lines
 
 
 class DoublePhones:
@@ -435,3 +437,35 @@ async def test_a_phones_own_job_is_chosen_once_it_is_identified():
     await settle(station)
     assert station.ports[1].state is State.DONE and station.ports[2].state is State.DONE
     assert phones.erases == ["trade-in"] and phones.restores == ["other"]
+
+
+async def test_at_the_counter_holding_select_makes_the_selected_phone_an_erase(tmp_path):
+    """A counter station restores by default; the operator holds SELECT on a phone's screen to
+    erase it instead (and again to go back), before pressing OK. A phone not proven clear keeps
+    its restore, and its screen offers no erase."""
+    phones = DoublePhones({"held": LockCheck(Lock.UNKNOWN, "Find My not confirmed off", "none")})
+    async with records_station(phones, tmp_path / "state", RestoreSection(mode="counter")) as station:
+        plug(station, 1, "trade-in")
+        plug(station, 2, "held")
+        await until(lambda: station.ports[1].state is State.NEEDS_CONFIRM
+                    and station.ports[2].state is State.NEEDS_CONFIRM)
+        station.press("select", False)  # slot 1's screen
+        assert "hold SELECT: erase" in screen_lines(station)
+        station.press("select", True)
+        assert station.snapshot().screen is Screen.DETAIL and station.view.selected == 1
+        assert "press OK to erase" in screen_lines(station)
+        assert "hold SELECT: restore" in screen_lines(station)
+        station.press("ok", False)
+        await until(lambda: station.ports[1].state is State.DONE)
+        station.press("select", False)  # slot 2's screen: held, so no erase is offered
+        assert not [line for line in screen_lines(station) if "SELECT" in line]
+        station.press("select", True)
+        assert station.ports[2].job == "restore"
+    assert phones.erases == ["trade-in"] and phones.restores == []
+    assert certificates(tmp_path / "state")["TRADE-IN"]["sanitization"]["job"] == "erase (EraseDevice)"
+
+
+def screen_lines(station: Station) -> list[str]:
+    snapshot = station.snapshot()
+    [port] = [p for p in snapshot.ports if p.slot == snapshot.selected]
+    return detail_lines(port, snapshot.now)

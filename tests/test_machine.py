@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hw.phones import Device, Lock, Mode
-from station.machine import (WORKING, Abort, Attached, Cancel, ChooseJob, Confirm, Detached, Effect,
+from station.machine import (WORKING, Abort, Attached, Cancel, ChooseJob, Confirm, Detached, Effect, SwitchJob,
                              Identified, LockCheckStarted, LockResult, Policy, Port, PortFault,
                              Progress, RestoreFailed, RestoreFinished, RestoreStarted, State,
                              TrustNeeded, describe, step)
@@ -145,7 +145,7 @@ events = st.one_of(
     st.just(RestoreStarted()), st.floats(-10, 200).map(lambda p: Progress("restore image", p)),
     st.just(RestoreFinished()), st.booleans().map(lambda r: RestoreFailed("x", r)),
     st.just(PortFault("boom")), st.just(Detached()), st.just(TrustNeeded()),
-    st.sampled_from(["restore", "erase"]).map(ChooseJob),
+    st.sampled_from(["restore", "erase"]).map(ChooseJob), st.just(SwitchJob()),
 )
 policies = st.builds(Policy, mode=st.sampled_from(["counter", "line"]),
                      unknown_lock=st.sampled_from(["hold", "refuse", "restore"]),
@@ -289,3 +289,19 @@ def test_an_erase_only_ever_starts_for_a_trusted_clear_phone_running_ios(data, p
         if port.state is State.RESTORING and old.state is not State.RESTORING and port.job == "erase":
             assert port.lock is Lock.CLEAR and not port.untrusted and not port.held
             assert port.device is not None and port.device.mode is Mode.NORMAL
+
+
+def test_switching_the_job_goes_between_restore_and_erase_until_the_work_starts():
+    port, _ = drive(*CHECKING, CLEAR, SwitchJob(), policy=COUNTER)
+    assert port.state is State.NEEDS_CONFIRM and port.job == "erase"
+    port, _ = drive(SwitchJob(), policy=COUNTER, port=port)
+    assert port.job == "restore"
+    port, _ = drive(SwitchJob(), Confirm(), RestoreStarted(), SwitchJob(), policy=COUNTER, port=port)
+    assert port.state is State.RESTORING and port.job == "erase"  # too late to switch back
+    # a held phone is not proven clear: it stays a restore
+    port, _ = drive(*CHECKING, LockResult(Lock.UNKNOWN, "Find My not confirmed off"), SwitchJob(),
+                    policy=COUNTER)
+    assert port.held and port.job == "restore"
+    # an erase job switched on a phone that cannot erase itself: back to a restore, and on
+    port, _ = drive(*CHECKING_DFU, LockResult(Lock.UNKNOWN, "DFU"), SwitchJob(), policy=Policy(job="erase"))
+    assert port.job == "restore"

@@ -3,7 +3,7 @@
 A *session* is one phone on one slot. It opens when the port reaches IDENTIFIED
 (before that the station does not know which phone it has) and closes when the
 phone is detached, or at the next start-up if the station stopped first. It
-stores every state change and operator action (Confirm, Cancel, Abort — also
+stores every state change and operator action (Confirm, Cancel, Abort, SwitchJob — also
 those that changed nothing), and keeps summary columns up to date.
 
 ``result`` is the final state the port is in — ``done``, ``failed``, ``locked``
@@ -43,11 +43,12 @@ from station.machine import (
     Port,
     RestoreStarted,
     State,
+    SwitchJob,
 )
 
 RESULTS = {State.DONE: "done", State.FAILED: "failed", State.LOCKED: "locked",
            State.REFUSED: "refused"}
-OPERATOR_ACTIONS = (Confirm, Cancel, Abort)
+OPERATOR_ACTIONS = (Confirm, Cancel, Abort, SwitchJob)
 
 
 def is_recorded(old: Port, new: Port, event: object) -> bool:
@@ -133,4 +134,6 @@ def _detail(new: Port, event: object) -> str:
                                       event.reason and f"({event.reason})")))
     if isinstance(event, Confirm) and event.long:
         return "long"
+    if isinstance(event, SwitchJob):
+        return new.job  # what it is now: unchanged when the switch was refused
     return new.phase if new.state is State.RESTORING else ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from hw.phones import Lock
-from station.machine import Port, State
+from station.machine import Port, State, erasable
 from station.worker import phases
 
 # At most 7 characters, so a label fits an overview cell beside a two-digit slot number.
@@ -175,6 +175,8 @@ def detail_lines(port: Port, now: float) -> list[str]:
         lines += [f"{phase} {port.percent:.0f}%", eta_text(port, now)]
     elif port.state is State.NEEDS_CONFIRM:
         lines.append(f"{'hold' if port.held else 'press'} OK to {port.job}")
+        if erasable(port):  # the other job is the operator's to choose (navigation: SwitchJob)
+            lines.append(f"hold SELECT: {'restore' if port.job == 'erase' else 'erase'}")
     elif port.state is State.FAILED:
         lines.append(operator_reason(port.reason))
         if port.restore_started is not None:
