@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +18,7 @@ from station.config import IpswSection
 from station.ipsw import upkeep as upkeeps
 from station.ipsw.cache import IpswCache
 from station.ipsw.seen import models_seen
-from station.ipsw.upkeep import Upkeep
+from station.ipsw.upkeep import Upkeep, _local_minute
 from station.machine import Port
 from station.records import db
 from station.snapshot import Counters, Snapshot
@@ -187,3 +191,34 @@ def test_models_seen_come_from_the_records(tmp_path: Path) -> None:
     assert models_seen(state, 30, now) == ("iPhone13,2", "iPhone15,4")  # the most recent first
     assert models_seen(state, 0, now) == ()
 
+
+
+def test_a_running_station_keeps_its_cache(server: Server, section: IpswSection, tmp_path: Path) -> None:
+    """`station run` (the appliance loop, simulated bench) starts the upkeep: in its quiet hours it
+    prefetches the newest signed build of a configured model, verified, and prunes the one Apple no
+    longer signs; its progress is in the log. Stopped by SIGTERM mid-way, it exits cleanly."""
+    _published_later(server, tmp_path)
+    _cached(server, section, tmp_path, "17.5.1", "21F90", signed=False)  # its catalog lists both
+    minute = _local_minute()
+    quiet = f"{(minute - 60) % 1440 // 60:02d}:{minute % 60:02d}-{(minute + 120) % 1440 // 60:02d}:{minute % 60:02d}"
+    config = tmp_path / "station.toml"
+    config.write_text(f'[station]\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'[ipsw]\ncache_dir = "{section.cache_dir}"\ncatalog_url = "{section.catalog_url}"\n'
+                      f'models = ["iPhone14,7"]\nprefetch = true\nquiet_hours = "{quiet}"\n')
+    child = subprocess.Popen([sys.executable, "-m", "station.cli", "run", "--config", str(config)],
+                             env={**os.environ, "STATION_BACKEND": "sim"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while (child.poll() is None and time.monotonic() < deadline
+           and [(e.path.name, e.state) for e in IpswCache(section).entries()] != [
+               ("iPhone14,7_18.1_22B83_Restore.ipsw", "verified")]):
+        time.sleep(0.2)
+    cached = [(e.path.name, e.state) for e in IpswCache(section).entries()]
+    child.send_signal(signal.SIGTERM)
+    out, _ = child.communicate(timeout=60)
+    # prefetched and verified; the build Apple no longer signs pruned
+    assert cached == [("iPhone14,7_18.1_22B83_Restore.ipsw", "verified")], out
+    assert child.returncode == 0, out
+    assert "prefetch 1/1: iOS 18.1 (22B83) for iPhone14,7" in out, out
+    assert "prefetch: pruned iPhone14,7_17.5.1_21F90_Restore.ipsw: Apple no longer signs it" in out, out
+    assert "Traceback" not in out, out
