@@ -233,6 +233,48 @@ class IpswSection:
                 raise ConfigError(f"[ipsw] pin.{_key(model)}: not a ProductType like \"iPhone14,2\"")
 
 
+@dataclass(frozen=True)
+class WebSection:
+    """The status page, its JSON API and /metrics, served by the station's own event loop."""
+
+    enabled: bool = True
+    # Reading is open to whoever reaches this address: loopback by default; "0.0.0.0" opens it
+    # to the shop LAN (README: Watching stations).
+    listen: str = "127.0.0.1"
+    port: int = field(default=8080, metadata=bounded(1, 65535))
+    # Actions (cancel, retry, abort) and what names a phone or a customer (serials, IMEIs,
+    # certificates) need this token ("Authorization: Bearer <token>"); "": none are served.
+    # Confirming a held phone is never an action over the network: it is a long press on OK.
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    """The fleet: port states, events and every closed record published to an MQTT broker."""
+
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = field(default=1883, metadata=bounded(1, 65535))
+    username: str = ""
+    password: str = ""
+    tls: bool = False
+    ca_file: Path | None = None  # TLS: the broker's CA (default: the system's)
+    topic_prefix: str = "station"  # topics are <topic_prefix>/<[station] id>/...
+    keepalive_s: float = field(default=30.0, metadata=bounded(5.0, 3600.0))
+
+
+@dataclass(frozen=True)
+class HooksSection:
+    """Commands run when a phone arrives, is found locked, is done or failed, with its facts in
+    environment variables; each bounded by ``timeout_s``. An empty command runs nothing."""
+
+    on_attach: str = ""
+    on_locked: str = ""
+    on_done: str = ""
+    on_failed: str = ""
+    timeout_s: float = field(default=60.0, metadata=bounded(1.0, 3600.0))
+
+
 PRODUCT_TYPE = re.compile(r"iPhone\d{1,3},\d{1,3}")
 _HH_MM = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]"
 QUIET_HOURS = re.compile(rf"({_HH_MM})-({_HH_MM})")
@@ -248,6 +290,9 @@ class Config:
     hub: HubSection = field(default_factory=HubSection)
     restore: RestoreSection = field(default_factory=RestoreSection)
     ipsw: IpswSection = field(default_factory=IpswSection)
+    web: WebSection = field(default_factory=WebSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    hooks: HooksSection = field(default_factory=HooksSection)
     source: Path | None = field(default=None, compare=False)
     # The override file applied (or the last good copy of it), and, when the override file
     # itself could not be used, its one-line error: see station.overrides.
