@@ -106,7 +106,10 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
     views = [lambda snapshot: _set_leds(panel, snapshot)] if panel is not None else []
     redrawer = Redrawer(display, station.snapshot, render, config.display.min_redraw_s,
                         idle_s=IDLE_REDRAW_S, also=views)
-    station.on_change = redrawer.request
+    # What else watches the station (the web page, the fleet) adds itself here, and a listener
+    # of transitions to ``station.listeners``.
+    on_change: list[Callable[[], None]] = [redrawer.request]
+    station.on_change = lambda: _each(on_change)
     stop, scenario_over = asyncio.Event(), asyncio.Event()
     notifier = Notifier(station.snapshot)  # systemd: READY, the watchdog, STATUS, STOPPING
     graceful = GracefulStop(station, stop, config.station.stop_grace_s, on_draining=notifier.stopping)
@@ -150,6 +153,11 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         if state_lock is not None:
             os.close(state_lock)
     return RunResult(tuple(station.ports.values()), scenario_over.is_set())
+
+
+def _each(calls: list[Callable[[], None]]) -> None:
+    for call in calls:
+        call()
 
 
 def _claim_state_dir(state_dir: Path, simulated: bool) -> int | None:
