@@ -22,6 +22,7 @@ from station.ipsw.cache import IpswCache
 from station.ipsw.seen import models_seen
 from station.ipsw.synthetic import provision
 from station.ipsw.upkeep import Upkeep
+from station.fleet.publisher import FleetPublisher
 from station.lag import LagMonitor
 from station.records.recorder import Recorder
 from station.records.statedir import (PRIVATE_UMASK, RecordsUnavailable, StationBusy, lock,
@@ -110,6 +111,11 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
     # of transitions to ``station.listeners``.
     on_change: list[Callable[[], None]] = [redrawer.request]
     station.on_change = lambda: _each(on_change)
+    fleet = FleetPublisher(config, station, loop) if config.mqtt.enabled else None
+    if fleet is not None:  # connects in the background: a broker that is down delays nothing
+        on_change.append(fleet.changed)
+        station.listeners += (fleet,)
+        fleet.start()
     stop, scenario_over = asyncio.Event(), asyncio.Event()
     notifier = Notifier(station.snapshot)  # systemd: READY, the watchdog, STATUS, STOPPING
     graceful = GracefulStop(station, stop, config.station.stop_grace_s, on_draining=notifier.stopping)
@@ -150,6 +156,8 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         if panel is not None:
             panel.close()
         recorder.stop()
+        if fleet is not None:  # after the recorder: the records closed at the stop may go too
+            fleet.stop()
         if state_lock is not None:
             os.close(state_lock)
     return RunResult(tuple(station.ports.values()), scenario_over.is_set())

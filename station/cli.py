@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "station.commands.devices",
     "station.commands.ports",
     "station.commands.install",
+    "station.commands.fleet",
 )
 OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
 CONFIG_HELP = ("config file (default: $STATION_CONFIG, /etc/station/station.toml, "

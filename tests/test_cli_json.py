@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet.conftest import Broker, broker, mosquitto_binary  # noqa: F401 - the fixtures, used by name
 from ipsw.conftest import Server, server  # noqa: F401 - the fixture, used by name
 from ipsw.factory import build_ipsw, synthetic_manifest
 from records import helpers
@@ -98,6 +99,17 @@ def _online(station: Station, request: pytest.FixtureRequest) -> None:
     station.config.write_text(text.replace(offline, publisher.catalog_url))
 
 
+def _fleet(station: Station, request: pytest.FixtureRequest) -> None:
+    """A broker, and the station's run publishing its ports to it."""
+    running: Broker = request.getfixturevalue("broker")
+    with station.config.open("a") as config:
+        config.write(f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {running.port}\n')
+    assert main(["run", "--sim", str(station.scenario), "--speed", "50", "--config", str(station.config)]) == 0
+
+
+FLEET_PORT = {"station_id", "slot", "state", "short", "title", "lines", "eta", "percent", "phase", "reason",
+              "lock", "held", "attempts", "job", "device", "station_status"}
+
 CASES = [
     Case("run", lambda s: ["--check"], dict, {"config", "overrides", "scenario"}),
     Case("run", lambda s: ["--sim", str(s.scenario), "--speed", "50"], list,
@@ -119,6 +131,9 @@ CASES = [
     Case("ipsw verify", lambda s: ["--all"], list, {*IPSW, "problem"}),
     Case("ipsw remove", lambda s: [s.ipsw.name], list, {"file", "path"}),
     Case("ipsw prune", lambda s: ["--keep", "1"], list, {"file", "path"}, before=_an_older_build),
+    Case("fleet watch", lambda s: ["--once", "--wait", "1"], list, FLEET_PORT, before=_fleet),
+    Case("fleet collect", lambda s: ["--db", str(s.dir / "fleet.sqlite3"), "--idle", "1"], dict,
+         {"db", "stored", "duplicates", "refused", "stations"}, before=_fleet),
     Case("ipsw catalog refresh", lambda s: ["iPhone14,7"], dict,
          {"catalog", "entries", "models", "refreshed", "failed"}, before=_online),
 ]

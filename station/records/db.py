@@ -1,10 +1,11 @@
-"""The records database: one SQLite file in WAL mode, schema v3 (v1 and v2 are upgraded in place).
+"""The records database: one SQLite file in WAL mode, schema v5 (v1 to v4 are upgraded in place).
 
 Tables: ``sessions`` (one row per phone on a slot, updated as it goes, sealed
 into the hash chain when it closes), ``transitions`` (every recorded state
 change and operator action of a session, in order), ``certificates`` (the
-signed erasure certificate of a successful restore) and ``meta`` (schema
-version, signed head of the chain). Times are ISO 8601 UTC text with
+signed erasure certificate of a successful restore), ``outbox`` (the sealed
+records not yet acknowledged by the fleet's MQTT broker: station.fleet.outbox)
+and ``meta`` (schema version, signed head of the chain). Times are ISO 8601 UTC text with
 milliseconds, so they sort as text and read well in an export.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.parse import quote
 from station.records.statedir import RecordsUnavailable, prepare
 
 DB_FILE = "records.sqlite3"
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 # What refurbishers record (issue 14 item 3; hw.phones.Facts): NULL where the phone did not say.
 FACT_COLUMNS = {
     "imei": "TEXT", "imei2": "TEXT", "meid": "TEXT", "storage_bytes": "INTEGER", "color": "TEXT",
@@ -117,6 +118,11 @@ CREATE TABLE IF NOT EXISTS certificates (
     document TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS certificates_serial ON certificates (serial, issued_at);
+-- Filled in the transaction that seals a record, emptied as the broker acknowledges each:
+-- the fleet publishes in chain order (sessions.seq), whether [mqtt] is on now or later.
+CREATE TABLE IF NOT EXISTS outbox (
+    session_id INTEGER PRIMARY KEY REFERENCES sessions (id)
+);
 """
 
 
@@ -166,7 +172,8 @@ def open_store(state_dir: Path) -> sqlite3.Connection:
 def _upgrade(conn: sqlite3.Connection) -> None:
     """v1 -> v2: the restore tool of each session (certificates name it); v2 -> v3: the phone's
     facts (IMEI, storage, colour, battery), NULL in the sessions recorded before; v3 -> v4: the
-    job ("restore" or "erase"), NULL before (those were all restores)."""
+    job ("restore" or "erase"), NULL before (those were all restores); v4 -> v5: the fleet's
+    outbox, holding every record sealed before, so a collector gets each chain from its start."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
     if get_meta(conn, "schema_version") == "1":
         if "restore_tool" not in present:
@@ -181,8 +188,20 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         if "job" not in present:
             conn.execute("ALTER TABLE sessions ADD COLUMN job TEXT")
         set_meta(conn, "schema_version", "4")
+    if get_meta(conn, "schema_version") == "4":
+        queue_sealed(conn)
+        set_meta(conn, "schema_version", "5")
     # After the columns exist: a v2 table has no imei column when the schema above runs.
     conn.execute("CREATE INDEX IF NOT EXISTS sessions_imei ON sessions (imei)")
+
+
+def queue_sealed(conn: sqlite3.Connection, session_id: int | None = None) -> None:
+    """Put a sealed record (or, with no id, every sealed record) into the fleet's outbox."""
+    if session_id is None:
+        conn.execute("INSERT OR IGNORE INTO outbox (session_id) "
+                     "SELECT id FROM sessions WHERE seq IS NOT NULL ORDER BY seq")
+    else:
+        conn.execute("INSERT OR IGNORE INTO outbox (session_id) VALUES (?)", (session_id,))
 
 
 def session_columns(conn: sqlite3.Connection) -> tuple[str, ...]:

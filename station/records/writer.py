@@ -156,4 +156,7 @@ class SessionWriter:
         db.update_session(self._conn, session_id, {"ended_at": at, "outcome": outcome,
                                                    "state": State.EMPTY.value, "reason": reason})
         chain.seal(self._conn, self._key, session_id)
+        # The transactional outbox: queued for the fleet in the sealing transaction, so no
+        # sealed record is ever missing from it, nor in it without being sealed.
+        db.queue_sealed(self._conn, session_id)
         self.sealed = True

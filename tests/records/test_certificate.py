@@ -167,7 +167,7 @@ def test_a_v3_database_opens_and_its_records_keep_verifying_as_restores(station,
     conn = sqlite3.connect(db.path_in(station.state_dir))
     conn.row_factory = sqlite3.Row
     assert [tuple(r) for r in conn.execute("SELECT job FROM sessions ORDER BY id")] == [(None,), ("restore",)]
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "5"
     session = db.session(conn, 2)
     conn.close()
     issuer = certificate.Issuer("bench-7", "alice", "Shop", "station test")

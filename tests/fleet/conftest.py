@@ -1,0 +1,215 @@
+"""A real Mosquitto broker per test, on a free loopback port, with persistence in the test's dir.
+
+Debian's ``mosquitto`` is installed when missing (we are root in the test image); where it
+cannot be, the fleet's tests skip with one reason. The package's own service plays no part:
+each broker here is ``mosquitto -c <file>`` of the test's own.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+def _install() -> str | None:
+    """The broker's path, installed if need be; None when that cannot be done here."""
+    found = shutil.which("mosquitto") or (MOSQUITTO if Path(MOSQUITTO).exists() else None)
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None
+    install = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", "mosquitto"]
+    if subprocess.run(install, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update"], capture_output=True)
+        subprocess.run(install, capture_output=True)
+    return MOSQUITTO if Path(MOSQUITTO).exists() else None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Broker:
+    """One mosquitto; ``stop`` (SIGTERM: it saves its persistence file) and ``start`` again."""
+
+    binary: str
+    dir: Path
+    port: int = field(default_factory=free_port)
+    extra: str = ""  # more lines for mosquitto.conf
+    process: subprocess.Popen | None = None
+
+    @property
+    def conf(self) -> Path:
+        return self.dir / "mosquitto.conf"
+
+    @property
+    def _user(self) -> str:
+        # Started as root, mosquitto becomes user "mosquitto", who may not write the test's dir.
+        return "user root\n" if os.geteuid() == 0 else ""
+
+    def start(self) -> None:
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                             f"persistence true\npersistence_location {self.dir}/\n"
+                             f"autosave_interval 1\nlog_dest file {self.dir}/mosquitto.log\n"
+                             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+                             f"log_type subscribe\n{self._user}{self.extra}")
+        self.process = subprocess.Popen([self.binary, "-c", str(self.conf)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start: {(self.dir / 'mosquitto.log').read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def mosquitto_binary() -> str:
+    binary = _install()
+    if binary is None:
+        pytest.skip("the fleet tests need Debian's mosquitto, and it cannot be installed here "
+                    "(not root, or no apt-get)")
+    return binary
+
+
+@pytest.fixture
+def broker(mosquitto_binary: str, tmp_path: Path) -> Iterator[Broker]:
+    directory = tmp_path / "broker"
+    directory.mkdir()
+    running = Broker(mosquitto_binary, directory)
+    running.start()
+    yield running
+    running.stop()
+
+
+def station_command(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "station.cli", *args, "--config", str(config)]
+
+
+STATION_ID = "bench-1"
+# Four phones found locked (Find My): each is a record when the station stops (or the phone leaves).
+LOCKED_FOUR = '[scenario]\nengine = "timed"\n[config.restore]\nmode = "line"\n' + "".join(
+    f'[[phone]]\nname = "locked{slot}"\nslot = {slot}\nmodel = "iPhone15,4"\n'
+    f'serial = "G6TZK2P4FLT{slot}"\nfind_my = true\nactivation_lock = true\nexpect = "locked"\n'
+    for slot in (1, 2, 3, 4))
+
+
+@dataclass
+class Bench:
+    """A simulated station's config and state, publishing to ``broker``."""
+
+    dir: Path
+    broker: Broker
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "station.toml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dir / "state"
+
+    @property
+    def scenario(self) -> Path:
+        return self.dir / "locked.toml"
+
+    def command(self, *args: str) -> list[str]:
+        return station_command(self.config, *args)
+
+    def run(self, speed: float = 20, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """One whole simulated run: four records, sealed when it stops."""
+        return subprocess.run(self.command("run", "--sim", str(self.scenario), "--speed", str(speed)),
+                              capture_output=True, text=True, timeout=timeout, cwd=self.dir)
+
+
+@pytest.fixture
+def bench(broker: Broker, tmp_path: Path) -> Bench:
+    made = Bench(tmp_path / "bench", broker)
+    made.dir.mkdir()
+    made.config.write_text(f'[station]\nid = "{STATION_ID}"\nstate_dir = "state"\n[hardware]\nbackend = "sim"\n'
+                           f'[hub]\nslots = 4\n[mqtt]\nenabled = true\nhost = "127.0.0.1"\n'
+                           f'port = {broker.port}\nkeepalive_s = 5\n')
+    made.scenario.write_text(LOCKED_FOUR)
+    return made
+
+
+@dataclass
+class Collecting:
+    """`station fleet collect` running as a subprocess; ``stop`` ends it (Ctrl-C) and returns stderr."""
+
+    db: Path
+    process: subprocess.Popen
+
+    def stored(self) -> list[tuple[int, str, str]]:
+        """(chain position, hash, prev_hash) of each record stored, in chain order."""
+        if not self.db.exists():
+            return []
+        import sqlite3
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT seq, hash, prev_hash FROM records ORDER BY seq").fetchall()
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            conn.close()
+
+    def wait_for(self, count: int, timeout: float = 30) -> list[tuple[int, str, str]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stored = self.stored()
+            if len(stored) >= count:
+                return stored
+            time.sleep(0.1)
+        raise AssertionError(f"the collector has {len(self.stored())} records, not {count}, "
+                             f"after {timeout:.0f} s")
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGINT)
+        _, err = self.process.communicate(timeout=15)
+        return err
+
+
+@pytest.fixture
+def collector(bench: Bench, tmp_path: Path) -> Iterator[Collecting]:
+    db = tmp_path / "fleet.sqlite3"
+    process = subprocess.Popen(bench.command("fleet", "collect", "--db", str(db)),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = Collecting(db, process)
+    _wait_for_subscriber(bench.broker)
+    yield running
+    if process.poll() is None:
+        running.stop()
+
+
+def _wait_for_subscriber(broker: Broker, timeout: float = 15) -> None:
+    """Until the collector subscribed to the records (the broker's log says so)."""
+    log = broker.dir / "mosquitto.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and "/+/records" in log.read_text(errors="replace"):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the collector did not connect")
