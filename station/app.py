@@ -34,6 +34,7 @@ from station.snapshot import Screen, Snapshot
 from station.shutdown import GracefulStop
 from station.systemd import Notifier
 from station.ui.render import render
+from station.web.service import WebService
 
 log = logging.getLogger("station")
 
@@ -57,6 +58,10 @@ class RunOptions:
     speed: float = 1.0
     duration: float | None = None  # scenario seconds; None: until the scenario is over
     interactive: bool = False
+    # Serve the status page, API and /metrics ([web]). None: the appliance does when [web] enabled;
+    # a simulation only when its scenario has a [config.web] table (tests play many simulations
+    # at once: none may fight over one port, nor fail because it is taken).
+    web: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -139,12 +144,18 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         tasks.append(asyncio.create_task(upkeep.run(), name="ipsw"))
     lag = LagMonitor()
     tasks.append(asyncio.create_task(lag.run(), name="lag"))
+    web = WebService(config, station, cache, recorder, lag) if _serves_web(config, options) else None
+    if web is not None:
+        on_change.append(web.on_change)
+        web.start()
     notifier.ready()
     try:
         await stop.wait()
     finally:
         notifier.stopping()
         graceful.cancel()
+        if web is not None:
+            await web.stop()  # its live streams end first: the server stops at once
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -161,6 +172,14 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         if state_lock is not None:
             os.close(state_lock)
     return RunResult(tuple(station.ports.values()), scenario_over.is_set())
+
+
+def _serves_web(config: Config, options: RunOptions) -> bool:
+    if options.web is not None:
+        return options.web
+    if options.scenario is not None:
+        return config.web.enabled and "web" in options.scenario.config
+    return config.web.enabled
 
 
 def _each(calls: list[Callable[[], None]]) -> None:

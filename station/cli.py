@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "station.commands.devices",
     "station.commands.ports",
     "station.commands.install",
+    "station.commands.status",
     "station.commands.fleet",
 )
 OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ class LagMonitor:
         self.buckets: Counter[int] = Counter()  # bucket -> samples in it (a few hundred at most)
         self.samples = 0
         self.worst = 0.0
+        # Called with each sample, on the loop (the web's /metrics keeps a histogram of them).
+        self.observers: list[Callable[[float], None]] = []
 
     async def run(self) -> None:
         while True:
@@ -40,6 +43,8 @@ class LagMonitor:
         self.buckets[_bucket(late)] += 1
         self.samples += 1
         self.worst = max(self.worst, late)
+        for observe in self.observers:
+            observe(late)
 
     def summary(self) -> str:
         if not self.samples:

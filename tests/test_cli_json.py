@@ -25,6 +25,7 @@ from records import helpers
 from records.helpers import FakeClock, Phone
 from test_cli_devices import LOCKED
 from test_cli_ports import bench, plug_soon  # noqa: F401 - the fixture, used by name
+from web.running import STAY_UP, TOKEN, free_port, launch
 
 from station.cli import build_parser, main
 from station.config import StationSection
@@ -110,6 +111,18 @@ def _fleet(station: Station, request: pytest.FixtureRequest) -> None:
 FLEET_PORT = {"station_id", "slot", "state", "short", "title", "lines", "eta", "percent", "phase", "reason",
               "lock", "held", "attempts", "job", "device", "station_status"}
 
+def _serving(station: Station, request: pytest.FixtureRequest) -> None:
+    """The station running (its locked phone's scenario, kept up) and serving its page on the
+    config's [web] port, which `station status` reads."""
+    port = free_port()
+    with station.config.open("a") as config:
+        config.write(f'[web]\nport = {port}\ntoken = "{TOKEN}"\n')
+    scenario = station.dir / "serving.toml"
+    scenario.write_text(f"{LOCKED}{STAY_UP}\n[config.web]\nport = {port}\ntoken = \"{TOKEN}\"\n")
+    running = launch(station.config, scenario, 50, port)
+    request.addfinalizer(running.stop)
+
+
 CASES = [
     Case("run", lambda s: ["--check"], dict, {"config", "overrides", "scenario"}),
     Case("run", lambda s: ["--sim", str(s.scenario), "--speed", "50"], list,
@@ -125,6 +138,8 @@ CASES = [
     Case("key show", lambda s: [], dict, {"fingerprint", "public_key", "created"}),
     Case("install-udev", lambda s: ["--root", str(s.dir / "root")], dict, {"written", "kept"}),
     Case("install-service", lambda s: ["--root", str(s.dir / "root")], dict, {"written", "kept"}),
+    Case("status", lambda s: [], dict, {"station", "time", "ports", "counters", "faults", "fault_details",
+                                        "status", "port_flags", "ipsw", "sensitive_shown"}, before=_serving),
     Case("ipsw list", lambda s: [], list, {"file", "path", "build", "version", "state"}, some=True),
     Case("ipsw match", lambda s: ["iPhone14,7"], dict, {"model", "file", "build", "identity"}, some=True),
     Case("ipsw add", lambda s: [str(s.ipsw)], dict, {*IPSW, "already_cached"}),

@@ -145,6 +145,10 @@ class Recorder:
         """Everything reported about ``slot`` so far is committed to disk."""
         return self._committed >= self._last.get(slot, 0)
 
+    def backlog(self) -> int:
+        """Items reported but not yet committed to disk (the writer's queue, and what it retries)."""
+        return self._reported - self._committed
+
     def problem(self) -> str | None:
         """Why no restore may start now (records failing, or the disk below the reserve)."""
         if self.fault:
