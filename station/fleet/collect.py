@@ -125,10 +125,6 @@ class Collector:
             return "refused", "a message that is not JSON"
         if not isinstance(message, dict):
             return "refused", "a message that is not a record"
-        digest = message.get("session", {}).get("hash") if isinstance(message.get("session"), dict) else None
-        if digest is not None and self._conn.execute("SELECT 1 FROM records WHERE hash = ?",
-                                                     (digest,)).fetchone():
-            return "duplicate", f"record {str(digest)[:12]}… again: already stored, ignored"
         public = self._pinned(station_id) or self._first_key(station_id, message.get("key"))
         if public is None:
             return "refused", "a record with no key to check it by"
@@ -137,6 +133,9 @@ class Collector:
         except payloads.Refused as refused:
             return "refused", str(refused)
         name = f"record #{checked.session_id} (chain position {checked.seq})"
+        # Checked first, so a forgery that reuses a stored record's hash is refused, not ignored.
+        if self._conn.execute("SELECT 1 FROM records WHERE hash = ?", (checked.hash,)).fetchone():
+            return "duplicate", f"{name} again: already stored, ignored"
         if checked.station_id != station_id:
             return "refused", f"{name}: it names station {checked.station_id}"
         last = self._conn.execute("SELECT seq, hash FROM records WHERE station_id = ? "

@@ -213,3 +213,59 @@ def _wait_for_subscriber(broker: Broker, timeout: float = 15) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("the collector did not connect")
+
+
+def make_records(state_dir: Path, count: int) -> None:
+    """``count`` sealed records in the station's state dir, written as the station writes them:
+    restores with certificates, and locked phones, one after another."""
+    from records import helpers
+    from records.helpers import FakeClock, Phone
+
+    from station.config import StationSection
+    from station.records.recorder import Recorder
+
+    clock = FakeClock()
+    with Recorder(StationSection(id=STATION_ID, state_dir=state_dir), now=clock) as recorder:
+        for n in range(1, count + 1):
+            phone = Phone(recorder, n % 4 + 1, clock)
+            (helpers.clean_restore if n % 3 else helpers.locked)(phone, n)
+            clock.advance(60)
+
+
+def long_scenario(path: Path, detach_at: tuple[float, ...] = (600,)) -> Path:
+    """Phones that stay (the run goes on) until they leave at ``detach_at`` (scenario seconds)."""
+    text = '[scenario]\nengine = "timed"\n[config.restore]\nmode = "line"\n'
+    for slot, detach in enumerate(detach_at, start=1):
+        text += (f'[[phone]]\nname = "stays{slot}"\nslot = {slot}\nmodel = "iPhone15,4"\n'
+                 f'serial = "G6TZK2P4FST{slot}"\nfind_my = true\nactivation_lock = true\n'
+                 f'attach = 1\ndetach = {detach}\nexpect = "empty"\n')
+    path.write_text(text)
+    return path
+
+
+def outbox_rows(state_dir: Path) -> int:
+    import sqlite3
+    conn = sqlite3.connect(state_dir / "records.sqlite3")
+    try:
+        return conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def assert_one_chain(stored: list[tuple[int, str, str]], count: int) -> None:
+    """Positions 1..count, each once, each linked to the one before: nothing lost, nothing twice."""
+    from station.records import chain
+    assert [seq for seq, _, _ in stored] == list(range(1, count + 1))
+    prev = chain.GENESIS
+    for seq, digest, prev_hash in stored:
+        assert prev_hash == prev, f"chain position {seq} does not follow {seq - 1}"
+        prev = digest
+
+
+def sealed(state_dir: Path) -> int:
+    import sqlite3
+    conn = sqlite3.connect(state_dir / "records.sqlite3", timeout=10)
+    try:
+        return conn.execute("SELECT count(*) FROM sessions WHERE seq IS NOT NULL").fetchone()[0]
+    finally:
+        conn.close()
