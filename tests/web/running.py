@@ -56,10 +56,11 @@ class Running:
     def port(self, slot: int, token: str | None = TOKEN) -> dict[str, Any]:
         return self.status(token)["ports"][slot - 1]
 
-    def wait_for(self, what: str, done: Callable[[dict[str, Any]], bool], timeout: float = 60.0) -> dict[str, Any]:
+    def wait_for(self, what: str, done: Callable[[dict[str, Any]], bool], timeout: float = 60.0,
+                 token: str | None = TOKEN) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            document = self.status()
+            document = self.status(token)
             if done(document):
                 return document
             assert self.process.poll() is None, f"the station stopped: {self.log()[-2000:]}"

@@ -124,7 +124,7 @@ function portCard(port) {
       el("div", { class: "percent" }, `${port.percent.toFixed(0)}%`));
   }
   if (port.operator_reason) card.append(el("div", { class: "why" }, port.operator_reason));
-  if (port.held) card.append(el("div", { class: "why" }, "held: hold OK on the station to confirm"));
+  if (port.held && port.state === "needs_confirm") card.append(el("div", { class: "why" }, "held: hold OK on the station to confirm"));
   if (token() && port.actions.length) {
     card.append(el("div", { class: "actions" }, ...port.actions.map((action) =>
       el("button", { type: "button", "data-action": action, onclick: () => act(port.slot, action) }, action))));

@@ -1,0 +1,119 @@
+"""The status page in a real browser: Debian's headless Chromium driven by Selenium, against the
+demo played by a running station. The page loads with nothing from the internet, shows the
+demo's five ports, follows a restore's progress live, and shows a certificate once the token is
+given. Its screenshots are the README's: `STATION_SCREENSHOTS=docs` keeps them there
+(docs/status-page.png, docs/certificate.png); otherwise they go to the test's own folder."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from web.running import ROOT, TOKEN, Running
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends",
+       "chromium", "chromium-driver"]
+
+
+def _install_chromium() -> None:
+    """Debian's chromium and its driver, installed when missing (we may be root on a CI box)."""
+    if CHROMIUM.exists() and DRIVER.exists():
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.skip("needs Debian's chromium and chromium-driver: not installed, and apt-get "
+                    "cannot install them here (not root, or no apt-get)")
+    if subprocess.run(APT, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update"], capture_output=True)
+        result = subprocess.run(APT, capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"apt-get could not install chromium: {result.stderr.strip()[-300:]}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    _install_chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                     "--disable-gpu", "--no-first-run"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(str(DRIVER)))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def port_cards(browser: WebDriver) -> dict[int, dict[str, str]]:
+    """Slot -> what its card shows (state, label, text), read from the page as drawn."""
+    while True:
+        try:
+            return {int(card.get_attribute("data-slot")): {"state": card.get_attribute("data-state"),
+                                                            "label": card.find_element(By.CLASS_NAME, "label").text,
+                                                            "text": card.text}
+                    for card in browser.find_elements(By.CSS_SELECTOR, "#ports .port")}
+        except StaleElementReferenceException:  # redrawn by the live feed while being read
+            continue
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    wanted = os.environ.get("STATION_SCREENSHOTS")
+    return ROOT / wanted if wanted else tmp_path
+
+
+def test_the_page_follows_the_demo_and_shows_a_certificate(demo: Running, browser: WebDriver, shots: Path):
+    wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+    browser.get(demo.base + "/")
+    wait.until(lambda b: len(port_cards(b)) == 5 and "live" == b.find_element(By.ID, "link").text)
+
+    # Live: one restore's percentage, seen rising on the page itself (no reload).
+    seen: dict[int, set[str]] = {}
+    deadline = time.monotonic() + 60
+    while not any(len(labels) >= 3 for labels in seen.values()):
+        assert time.monotonic() < deadline, f"no restore seen progressing: {seen}"
+        for slot, card in port_cards(browser).items():
+            if card["state"] == "restoring" and card["label"].endswith("%"):
+                seen.setdefault(slot, set()).add(card["label"])
+        time.sleep(0.1)
+    rising = next(sorted(int(label[:-1]) for label in labels) for labels in seen.values() if len(labels) >= 3)
+    assert rising[0] < rising[-1]
+    # Without the token: the models and states, never a serial.
+    text = browser.find_element(By.ID, "ports").text
+    assert "iPhone 14" in text and "F2LXQ0J1N7KC" not in text
+    assert port_cards(browser)[2]["label"] == "LOCKED" and "Find My is on" in port_cards(browser)[2]["text"]
+
+    # The token, given once in this tab: serials show, records offer their certificates.
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+    wait.until(lambda b: "G6TZK2P4Q1MN" in b.find_element(By.ID, "ports").text)
+    assert browser.save_screenshot(str(shots / "status-page.png"))
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "tr[data-record] button.show-certificate"))
+    row = browser.find_element(By.CSS_SELECTOR, "tr[data-record] button.show-certificate")
+    record = row.find_element(By.XPATH, "./ancestor::tr").get_attribute("data-record")
+    row.click()
+    wait.until(lambda b: b.find_element(By.ID, "certificate").is_displayed())
+    frame = browser.find_element(By.ID, "certificate-frame")
+    browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.ID, "certificate"))
+    browser.switch_to.frame(frame)
+    wait.until(lambda b: "Certificate of Sanitization" in b.find_element(By.TAG_NAME, "h1").text)
+    printed = browser.find_element(By.TAG_NAME, "body").text
+    browser.switch_to.default_content()
+    certificate = demo.call(f"/api/certificates/{record}", token=TOKEN)[1]
+    assert certificate["media"]["serial"] and certificate["media"]["serial"] in printed
+    assert certificate["signature"] in printed and certificate["certificate_id"] in printed
+    assert browser.save_screenshot(str(shots / "certificate.png"))
+    # Nothing was fetched from anywhere but the station.
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert resources and all(url.startswith(demo.base) for url in resources), resources

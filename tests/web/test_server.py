@@ -1,0 +1,85 @@
+"""The server as a part of the station: a port in use never stops or changes a simulation (one
+log line, a fault on the display), and stopping the station ends the live streams at once."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from PIL import Image
+
+from ui.glyphs import shows
+from web.running import STAY_UP, TOKEN, start_station, write_station
+
+LOCKED = """
+[scenario]
+engine = "timed"
+[config.restore]
+mode = "line"
+[[phone]]
+name = "find-my-on"
+slot = 2
+model = "iPhone15,4"
+serial = "G6TZK2P4Q1MN"
+find_my = true
+activation_lock = true
+expect = "locked"
+"""
+
+
+def test_a_port_in_use_is_a_fault_and_the_station_runs_on(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config, scenario = write_station(tmp_path, LOCKED, port)
+        result = subprocess.run([sys.executable, "-m", "station.cli", "run", "--sim", str(scenario), "--speed", "50",
+                                 "--config", str(config), "--log-level", "info"],
+                                capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # the scenario ended as it expects
+    assert result.stdout.startswith("slot 2: LOCKED")
+    # Why, once (not at each retry), and the display's fault as the station logs every fault.
+    assert result.stderr.count(f"web: port {port} on 127.0.0.1 is in use") == 1, result.stderr
+    assert result.stderr.count(f"web: WEB: port {port} in use") == 1
+    assert "Traceback" not in result.stderr
+    frames = [Image.open(path) for path in sorted((tmp_path / "frames").glob("*.png"))]
+    assert any(shows(frame, f"! WEB: port {port} in use", "small", inverse=True) for frame in frames)
+
+
+def test_stopping_the_station_ends_a_live_stream_at_once(tmp_path):
+    running = start_station(tmp_path, LOCKED + STAY_UP, speed=50)
+    running.wait_for("the phone locked", lambda s: s["ports"][1]["state"] == "locked")
+    leaving = urllib.request.urlopen(urllib.request.Request(running.base + "/api/events"), timeout=10)
+    assert leaving.readline() == b"event: status\n"
+    leaving.close()  # a page closed: its stream is dropped
+    request = urllib.request.Request(running.base + "/api/events", headers={"Authorization": f"Bearer {TOKEN}"})
+    stream = urllib.request.urlopen(request, timeout=10)
+    assert stream.headers.get_content_type() == "text/event-stream"
+    assert stream.readline() == b"event: status\n"
+    assert b'"serial":"G6TZK2P4Q1MN"' in stream.readline()  # with the token
+    running.wait_for("the closed page dropped", lambda s: "left the live page" in running.log())
+    started = time.monotonic()
+    assert running.stop() == 130  # stopped before its scenario (the late press) ended
+    assert time.monotonic() - started < 5
+    assert stream.read() in (b"", b"\n")  # the stream ended with the station, not cut mid-event
+    log = running.log()
+    assert log.count("left the live page") == 2 and "Traceback" not in log
+    assert "did not stop" not in log
+
+
+def test_with_no_token_configured_no_action_and_no_serial_is_served(tmp_path):
+    running = start_station(tmp_path, LOCKED + STAY_UP, speed=50, token="")
+    try:
+        running.wait_for("the phone locked", lambda s: s["ports"][1]["state"] == "locked", token=None)
+        assert running.status(token=None)["ports"][1]["serial"] is None
+        for path in ("/api/ports/2/abort", "/api/ports/2/retry"):
+            code, answer = running.call(path, "POST", token="anything")
+            assert code == 403 and "[web] token is empty" in answer["error"], answer
+        code, answer = running.call("/api/certificates/1")
+        assert code == 403 and "[web] token is empty" in answer["error"], answer
+        code, answer = running.call("/api/status", token="")
+        assert code == 403, answer
+    finally:
+        running.stop()
