@@ -18,6 +18,7 @@ from station.clock import Clock
 from station.config import Config
 from station.core import Station
 from station.firmware import IpswFirmware
+from station.hooks import Hooks
 from station.ipsw.cache import IpswCache
 from station.ipsw.seen import models_seen
 from station.ipsw.synthetic import provision
@@ -116,6 +117,8 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
     # of transitions to ``station.listeners``.
     on_change: list[Callable[[], None]] = [redrawer.request]
     station.on_change = lambda: _each(on_change)
+    hooks = Hooks(config.hooks, config.station, recorder)  # [hooks]: none configured runs nothing
+    station.listeners += (hooks,)
     fleet = FleetPublisher(config, station, loop) if config.mqtt.enabled else None
     if fleet is not None:  # connects in the background: a broker that is down delays nothing
         on_change.append(fleet.changed)
@@ -162,6 +165,7 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         log.info("%s", lag.summary())
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        await hooks.stop()  # before the recorder: a hook stopped now is still in its record
         redrawer.push()  # the last state stays on the panel
         display.close()
         if panel is not None:

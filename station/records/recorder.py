@@ -37,7 +37,7 @@ from station.records import sessions
 from station.records.counters import DayCounters
 from station.records.statedir import RecordsUnavailable
 from station.records.store import Store
-from station.records.writer import Firmware, Item, PhoneFacts, Transition
+from station.records.writer import Firmware, HookResult, Item, PhoneFacts, Transition
 from station.snapshot import Counters
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,10 @@ class Recorder:
 
     def on_facts(self, slot: int, facts: Facts) -> None:
         self._enqueue(slot, PhoneFacts(slot, facts))
+
+    def on_hook(self, result: HookResult) -> None:
+        """A hook's result (station.hooks), for its phone's session while it is open."""
+        self._enqueue(result.slot, result)
 
     def _enqueue(self, slot: int, item: Item) -> None:
         self._reported += 1

@@ -48,7 +48,18 @@ class PhoneFacts:
     facts: Facts
 
 
-Item = Transition | Firmware | PhoneFacts
+@dataclass(frozen=True)
+class HookResult:
+    """How a ``[hooks]`` command ended (station.hooks): a "Hook" row in the session it ran for,
+    while that session is open."""
+
+    slot: int
+    record_id: int
+    at: float  # when the hook ended, epoch seconds
+    detail: str  # "on_done: exit 0 after 0.3 s", then the last of its output
+
+
+Item = Transition | Firmware | PhoneFacts | HookResult
 
 
 class SessionWriter:
@@ -68,6 +79,8 @@ class SessionWriter:
             session = self._open.get(item.slot)
             if session is not None:  # facts of a phone whose session closed already: nobody's
                 self._update(session, sessions.new_facts(session, item.facts))
+        elif isinstance(item, HookResult):
+            self._hook(item)
         else:
             self._transition(item)
 
@@ -114,6 +127,15 @@ class SessionWriter:
             return
         self._update(session, {"ipsw_build": item.build, "ios_after": item.version,
                                "ipsw_sha256": item.sha256, "restore_tool": item.tool or None})
+
+    def _hook(self, item: HookResult) -> None:
+        session = self._open.get(item.slot)
+        if session is None or session["id"] != item.record_id:  # sealed meanwhile: never changed
+            log.warning("record #%d closed before its hook's result came: in the log only", item.record_id)
+            return
+        db.add_transition(self._conn, session["id"], {
+            "at": db.iso(item.at), "event": "Hook", "from_state": session["state"],
+            "to_state": session["state"], "reason": "", "detail": item.detail})
 
     def _transition(self, item: Transition) -> None:
         old, new, slot = item.old, item.new, item.new.slot
