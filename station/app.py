@@ -35,7 +35,6 @@ from station.snapshot import Screen, Snapshot
 from station.shutdown import GracefulStop
 from station.systemd import Notifier
 from station.ui.render import render
-from station.web.service import WebService
 
 log = logging.getLogger("station")
 
@@ -147,8 +146,10 @@ async def run_station(config: Config, options: RunOptions) -> RunResult:
         tasks.append(asyncio.create_task(upkeep.run(), name="ipsw"))
     lag = LagMonitor()
     tasks.append(asyncio.create_task(lag.run(), name="lag"))
-    web = WebService(config, station, cache, recorder, lag) if _serves_web(config, options) else None
-    if web is not None:
+    web = None
+    if _serves_web(config, options):
+        from station.web.service import WebService  # FastAPI's import is paid only by a station that serves
+        web = WebService(config, station, cache, recorder, lag)
         on_change.append(web.on_change)
         web.start()
     notifier.ready()

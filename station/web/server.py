@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 30.0
 SHUTDOWN_S = 1.0  # uvicorn's graceful shutdown: then what still runs is cancelled
+MAX_CONNECTIONS = 64  # beyond: 503, so no crowd of pages can take the loop from the phones
 FAULT_SOURCE = "web"
 
 
@@ -74,7 +75,7 @@ class WebServer:
             self._set_fault(FAULT_SOURCE, None)
         config = uvicorn.Config(self._app, log_config=None, lifespan="off", access_log=False,
                                 timeout_graceful_shutdown=SHUTDOWN_S, proxy_headers=False,
-                                server_header=False)
+                                server_header=False, limit_concurrency=MAX_CONNECTIONS)
         self._server = _Server(config)
         log.info("web: the status page is on http://%s/", self._where)
         try:

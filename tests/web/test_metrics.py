@@ -55,8 +55,8 @@ def test_metrics_follow_the_demo(demo: Running):
     assert "station_faults" not in found or not found["station_faults"]
 
 
-def test_the_api_says_what_metrics_count(demo: Running):
-    """The JSON and the metrics agree on the demo's end (same snapshot, two views)."""
+def test_the_api_counts_the_demo_as_the_display_does(demo: Running):
+    """Today's counters and the locked phone's lock answer, as the page shows them at the end."""
     status = demo.wait_for("the demo's end", lambda s: {p["slot"]: p["state"] for p in s["ports"]} == FINAL)
     assert status["counters"] == {"restored": 4, "failed": 0, "locked": 1, "retried": 1}
     locked = status["ports"][1]
