@@ -2,14 +2,18 @@
 log line, a fault on the display), and stopping the station ends the live streams at once."""
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
+from fastapi import FastAPI
 from PIL import Image
 
+from station.web import server
+from station.web.feed import Feed
 from ui.glyphs import shows
 from web.running import STAY_UP, TOKEN, start_station, write_station
 
@@ -83,3 +87,42 @@ def test_with_no_token_configured_no_action_and_no_serial_is_served(tmp_path):
         assert code == 403, answer
     finally:
         running.stop()
+
+
+async def test_the_page_comes_up_once_its_port_is_free_and_the_fault_clears(monkeypatch):
+    """In-process on this test's loop: the port taken, then let go; the server takes it at its next try."""
+    monkeypatch.setattr(server, "RETRY_S", 0.1)
+    app = FastAPI()
+
+    @app.get("/ping")
+    async def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    faults: list[str | None] = []
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    web = server.WebServer(app, Feed(lambda reveal: {}), "127.0.0.1", port, lambda source, fault: faults.append(fault))
+    web.start()
+    try:
+        while not faults:
+            await asyncio.sleep(0.05)
+        assert faults == [f"WEB: port {port} in use"]
+        taken.close()
+        answer = None
+        for _ in range(100):
+            try:
+                answer = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).read())
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        assert answer == b'{"ok":true}'
+        assert faults[-1] is None  # cleared
+    finally:
+        taken.close()
+        await web.stop()
+    with socket.socket() as again:  # the server let go of its socket: nobody listens there now
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen()
