@@ -445,3 +445,71 @@ async def test_one_phones_hooks_run_in_order_and_other_phones_hooks_alongside(tm
         assert own == [f"start {serial} attach", f"end {serial} attach",
                        f"start {serial} locked", f"end {serial} locked"]
     assert lines[:2] in (["start P1 attach", "start P2 attach"], ["start P2 attach", "start P1 attach"])
+
+
+# -- a whole run stopping while a hook hangs: nothing left behind -----------------------------
+
+# Runs `station run --sim` as tests/test_fault_matrix.py does, and says what the run left behind
+# once run_station returned: asyncio tasks, descriptors it opened, child processes.
+DRIVER = r"""
+import asyncio, contextlib, json, os, sys
+from station import cli
+from station.commands import run as run_command
+
+report, config, scenario = sys.argv[1:]
+original = run_command.run_station
+
+
+def children():
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            stat = open(f"/proc/{entry}/stat").read()
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == os.getpid():
+                found.append(entry)
+    return found
+
+
+def descriptors():
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+    return found
+
+
+async def checked(*args, **kwargs):
+    before = descriptors()
+    result = await original(*args, **kwargs)
+    after = descriptors()
+    tasks = sorted(t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task())
+    leaked = sorted(f"{fd} -> {target}" for fd, target in after.items() if before.get(fd) != target)
+    with open(report, "w") as out:
+        json.dump({"tasks": tasks, "fds": leaked, "children": children()}, out)
+    return result
+
+
+run_command.run_station = checked
+sys.exit(cli.main(["run", "--config", config, "--sim", scenario, "--speed", "100"]))
+"""
+
+
+def test_a_run_that_ends_while_a_hook_hangs_stops_it_and_leaves_nothing_behind(tmp_path):
+    hanging = script(tmp_path, "hanging", HANGING) + f" {tmp_path / 'pids'}"
+    config = tmp_path / "station.toml"
+    config.write_text(f'[station]\nstate_dir = "{tmp_path / "state"}"\n[ipsw]\ncache_dir = "{tmp_path / "ipsw"}"\n'
+                      f'[hooks]\non_done = {json.dumps(hanging)}\n')  # timeout_s: 60, longer than the run
+    run = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path / "left.json"), str(config),
+                          str(ROOT / "config/sim/one-restore.toml")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "left.json").read_text()) == {"tasks": [], "fds": [], "children": []}
+    hook, child = map(int, (tmp_path / "pids1").read_text().split())
+    assert not alive(hook) and not alive(child)
+    assert "hook on_done: stopped with the station after " in run.stderr and "Traceback" not in run.stderr
+    [record] = json.loads(station_command(config, "records", "export", "--json").stdout)
+    assert record["outcome"] == "done"
+    [row] = [t for t in record["transitions"] if t["event"] == "Hook"]
+    assert row["detail"].startswith("on_done: stopped with the station after ")
+    assert station_command(config, "records", "verify").returncode == 0
