@@ -85,6 +85,13 @@ def test_with_no_token_configured_no_action_and_no_serial_is_served(tmp_path):
         assert code == 403 and "[web] token is empty" in answer["error"], answer
         code, answer = running.call("/api/status", token="")
         assert code == 403, answer
+        # The page, its script and the API's description are served by the station itself.
+        code, page = running.call("/")
+        assert code == 200 and '<script src="/static/page.js"' in page
+        assert running.call("/static/page.js")[0] == 200
+        code, described = running.call("/api/openapi.json")
+        assert code == 200 and "/api/ports/{slot}/{action}" in described["paths"]
+        assert not any("confirm" in path for path in described["paths"])
     finally:
         running.stop()
 
