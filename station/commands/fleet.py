@@ -146,7 +146,7 @@ def _connect(config: Config, client_id: str, subscriptions: list[tuple[str, int]
              on_message: object, session_expiry_s: int = 0) -> tuple[mqtt.Client, link.Health]:
     client = link.client(config.mqtt, client_id)
     health = link.Health(f"{config.mqtt.host}:{config.mqtt.port}",
-                         on_connected=lambda: client.subscribe(subscriptions))
+                         on_connected=lambda: client.subscribe(subscriptions), tls=config.mqtt.tls)
     health.watch(client)
     client.on_message = on_message
     try:

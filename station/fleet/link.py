@@ -35,6 +35,10 @@ def client(config: MqttSection, client_id: str) -> mqtt.Client:
     if config.username:
         made.username_pw_set(config.username, config.password or None)
     made.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+    # A callback that raises is one log line; else it would end paho's thread, and with it
+    # every reconnection, without a word.
+    made.suppress_exceptions = True
+    made.enable_logger(logging.getLogger("paho"))
     return made
 
 
@@ -66,8 +70,9 @@ class Health:
     """
 
     def __init__(self, where: str, on_change: Callable[[str | None], None] = lambda _: None,
-                 on_connected: Callable[[], None] = lambda: None) -> None:
+                 on_connected: Callable[[], None] = lambda: None, *, tls: bool = False) -> None:
         self._where = where
+        self._tls = tls
         self._on_change = on_change
         self._on_connected = on_connected
         self._said: str | None = ""  # the last line logged ("" before the first)
@@ -99,6 +104,10 @@ class Health:
         error = sys.exc_info()[1]
         if isinstance(error, ssl.SSLError | ssl.CertificateError):
             self._report("BROKER TLS", f"TLS failed: {error}")
+        elif self._tls and isinstance(error, ConnectionResetError):
+            # A plain MQTT port hangs up on a TLS hello: the likeliest cause by far.
+            self._report("BROKER TLS", "TLS failed: the broker hung up on the TLS handshake "
+                                       "(is its port a TLS port?)")
         else:
             self._report("NO BROKER", f"cannot connect: {error or 'unknown error'}; retrying")
 

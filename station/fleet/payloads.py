@@ -65,6 +65,17 @@ def record(conn: sqlite3.Connection, session_id: int, key: Ed25519PrivateKey) ->
             "head": head, "signature": keys.sign(key, head.encode("ascii"))}
 
 
+def digest_of(session: dict[str, Any], transitions: list[Any], document: str | None) -> str:
+    """A record's hash from its parts, as ``chain.record_hash`` computes it from the database."""
+    content = {name: value for name, value in session.items() if name != "hash"}
+    for added in db.ADDED_COLUMNS:  # as chain.content_of leaves out what a row did not have
+        if content.get(added) is None:
+            content.pop(added, None)
+    content["transitions"] = transitions
+    content["certificate_sha256"] = chain.sha256(document) if isinstance(document, str) else None
+    return chain.sha256(chain.canonical(content))
+
+
 @dataclass(frozen=True)
 class Checked:
     station_id: str
@@ -95,14 +106,8 @@ def check(message: Any, public: Ed25519PublicKey) -> Checked:
             or not isinstance(session_id, int) or not isinstance(digest, str):
         raise Refused("not a record of format 1")
     name = f"record #{session_id} (chain position {seq})"
-    content = {name_: value for name_, value in session.items() if name_ != "hash"}
-    for added in db.ADDED_COLUMNS:  # as chain.content_of leaves out what a row did not have
-        if content.get(added) is None:
-            content.pop(added, None)
-    content["transitions"] = transitions
-    content["certificate_sha256"] = chain.sha256(document) if isinstance(document, str) else None
     try:
-        recomputed = chain.sha256(chain.canonical(content))
+        recomputed = digest_of(session, transitions, document)
     except (TypeError, ValueError):
         raise Refused(f"{name}: content cannot be hashed") from None
     if recomputed != digest:

@@ -17,7 +17,7 @@ from station.config import Config
 from station.core import Station
 from station.fleet import link, payloads
 from station.fleet.outbox import Outbox
-from station.fleet.topics import OFFLINE, ONLINE, Topics
+from station.fleet.topics import OFFLINE, ONLINE, Topics, id_problem
 from station.machine import Event, Port
 from station.records import keys
 from station.records.statedir import RecordsUnavailable
@@ -42,7 +42,8 @@ class FleetPublisher:
         self._client = link.client(config.mqtt, client_id=f"station-{config.station.id}")
         self._client.will_set(self._topics.status, OFFLINE, qos=1, retain=True)
         self._health = link.Health(f"{config.mqtt.host}:{config.mqtt.port}",
-                                   on_change=self._fault, on_connected=self._connected)
+                                   on_change=self._fault, on_connected=self._connected,
+                                   tls=config.mqtt.tls)
         self._health.watch(self._client)
         self._outbox = Outbox(self._state_dir, self._client, self._topics.records,
                               self._health.connected)
@@ -52,10 +53,15 @@ class FleetPublisher:
         self._running = False
 
     def start(self) -> None:
+        problem = id_problem(self._topics.station_id)
+        if problem:  # nothing to retry until the config is fixed
+            log.error("fleet: %s: not connecting", problem)
+            self._station.set_fault(FAULT, "BAD CONFIG", problem)
+            return
         self._running = True  # before paho's thread may call back
         try:
             link.connect(self._client, self._config)
-        except link.LinkError as error:  # nothing to retry until the config is fixed
+        except link.LinkError as error:
             self._running = False
             log.error("fleet: %s: not connecting", error)
             self._station.set_fault(FAULT, "BROKER TLS", str(error))
@@ -66,9 +72,10 @@ class FleetPublisher:
         """Say offline and leave; what is queued gets ``STOP_GRACE_S`` to be sent."""
         if not self._running:
             return
-        self._running = False
         if self._flush is not None:
             self._flush.cancel()
+        self._publish_ports()  # the last states stay on the retained topics
+        self._running = False
         self._outbox.stop(STOP_GRACE_S)
         if self._health.connected.is_set():
             self._client.publish(self._topics.status, OFFLINE, qos=1,

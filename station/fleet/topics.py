@@ -21,11 +21,6 @@ class Topics:
     prefix: str
     station_id: str
 
-    def __post_init__(self) -> None:
-        if not self.station_id or any(char in self.station_id for char in "/+#"):
-            raise ValueError(f"station id {self.station_id!r}: not one MQTT topic level "
-                             "(no '/', '+' or '#')")
-
     def _topic(self, *levels: str) -> str:
         return "/".join((self.prefix, self.station_id, *levels))
 
@@ -47,6 +42,13 @@ class Topics:
 
     def port(self, slot: int) -> str:
         return self._topic(PORTS, str(slot))
+
+
+def id_problem(station_id: str) -> str:
+    """Why a station id cannot name its topics; "" when it can."""
+    if not station_id or any(char in station_id for char in "/+#"):
+        return f"[station] id {station_id!r} is not one MQTT topic level (no '/', '+' or '#')"
+    return ""
 
 
 def every_station(prefix: str, *levels: str) -> str:

@@ -50,6 +50,8 @@ class Broker:
     dir: Path
     port: int = field(default_factory=free_port)
     extra: str = ""  # more lines for mosquitto.conf
+    anonymous: bool = True  # False: clients must log in (a password_file in ``extra``)
+    listener: str = ""  # lines for the listener (TLS files)
     process: subprocess.Popen | None = None
 
     @property
@@ -62,7 +64,8 @@ class Broker:
         return "user root\n" if os.geteuid() == 0 else ""
 
     def start(self) -> None:
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\n{self.listener}"
+                             f"allow_anonymous {str(self.anonymous).lower()}\n"
                              f"persistence true\npersistence_location {self.dir}/\n"
                              f"autosave_interval 1\nlog_dest file {self.dir}/mosquitto.log\n"
                              "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
@@ -78,6 +81,11 @@ class Broker:
                 break
             time.sleep(0.05)
         raise RuntimeError(f"mosquitto did not start: {(self.dir / 'mosquitto.log').read_text()}")
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto reads its ACL and password files again."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -269,3 +277,75 @@ def sealed(state_dir: Path) -> int:
         return conn.execute("SELECT count(*) FROM sessions WHERE seq IS NOT NULL").fetchone()[0]
     finally:
         conn.close()
+
+
+@dataclass(frozen=True)
+class Certificates:
+    ca: Path  # the CA that signed the broker's certificate
+    cert: Path
+    key: Path
+    other_ca: Path  # a CA that signed nothing here
+
+
+def make_certificates(directory: Path) -> Certificates:
+    """A CA and a certificate for 127.0.0.1 signed by it (and an unrelated CA), as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def write(path: Path, cert: x509.Certificate) -> Path:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    ca_key, other_key, server_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    made = Certificates(
+        ca=write(directory / "ca.pem", certificate("test CA", ca_key, "test CA", ca_key, True)),
+        cert=write(directory / "broker.pem", certificate("127.0.0.1", server_key, "test CA", ca_key, False)),
+        key=directory / "broker.key",
+        other_ca=write(directory / "other-ca.pem", certificate("other CA", other_key, "other CA", other_key, True)))
+    made.key.write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return made
+
+
+class Listening:
+    """A plain paho subscriber to ``topic``, keeping (topic, payload, retained) of what came."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        subscribed = __import__("threading").Event()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self._client.on_message = lambda _c, _u, message: self.messages.append(
+            (message.topic, message.payload, bool(message.retain)))
+        self._client.on_subscribe = lambda *_: subscribed.set()
+        self._client.connect("127.0.0.1", port)
+        self._client.subscribe(topic, qos=1)
+        self._client.loop_start()
+        assert subscribed.wait(10)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()

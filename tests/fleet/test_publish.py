@@ -5,16 +5,19 @@ import json
 import subprocess
 import time
 
-from fleet.conftest import STATION_ID, Bench, Collecting
+from fleet.conftest import STATION_ID, Bench, Collecting, Listening
 
-from station.records import chain
+from station.records import chain, keys
 
 
 def test_every_record_reaches_the_collector_once_in_chain_order(bench: Bench, collector: Collecting):
+    listening = Listening(bench.broker.port, f"station/{STATION_ID}/#")
     for _ in range(2):
         result = bench.run()
         assert result.returncode == 0, result.stderr
         assert "Traceback" not in result.stderr
+    listening.close()
+    _publishes_the_documented_topics(bench, listening.messages)
     stored = collector.wait_for(8)
     assert [seq for seq, _, _ in stored] == list(range(1, 9))
     prev = chain.GENESIS
@@ -36,3 +39,22 @@ def test_watch_shows_the_station_s_ports_from_the_retained_topics(bench: Bench):
     assert {port["short"] for port in ports} == {"LOCKED"}
     assert ports[0]["device"]["serial"] == "G6TZK2P4FLT1"
     assert {port["station_status"] for port in ports} == {"offline"}  # said as it stopped
+
+
+def _publishes_the_documented_topics(bench: Bench, messages: list[tuple[str, bytes, bool]]) -> None:
+    """The README's topic list, as a plain subscriber sees a station's two runs."""
+    prefix = f"station/{STATION_ID}/"
+    said = [(topic.removeprefix(prefix), payload) for topic, payload, _ in messages]
+    assert [payload for topic, payload in said if topic == "status"] == [b"online", b"offline"] * 2
+    public = keys.load_public(bench.state_dir)
+    assert {payload.decode() for topic, payload in said if topic == "key"} == {keys.public_pem(public)}
+    ports = [json.loads(payload) for topic, payload in said if topic.startswith("ports/")]
+    assert {port["slot"] for port in ports} == {1, 2, 3, 4}
+    assert ports[-1]["state"] == "locked" and ports[-1]["device"]["serial"].startswith("G6TZK2P4FLT")
+    events = [json.loads(payload) for topic, payload in said if topic == "events"]
+    assert {"slot", "at", "event", "from_state", "to_state", "reason", "detail", "station_id"} == set(events[0])
+    assert ("checking_lock", "locked") in {(event["from_state"], event["to_state"]) for event in events}
+    records = [json.loads(payload) for topic, payload in said if topic == "records"]
+    assert [record["session"]["seq"] for record in records] == list(range(1, 9))
+    assert set(records[0]) == {"format", "station_id", "key", "session", "transitions", "certificate",
+                               "head", "signature"}
