@@ -195,7 +195,7 @@ class Phones:
 @contextlib.asynccontextmanager
 async def hooked_station(state_dir: Path, hooks: HooksSection, phones: Phones):
     section = StationSection(id="bench-7", state_dir=state_dir)
-    recorder = Recorder(section)
+    recorder = Recorder(section, retry_s=0.05)  # records that failed are tried again soon
     recorder.start()
     runner_ = Hooks(hooks, section, recorder)
     station = Station(Config(station=section, restore=RestoreSection(mode="line"), hooks=hooks), phones,
@@ -445,6 +445,26 @@ async def test_one_phones_hooks_run_in_order_and_other_phones_hooks_alongside(tm
         assert own == [f"start {serial} attach", f"end {serial} attach",
                        f"start {serial} locked", f"end {serial} locked"]
     assert lines[:2] in (["start P1 attach", "start P2 attach"], ["start P2 attach", "start P1 attach"])
+
+
+async def test_while_records_cannot_be_written_a_hook_runs_without_a_record_id(tmp_path, caplog, monkeypatch):
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(runner, "RECORD_WAIT_S", 0.3)
+    blocker = tmp_path / "disk"
+    blocker.write_text("")  # the state dir cannot be created: records cannot be kept
+    out = tmp_path / "told.jsonl"
+    hooks = HooksSection(on_attach=script(tmp_path, "tell", TELL) + f" {out} {TOLD}")
+    async with hooked_station(blocker / "state", hooks, Phones()) as station:
+        plug(station, 1, "p1")
+        await until(lambda: bool(hook_lines(caplog)))
+        assert station.ports[1].state is State.QUEUED  # no record, no erase; the hook ran all the same
+        blocker.unlink()  # records work again: the phone goes on
+        await until(lambda: station.ports[1].state is State.DONE)
+    [each] = told(out)
+    assert (each["SERIAL"], each["OUTCOME"], each["RECORD_ID"]) == ("P1", "attach", "")
+    [line] = hook_lines(caplog)
+    assert line.startswith("slot 1 [P1] hook on_attach: exit 0 after ")
+    assert line.endswith('; not recorded: no record of it within 0.3 s; output: "told attach"')
 
 
 # -- a whole run stopping while a hook hangs: nothing left behind -----------------------------

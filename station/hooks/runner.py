@@ -133,7 +133,7 @@ class Hooks:
     async def _run(self, command: Command, port: Port, at: float, session: int) -> None:
         outcome = HOOKS[port.state][1]
         record_id: int | None = None
-        started = time.monotonic()
+        started: float | None = None  # once it has its turn
         try:
             async with self._in_order[port.slot]:
                 record_id = await self._record_of(port, at)
@@ -147,9 +147,9 @@ class Hooks:
                         with contextlib.suppress(OSError):
                             certificate.unlink()
         except asyncio.CancelledError:
-            stopped = process.Finished(f"stopped with the station after {time.monotonic() - started:.1f} s",
-                                       "", False)
-            self._report(command, port, record_id, session, stopped)
+            status = ("not run: the station stopped first" if started is None else
+                      f"stopped with the station after {time.monotonic() - started:.1f} s")
+            self._report(command, port, record_id, session, process.Finished(status, "", False))
             raise
         except Exception as error:  # noqa: BLE001 - the station's fault, not the phone's: one line
             log.error("slot %d: hook %s not run: %s", port.slot, command.name, error)
