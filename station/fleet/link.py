@@ -38,8 +38,15 @@ def client(config: MqttSection, client_id: str) -> mqtt.Client:
     # A callback that raises is one log line; else it would end paho's thread, and with it
     # every reconnection, without a word.
     made.suppress_exceptions = True
-    made.enable_logger(logging.getLogger("paho"))
+    made.on_log = _callback_errors
     return made
+
+
+def _callback_errors(_client: mqtt.Client, _userdata: object, level: int, line: str) -> None:
+    """Of paho's own log, only a callback that raised: the rest (each try while the broker is
+    away, at ERROR) is what ``Health`` says once."""
+    if line.startswith("Caught exception in"):
+        log.error("mqtt: %s", line)
 
 
 def connect(made: mqtt.Client, config: MqttSection, *, session_expiry_s: int = 0) -> None:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from station.fleet import payloads
 from station.records import db, keys
@@ -80,6 +81,7 @@ class Outbox:
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
+        key: Ed25519PrivateKey | None = None
         try:
             while not self._done():
                 if not self._connected.wait(POLL_S):
@@ -95,7 +97,7 @@ class Outbox:
                         self._wake.clear()
                         continue
                     session_id = row[0]
-                    key = keys.load_or_create(self._state_dir, may_create=False)
+                    key = key or keys.load_or_create(self._state_dir, may_create=False)
                     payload = payloads.encode(payloads.record(conn, session_id, key))
                 except (sqlite3.Error, RecordsUnavailable, KeyError, OSError) as error:
                     self._say(f"cannot read the outbox: {error}; trying again in {RETRY_S:.0f} s")

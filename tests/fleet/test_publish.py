@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
-import time
 
 from fleet.conftest import STATION_ID, Bench, Collecting, Listening
 
@@ -12,6 +12,8 @@ from station.records import chain, keys
 
 def test_every_record_reaches_the_collector_once_in_chain_order(bench: Bench, collector: Collecting):
     listening = Listening(bench.broker.port, f"station/{STATION_ID}/#")
+    watching = subprocess.Popen(bench.command("fleet", "watch", "--json"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
     for _ in range(2):
         result = bench.run()
         assert result.returncode == 0, result.stderr
@@ -26,16 +28,19 @@ def test_every_record_reaches_the_collector_once_in_chain_order(bench: Bench, co
         prev = digest
     assert collector.stop().endswith(f"8 stored, 0 duplicates, 0 refused ({collector.db})\n")
 
+    watching.send_signal(signal.SIGINT)  # Ctrl-C
+    out, err = watching.communicate(timeout=15)
+    assert watching.returncode == 130, err
+    streamed = [json.loads(line) for line in out.splitlines()]  # JSON Lines: one port per change
+    assert {port["slot"] for port in streamed} == {1, 2, 3, 4}
+    assert {"checking_lock", "locked"} <= {port["state"] for port in streamed}
 
-def test_watch_shows_the_station_s_ports_from_the_retained_topics(bench: Bench):
-    result = bench.run()
-    assert result.returncode == 0, result.stderr
-    watched = subprocess.run(bench.command("fleet", "watch", "--once", "--json", "--wait", "1"),
-                             capture_output=True, text=True, timeout=30)
-    assert watched.returncode == 0, watched.stderr
-    ports = json.loads(watched.stdout)
+    once = subprocess.run(bench.command("fleet", "watch", "--once", "--json", "--wait", "1"),
+                          capture_output=True, text=True, timeout=30)
+    assert once.returncode == 0, once.stderr
+    ports = json.loads(once.stdout)  # what the retained topics hold: the ports as the run left them
     assert [(port["station_id"], port["slot"]) for port in ports] == [(STATION_ID, slot) for slot in (1, 2, 3, 4)]
-    assert {port["state"] for port in ports} == {"locked"}  # as the run left them
+    assert {port["state"] for port in ports} == {"locked"}
     assert {port["short"] for port in ports} == {"LOCKED"}
     assert ports[0]["device"]["serial"] == "G6TZK2P4FLT1"
     assert {port["station_status"] for port in ports} == {"offline"}  # said as it stopped
