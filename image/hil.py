@@ -249,11 +249,15 @@ def usbmuxd_restarted(hil: Hil) -> str:
     serials = ("HILCLEAR0001", "HILCLEAR0004")
     counts = {serial: len(hil.transitions(serial)) for serial in serials}
     latest = {serial: hil.sessions(serial)[-1]["id"] for serial in serials}
+    since = hil.console.run("date '+%Y-%m-%d %H:%M:%S'")
     hil.console.run("systemctl restart usbmuxd")
     time.sleep(20)
     moved = {serial: hil.transitions(serial)[count:] for serial, count in counts.items()}
     if any(moved.values()):
-        raise Failed(f"phones changed state when usbmuxd restarted: {moved}")
+        # What usbmuxd said after its restart: whether its preflight of each phone ended, and how
+        # (docs/real-stack.md items 12 and 13).
+        said = hil.console.run(f"journalctl -u usbmuxd --since '{since.strip()}' -o cat | tail -n 20")
+        raise Failed(f"phones changed state when usbmuxd restarted: {moved}; usbmuxd after the restart:\n{said}")
     for serial in serials:  # the same record still the latest: the restart opened none
         hil.record(serial, id=latest[serial], state="needs_confirm", outcome=None)
     lost = hil.console.run("journalctl -b -u station -o cat | grep -c 'usbmuxd connection lost' || true")
