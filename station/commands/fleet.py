@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -23,7 +24,7 @@ from station.cli import CommandError, OperationFailed, positive_number
 from station.commands.output import print_json
 from station.config import Config
 from station.fleet import link, topics
-from station.fleet.collect import SESSION_EXPIRY_S, Collector, parse_public
+from station.fleet.collect import SESSION_EXPIRY_S, Collector, KeyConflict, parse_public
 from station.fleet.watch import Board
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,9 @@ def collect_records(args: argparse.Namespace, config: Config) -> int:
             raise CommandError(f"--key {item}: {error}") from None
     try:
         collector = Collector(args.db, pinned)
-    except Exception as error:  # sqlite3.Error, OSError: the file cannot be used
+    except KeyConflict as error:
+        raise CommandError(str(error)) from None
+    except (sqlite3.Error, OSError) as error:
         raise OperationFailed(f"{args.db}: {error}") from None
     prefix = config.mqtt.topic_prefix
     heard = [time.monotonic()]

@@ -68,6 +68,18 @@ def parse_public(pem: bytes | str) -> Ed25519PublicKey:
     return public
 
 
+class KeyConflict(Exception):
+    """A key given on the command line is not the one the database pinned for that station."""
+
+
+def _key_in(message: dict[str, Any]) -> Ed25519PublicKey | None:
+    pem = message.get("key")
+    try:
+        return parse_public(pem) if isinstance(pem, str) else None
+    except ValueError:
+        return None
+
+
 @dataclass
 class Tally:
     stored: int = 0
@@ -125,7 +137,8 @@ class Collector:
             return "refused", "a message that is not JSON"
         if not isinstance(message, dict):
             return "refused", "a message that is not a record"
-        public = self._pinned(station_id) or self._first_key(station_id, message.get("key"))
+        pinned = self._pinned(station_id)
+        public = pinned or _key_in(message)
         if public is None:
             return "refused", "a record with no key to check it by"
         try:
@@ -152,6 +165,8 @@ class Collector:
         elif checked.prev_hash != last["hash"]:
             return "refused", f"{name}: does not follow chain position {last['seq']} (chain broken)"
         session = message["session"]
+        if pinned is None:  # a first record that verified under its own key: that key is pinned
+            self._pin(station_id, public, "its first record")
         with db.transaction(self._conn):
             self._conn.execute(
                 "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -164,18 +179,12 @@ class Collector:
         row = self._conn.execute("SELECT public_key FROM stations WHERE id = ?", (station_id,)).fetchone()
         return parse_public(row[0]) if row else None
 
-    def _first_key(self, station_id: str, pem: Any) -> Ed25519PublicKey | None:
-        try:
-            public = parse_public(pem) if isinstance(pem, str) else None
-        except ValueError:
-            return None
-        if public is not None:
-            self._pin(station_id, public, "its first record")
-        return public
-
     def _pin(self, station_id: str, public: Ed25519PublicKey, source: str) -> None:
         pinned = self._pinned(station_id)
         fingerprint = keys.fingerprint(public)
+        if source == "--key" and pinned is not None and keys.fingerprint(pinned) != fingerprint:
+            raise KeyConflict(f"--key {station_id}: {fingerprint}, but {self.path} has pinned "
+                              f"{keys.fingerprint(pinned)} for it")
         if pinned is None:
             with db.transaction(self._conn):
                 self._conn.execute("INSERT INTO stations VALUES (?, ?, ?, ?)",
