@@ -107,6 +107,9 @@ def create_app(ctx: WebContext) -> FastAPI:
                                      f"confirming a held phone is a long press of OK on the station)")
         if port.state is State.NEEDS_CONFIRM and port.held:
             raise HTTPException(403, f"slot {slot} {HELD}")
+        if action == "retry" and port.held:
+            raise HTTPException(403, f"slot {slot}'s lock is unknown (it was held for a person): "
+                                     "only the station's OK starts its restore again")
         if action not in views.actions(port):
             raise HTTPException(409, f"slot {slot} is {port.state}: {_when(action)}")
         ctx.station.dispatch(slot, ACTIONS[action]())

@@ -25,13 +25,14 @@ RECORD_COLUMNS = ("id", "slot", "job", "started_at", "ended_at", "state", "outco
 
 
 def actions(port: Port) -> list[str]:
-    """What the network may do to this port now (never a held phone's confirmation)."""
+    """What the network may do to this port now: stop work, or start again a failed restore of a
+    phone whose lock was not held for a person. Never a held phone's confirmation, nor a start."""
     if port.state is State.QUEUED:
         return ["cancel"]
     if port.state in (State.RESTORING, State.NEEDS_TRUST) and port.restore_started is not None:
         return ["abort"]
-    if port.state is State.FAILED and port.restore_started is not None:
-        return ["retry"]
+    if port.state is State.FAILED and port.restore_started is not None and not port.held:
+        return ["retry"]  # a phone held for a person (lock unknown) starts again only at the station
     return []
 
 

@@ -3,7 +3,7 @@ phone (lock unknown) is never confirmed by any request, with or without the toke
 
 One station plays a bench on the timed engine, line mode, one restore at a time:
 slot 1 a DFU phone held for a long press (never given), slot 4 a restore that fails (no
-retries), slot 2 a restore under way and slot 3 queued behind it (each comes once the one
+retries), slot 5 a DFU phone confirmed by the long press whose restore fails, slot 2 a restore under way and slot 3 queued behind it (each comes once the one
 before has been checked; the fixture still asks which runs). The tests run in this order.
 """
 from __future__ import annotations
@@ -49,12 +49,27 @@ attach = 0
 fail = { phase = "enter_recovery", percent = 10, times = 1, kind = "usb" }
 
 [[phone]]
+name = "held-then-failed"
+slot = 5
+model = "iPhone13,2"
+ios = "17.5.1"
+mode = "dfu"
+attach = 0
+fail = { phase = "send_ibss", percent = 10, times = 1, kind = "usb" }
+
+[[press]]
+at = 30
+slot = 5
+button = "ok"
+long = true
+
+[[phone]]
 name = "long"
 slot = 2
 model = "iPhone14,7"
 ios = "17.5.1"
 serial = "L0NGRESTORE2"
-attach = 40
+attach = 120
 
 [[phone]]
 name = "queued"
@@ -62,7 +77,7 @@ slot = 3
 model = "iPhone14,5"
 ios = "17.5.1"
 serial = "QUEUEDPHONE3"
-attach = 80
+attach = 160
 """
 SERIALS = ("F4ILSONCE001", "L0NGRESTORE2", "QUEUEDPHONE3")
 FORGED = [("/api/ports/1/confirm", b""), ("/api/ports/1/start", b""), ("/api/ports/1/retry", b""),
@@ -81,8 +96,8 @@ class Bench:
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
     running = start_station(tmp_path_factory.mktemp("bench"), BENCH + STAY_UP, speed=20)
     ready = running.wait_for("the bench ready", lambda s: sorted(p["state"] for p in s["ports"]) ==
-                             ["empty", "failed", "needs_confirm", "queued", "restoring"]
-                             and s["ports"][3]["state"] == "failed")
+                             ["failed", "failed", "needs_confirm", "queued", "restoring"]
+                             and s["ports"][3]["state"] == "failed" and s["ports"][4]["state"] == "failed")
     restoring = next(p["slot"] for p in ready["ports"] if p["state"] == "restoring")
     yield Bench(running, restoring, 5 - restoring)
     assert running.stop() in (0, 130), running.log()[-3000:]
@@ -105,7 +120,17 @@ def test_a_held_phone_is_never_confirmed_over_the_network(bench: Bench):
     port = station.port(1)
     assert port["state"] == "needs_confirm" and port["held"], port
     assert "retry" not in port["actions"] and port["actions"] == []
-    assert "NEEDS_CONFIRM -> QUEUED" not in station.log()  # never queued, by any request
+    queued = [line for line in station.log().splitlines() if "NEEDS_CONFIRM -> QUEUED" in line]
+    assert queued and all("slot 5 [" in line for line in queued)  # slot 1 never, by any request
+
+
+def test_a_failed_restore_of_a_held_phone_is_retried_only_at_the_station(bench: Bench):
+    station = bench.station
+    port = station.port(5)
+    assert port["state"] == "failed" and port["held"] and port["actions"] == [], port
+    code, answer = station.call("/api/ports/5/retry", "POST", token=TOKEN)
+    assert code == 403 and "only the station's OK starts its restore again" in answer["error"], answer
+    assert station.port(5)["state"] == "failed"
 
 
 def test_actions_without_the_right_token_change_nothing(bench: Bench):
