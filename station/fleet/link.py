@@ -83,6 +83,7 @@ class Health:
         self._on_change = on_change
         self._on_connected = on_connected
         self._said: str | None = ""  # the last line logged ("" before the first)
+        self._answered = False  # the broker answered this connection's CONNECT (yes or no)
         self.connected = threading.Event()
 
     def watch(self, made: mqtt.Client) -> None:
@@ -92,6 +93,7 @@ class Health:
 
     def _connect(self, _client: mqtt.Client, _userdata: object, _flags: object,
                  reason: mqtt.ReasonCode, _properties: object) -> None:
+        self._answered = True
         if reason.is_failure:
             self._report("BROKER REFUSED", f"refused the connection: {reason}")
             return
@@ -101,10 +103,14 @@ class Health:
 
     def _disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object,
                     reason: mqtt.ReasonCode, _properties: object) -> None:
-        was = self.connected.is_set()
+        was, answered = self.connected.is_set(), self._answered
         self.connected.clear()
+        self._answered = False
         if was and reason != 0:  # 0: we said goodbye ourselves
             self._report("NO BROKER", f"connection lost ({reason}); reconnecting")
+        elif not answered:  # something listens there, but it does not speak MQTT (or TLS)
+            self._report("NO BROKER", f"no MQTT answer ({reason}): is this the broker's "
+                                      "address and port, with TLS as [mqtt] tls says?")
 
     def _connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
         # paho calls this inside its ``except OSError``: the exception is the reason.

@@ -107,7 +107,13 @@ class Outbox:
                 if answer is None:
                     return  # stopping: the row stays, and is sent on the next start
                 if answer:
-                    conn.execute("DELETE FROM outbox WHERE session_id = ?", (session_id,))
+                    try:
+                        conn.execute("DELETE FROM outbox WHERE session_id = ?", (session_id,))
+                    except sqlite3.Error as error:  # sent again later: receivers keep one copy
+                        self._say(f"record #{session_id}: acknowledged, but cannot be taken off "
+                                  f"the outbox: {error}")
+                        self._stopping.wait(RETRY_S)
+                        continue
                     self.sent += 1
                     self._problem = ""
                 else:

@@ -40,7 +40,6 @@ class FleetPublisher:
         self._state_dir = config.station.state_dir
         self._config = config.mqtt
         self._client = link.client(config.mqtt, client_id=f"station-{config.station.id}")
-        self._client.will_set(self._topics.status, OFFLINE, qos=1, retain=True)
         self._health = link.Health(f"{config.mqtt.host}:{config.mqtt.port}",
                                    on_change=self._fault, on_connected=self._connected,
                                    tls=config.mqtt.tls)
@@ -58,6 +57,7 @@ class FleetPublisher:
             log.error("fleet: %s: not connecting", problem)
             self._station.set_fault(FAULT, "BAD CONFIG", problem)
             return
+        self._client.will_set(self._topics.status, OFFLINE, qos=1, retain=True)
         self._running = True  # before paho's thread may call back
         try:
             link.connect(self._client, self._config)
@@ -77,9 +77,13 @@ class FleetPublisher:
         self._publish_ports()  # the last states stay on the retained topics
         self._running = False
         self._outbox.stop(STOP_GRACE_S)
+        log.info("fleet: %d record(s) acknowledged by the broker since start", self._outbox.sent)
         if self._health.connected.is_set():
-            self._client.publish(self._topics.status, OFFLINE, qos=1,
-                                 retain=True).wait_for_publish(STOP_GRACE_S)
+            try:
+                self._client.publish(self._topics.status, OFFLINE, qos=1,
+                                     retain=True).wait_for_publish(STOP_GRACE_S)
+            except (RuntimeError, ValueError):  # the connection went meanwhile: the will says it
+                pass
         self._client.disconnect()
         self._client.loop_stop()
 

@@ -142,3 +142,45 @@ def test_records_sealed_before_the_outbox_existed_are_queued_when_the_database_i
         assert [row[0] for row in queued] == [1, 2, 3]
     finally:
         conn.close()
+
+
+def test_something_that_is_not_a_broker_is_one_line_and_a_fault(caplog):
+    """A web server (or a transparent proxy) where the broker should be: it takes the connection
+    and answers something that is not MQTT. paho retries; the station says it once."""
+    import socket
+    import threading
+
+    from station.config import MqttSection
+    from station.fleet import link
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def answer_http() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    answering = threading.Thread(target=answer_http, daemon=True)
+    answering.start()
+    config = MqttSection(host="127.0.0.1", port=server.getsockname()[1])
+    faults: list[str | None] = []
+    client = link.client(config, "not-a-broker-test")
+    link.Health("test", on_change=faults.append).watch(client)
+    try:
+        link.connect(client, config)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and caplog.text.count("no MQTT answer") < 1:
+            time.sleep(0.05)
+        time.sleep(2.5)  # a second and a third try (1 s, then 2 s later): not said again
+    finally:
+        client.loop_stop()
+        stop.set()
+        answering.join()
+        server.close()
+    assert caplog.text.count("no MQTT answer") == 1
+    assert faults == ["NO BROKER"]

@@ -33,7 +33,8 @@ def test_every_record_reaches_the_collector_once_in_chain_order(bench: Bench, co
     assert watching.returncode == 130, err
     streamed = [json.loads(line) for line in out.splitlines()]  # JSON Lines: one port per change
     assert {port["slot"] for port in streamed} == {1, 2, 3, 4}
-    assert {"checking_lock", "locked"} <= {port["state"] for port in streamed}
+    # Coalesced (at most every 0.5 s): a lock check quicker than that may not show; the end does.
+    assert "locked" in {port["state"] for port in streamed}
 
     once = subprocess.run(bench.command("fleet", "watch", "--once", "--json", "--wait", "1"),
                           capture_output=True, text=True, timeout=30)
