@@ -109,26 +109,36 @@ def collect_records(args: argparse.Namespace, config: Config) -> int:
         raise OperationFailed(f"{args.db}: {error}") from None
     prefix = config.mqtt.topic_prefix
     heard = [time.monotonic()]
+    failed: list[str] = []  # why the records cannot be stored: then nothing more is taken
     lock = threading.Lock()  # paho's thread writes; the summary at the end reads
 
-    def on_message(_client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+    def on_message(client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         about = topics.parse(prefix, message.topic)
-        if about is None:
-            return
         with lock:
-            if about.kind == topics.KEY:
-                collector.key(about.station_id, message.payload)
-            elif about.kind == topics.RECORDS:
-                heard[0] = time.monotonic()
-                collector.record(about.station_id, message.payload)
+            if failed:
+                return  # not acknowledged: the broker keeps it for the next start
+            try:
+                if about is not None and about.kind == topics.KEY:
+                    collector.key(about.station_id, message.payload)
+                elif about is not None and about.kind == topics.RECORDS:
+                    heard[0] = time.monotonic()
+                    collector.record(about.station_id, message.payload)
+            except (sqlite3.Error, OSError) as error:
+                failed.append(f"{args.db}: cannot store what arrived ({error}); the broker keeps "
+                              "it for the next start")
+                return
+        client.ack(message.mid, message.qos)  # stored, refused or ignored: the broker may let go
 
     subscriptions = [(topics.every_station(prefix, topics.KEY), 1),
                      (topics.every_station(prefix, topics.RECORDS), 1)]
     client, _ = _connect(config, args.client_id or f"station-collect-{socket.gethostname()}",
-                         subscriptions, on_message, session_expiry_s=SESSION_EXPIRY_S)
+                         subscriptions, on_message, session_expiry_s=SESSION_EXPIRY_S, manual_ack=True)
+    interrupted = False
     try:
-        while args.idle is None or time.monotonic() - heard[0] < args.idle:
+        while not failed and (args.idle is None or time.monotonic() - heard[0] < args.idle):
             time.sleep(0.1)
+    except KeyboardInterrupt:  # Ctrl-C: the summary, then exit 130
+        interrupted = True
     finally:
         client.disconnect()
         client.loop_stop()
@@ -137,17 +147,22 @@ def collect_records(args: argparse.Namespace, config: Config) -> int:
                        "duplicates": collector.tally.duplicates, "refused": collector.tally.refused,
                        "stations": collector.stations()}
             collector.close()
-        if args.json:
-            print_json(summary)
-        else:
-            print(f"{summary['stored']} stored, {summary['duplicates']} duplicates, "
-                  f"{summary['refused']} refused ({args.db})", file=sys.stderr)
+    if failed:
+        raise OperationFailed(failed[0])
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"{summary['stored']} stored, {summary['duplicates']} duplicates, "
+              f"{summary['refused']} refused ({args.db})", file=sys.stderr)
+    if interrupted:
+        raise KeyboardInterrupt
     return 0
 
 
 def _connect(config: Config, client_id: str, subscriptions: list[tuple[str, int]],
-             on_message: object, session_expiry_s: int = 0) -> tuple[mqtt.Client, link.Health]:
-    client = link.client(config.mqtt, client_id)
+             on_message: object, session_expiry_s: int = 0,
+             manual_ack: bool = False) -> tuple[mqtt.Client, link.Health]:
+    client = link.client(config.mqtt, client_id, manual_ack=manual_ack)
     health = link.Health(f"{config.mqtt.host}:{config.mqtt.port}",
                          on_connected=lambda: client.subscribe(subscriptions), tls=config.mqtt.tls)
     health.watch(client)

@@ -29,9 +29,11 @@ class LinkError(Exception):
     """The config's TLS files cannot be used; ``str`` is the one line to show."""
 
 
-def client(config: MqttSection, client_id: str) -> mqtt.Client:
-    """A client with the config's credentials; MQTT v5, so that a PUBACK can say no."""
-    made = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+def client(config: MqttSection, client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
+    """A client with the config's credentials; MQTT v5, so that a PUBACK can say no.
+    ``manual_ack``: a received QoS 1 message is acknowledged only by ``client.ack``."""
+    made = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                       manual_ack=manual_ack)
     if config.username:
         made.username_pw_set(config.username, config.password or None)
     made.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
