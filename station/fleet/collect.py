@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -88,14 +87,14 @@ class Tally:
 
 
 class Collector:
-    def __init__(self, path: Path, pinned: Mapping[str, Ed25519PublicKey] = {}) -> None:
+    def __init__(self, path: Path, pinned: Mapping[str, Ed25519PublicKey] | None = None) -> None:
         self.path = path
         self._conn = db.connect(path)
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 self._conn.execute(statement)
         self.tally = Tally()
-        for station_id, public in pinned.items():
+        for station_id, public in (pinned or {}).items():
             self._pin(station_id, public, "--key")
 
     def close(self) -> None:

@@ -6,18 +6,34 @@ each broker here is ``mosquitto -c <file>`` of the test's own.
 """
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from paho.mqtt.enums import CallbackAPIVersion
+from records import helpers
+from records.helpers import FakeClock, Phone
+
+from station.config import StationSection
+from station.records import chain
+from station.records.recorder import Recorder
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 
@@ -175,7 +191,6 @@ class Collecting:
         """(chain position, hash, prev_hash) of each record stored, in chain order."""
         if not self.db.exists():
             return []
-        import sqlite3
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
         try:
             return conn.execute("SELECT seq, hash, prev_hash FROM records ORDER BY seq").fetchall()
@@ -226,12 +241,6 @@ def _wait_for_subscriber(broker: Broker, timeout: float = 15) -> None:
 def make_records(state_dir: Path, count: int) -> None:
     """``count`` sealed records in the station's state dir, written as the station writes them:
     restores with certificates, and locked phones, one after another."""
-    from records import helpers
-    from records.helpers import FakeClock, Phone
-
-    from station.config import StationSection
-    from station.records.recorder import Recorder
-
     clock = FakeClock()
     with Recorder(StationSection(id=STATION_ID, state_dir=state_dir), now=clock) as recorder:
         for n in range(1, count + 1):
@@ -252,7 +261,6 @@ def long_scenario(path: Path, detach_at: tuple[float, ...] = (600,)) -> Path:
 
 
 def outbox_rows(state_dir: Path) -> int:
-    import sqlite3
     conn = sqlite3.connect(state_dir / "records.sqlite3")
     try:
         return conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
@@ -262,7 +270,6 @@ def outbox_rows(state_dir: Path) -> int:
 
 def assert_one_chain(stored: list[tuple[int, str, str]], count: int) -> None:
     """Positions 1..count, each once, each linked to the one before: nothing lost, nothing twice."""
-    from station.records import chain
     assert [seq for seq, _, _ in stored] == list(range(1, count + 1))
     prev = chain.GENESIS
     for seq, digest, prev_hash in stored:
@@ -271,7 +278,6 @@ def assert_one_chain(stored: list[tuple[int, str, str]], count: int) -> None:
 
 
 def sealed(state_dir: Path) -> int:
-    import sqlite3
     conn = sqlite3.connect(state_dir / "records.sqlite3", timeout=10)
     try:
         return conn.execute("SELECT count(*) FROM sessions WHERE seq IS NOT NULL").fetchone()[0]
@@ -289,14 +295,6 @@ class Certificates:
 
 def make_certificates(directory: Path) -> Certificates:
     """A CA and a certificate for 127.0.0.1 signed by it (and an unrelated CA), as PEM files."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     def name(text: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
 
@@ -332,11 +330,8 @@ class Listening:
     """A plain paho subscriber to ``topic``, keeping (topic, payload, retained) of what came."""
 
     def __init__(self, port: int, topic: str) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self.messages: list[tuple[str, bytes, bool]] = []
-        subscribed = __import__("threading").Event()
+        subscribed = threading.Event()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self._client.on_message = lambda _c, _u, message: self.messages.append(
             (message.topic, message.payload, bool(message.retain)))

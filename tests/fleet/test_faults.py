@@ -3,12 +3,17 @@ operator must know, never a traceback or a hang, and restores and start-up never
 Every record stays in the outbox until a broker takes it."""
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
-from fleet.conftest import Bench, Collecting, assert_one_chain, make_certificates, outbox_rows
+from fleet.conftest import (Bench, Collecting, assert_one_chain, make_certificates, make_records,
+                            outbox_rows)
 
+from station.config import MqttSection
+from station.fleet import link
 from station.records import db
 
 
@@ -126,7 +131,6 @@ def test_a_record_the_broker_does_not_take_stays_queued_until_it_does(bench: Ben
 
 
 def test_records_sealed_before_the_outbox_existed_are_queued_when_the_database_is_upgraded(tmp_path: Path):
-    from fleet.conftest import make_records
     state = tmp_path / "state"
     make_records(state, 3)
     conn = db.connect(db.path_in(state))
@@ -147,12 +151,6 @@ def test_records_sealed_before_the_outbox_existed_are_queued_when_the_database_i
 def test_something_that_is_not_a_broker_is_one_line_and_a_fault(caplog):
     """A web server (or a transparent proxy) where the broker should be: it takes the connection
     and answers something that is not MQTT. paho retries; the station says it once."""
-    import socket
-    import threading
-
-    from station.config import MqttSection
-    from station.fleet import link
-
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.2)
     stop = threading.Event()
