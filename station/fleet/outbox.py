@@ -38,8 +38,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # how often an empty outbox is looked at again
 RETRY_S = 5.0  # after a refusal, or while the records cannot be read
-NEXT_ROW = ("SELECT o.session_id FROM outbox o JOIN sessions s ON s.id = o.session_id "
-            "ORDER BY s.seq LIMIT 1")
+NEXT_ROW = "SELECT session_id FROM outbox ORDER BY seq LIMIT 1"  # chain order
 
 
 class Outbox:

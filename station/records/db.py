@@ -118,12 +118,15 @@ CREATE TABLE IF NOT EXISTS certificates (
     document TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS certificates_serial ON certificates (serial, issued_at);
--- Filled in the transaction that seals a record, emptied as the broker acknowledges each:
--- the fleet publishes in chain order (sessions.seq), whether [mqtt] is on now or later.
-CREATE TABLE IF NOT EXISTS outbox (
-    session_id INTEGER PRIMARY KEY REFERENCES sessions (id)
-);
 """
+# Filled in the transaction that seals a record, emptied as the broker acknowledges each:
+# the fleet publishes in chain order (seq), whether [mqtt] is on now or later.
+_OUTBOX = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL UNIQUE REFERENCES sessions (id)
+)"""
+_SCHEMA += _OUTBOX
 
 
 def iso(moment: float) -> str:
@@ -191,17 +194,23 @@ def _upgrade(conn: sqlite3.Connection) -> None:
     if get_meta(conn, "schema_version") == "4":
         queue_sealed(conn)
         set_meta(conn, "schema_version", "5")
+    if "seq" not in {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}:
+        # The outbox of the first v5 commits (eed6944..bb58afb) had no seq, so its next row was
+        # found by scanning sessions: rebuilt, and every record queued again (receivers keep one).
+        conn.execute("DROP TABLE outbox")
+        conn.execute(_OUTBOX)
+        queue_sealed(conn)
     # After the columns exist: a v2 table has no imei column when the schema above runs.
     conn.execute("CREATE INDEX IF NOT EXISTS sessions_imei ON sessions (imei)")
 
 
 def queue_sealed(conn: sqlite3.Connection, session_id: int | None = None) -> None:
     """Put a sealed record (or, with no id, every sealed record) into the fleet's outbox."""
+    sealed = "SELECT seq, id FROM sessions WHERE seq IS NOT NULL"
     if session_id is None:
-        conn.execute("INSERT OR IGNORE INTO outbox (session_id) "
-                     "SELECT id FROM sessions WHERE seq IS NOT NULL ORDER BY seq")
+        conn.execute(f"INSERT OR IGNORE INTO outbox (seq, session_id) {sealed}")
     else:
-        conn.execute("INSERT OR IGNORE INTO outbox (session_id) VALUES (?)", (session_id,))
+        conn.execute(f"INSERT OR IGNORE INTO outbox (seq, session_id) {sealed} AND id = ?", (session_id,))
 
 
 def session_columns(conn: sqlite3.Connection) -> tuple[str, ...]:

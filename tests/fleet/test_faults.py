@@ -141,9 +141,9 @@ def test_records_sealed_before_the_outbox_existed_are_queued_when_the_database_i
     conn = db.open_store(state)
     try:
         assert db.get_meta(conn, "schema_version") == db.SCHEMA_VERSION == "5"
-        queued = conn.execute("SELECT s.seq FROM outbox o JOIN sessions s ON s.id = o.session_id "
-                              "ORDER BY s.seq").fetchall()
-        assert [row[0] for row in queued] == [1, 2, 3]
+        queued = conn.execute("SELECT o.seq, s.seq FROM outbox o JOIN sessions s ON s.id = o.session_id "
+                              "ORDER BY o.seq").fetchall()
+        assert [tuple(row) for row in queued] == [(1, 1), (2, 2), (3, 3)]
     finally:
         conn.close()
 
