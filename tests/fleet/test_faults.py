@@ -182,3 +182,19 @@ def test_something_that_is_not_a_broker_is_one_line_and_a_fault(caplog):
         server.close()
     assert caplog.text.count("no MQTT answer") == 1
     assert faults == ["NO BROKER"]
+
+
+def test_an_outbox_of_the_first_v5_commits_is_rebuilt_with_every_record_queued(tmp_path: Path):
+    state = tmp_path / "state"
+    make_records(state, 3)
+    conn = db.connect(db.path_in(state))
+    with db.transaction(conn):  # the outbox as eed6944 made it: no chain position, one row left
+        conn.execute("DROP TABLE outbox")
+        conn.execute("CREATE TABLE outbox (session_id INTEGER PRIMARY KEY REFERENCES sessions (id))")
+        conn.execute("INSERT INTO outbox VALUES (3)")
+    conn.close()
+    conn = db.open_store(state)
+    try:
+        assert [tuple(row) for row in conn.execute("SELECT seq FROM outbox ORDER BY seq")] == [(1,), (2,), (3,)]
+    finally:
+        conn.close()
