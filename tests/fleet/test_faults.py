@@ -198,3 +198,13 @@ def test_an_outbox_of_the_first_v5_commits_is_rebuilt_with_every_record_queued(t
         assert [tuple(row) for row in conn.execute("SELECT seq FROM outbox ORDER BY seq")] == [(1,), (2,), (3,)]
     finally:
         conn.close()
+
+
+def test_watch_once_without_a_broker_is_one_line_and_exit_1(bench: Bench):
+    bench.broker.stop()
+    watched = subprocess.run(bench.command("fleet", "watch", "--once", "--json", "--wait", "0.5"),
+                             capture_output=True, text=True, timeout=30)
+    assert watched.returncode == 1
+    assert watched.stdout == ""
+    assert watched.stderr.strip().splitlines()[-1] == f"station: no connection to 127.0.0.1:{bench.broker.port}"
+    assert "Traceback" not in watched.stderr
