@@ -9,8 +9,8 @@ import signal
 import subprocess
 import time
 
-from fleet.conftest import (Bench, Collecting, assert_one_chain, long_scenario, make_records,
-                            outbox_rows, sealed)
+from fleet.conftest import (STATION_ID, Bench, Collecting, Listening, assert_one_chain, long_scenario,
+                            make_records, outbox_rows, sealed)
 
 BACKLOG = 300
 
@@ -63,6 +63,9 @@ def test_a_station_killed_mid_publish_resends_and_the_collector_keeps_one_copy(b
     station.wait(timeout=10)
     rate = (len(collector.stored()) - 1) / (time.monotonic() - first)
     assert 0 < outbox_rows(bench.state_dir) < 2 * BACKLOG  # some sent, some left for the next start
+    status = Listening(bench.broker.port, f"station/{STATION_ID}/status")  # retained: the will's
+    _wait_until(lambda: [payload for _, payload, _ in status.messages] == [b"offline"], timeout=15)
+    status.close()
     again = bench.run()  # the next start: the rest, and its own four
     assert again.returncode == 0, again.stderr
     total = sealed(bench.state_dir)  # the backlog, the run's four, and one the kill left open, if it was
