@@ -31,6 +31,8 @@ from station.machine import State
 from station.records.recorder import Recorder
 from station.ui.labels import operator_reason
 
+from leftovers import DRIVER
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Writes what it was told (and the certificate it was handed, while it exists) as one JSON line.
@@ -469,58 +471,13 @@ async def test_while_records_cannot_be_written_a_hook_runs_without_a_record_id(t
 
 # -- a whole run stopping while a hook hangs: nothing left behind -----------------------------
 
-# Runs `station run --sim` as tests/test_fault_matrix.py does, and says what the run left behind
-# once run_station returned: asyncio tasks, descriptors it opened, child processes.
-DRIVER = r"""
-import asyncio, contextlib, json, os, sys
-from station import cli
-from station.commands import run as run_command
-
-report, config, scenario = sys.argv[1:]
-original = run_command.run_station
-
-
-def children():
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            stat = open(f"/proc/{entry}/stat").read()
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == os.getpid():
-                found.append(entry)
-    return found
-
-
-def descriptors():
-    found = {}
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
-    return found
-
-
-async def checked(*args, **kwargs):
-    before = descriptors()
-    result = await original(*args, **kwargs)
-    after = descriptors()
-    tasks = sorted(t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task())
-    leaked = sorted(f"{fd} -> {target}" for fd, target in after.items() if before.get(fd) != target)
-    with open(report, "w") as out:
-        json.dump({"tasks": tasks, "fds": leaked, "children": children()}, out)
-    return result
-
-
-run_command.run_station = checked
-sys.exit(cli.main(["run", "--config", config, "--sim", scenario, "--speed", "100"]))
-"""
-
-
 def test_a_run_that_ends_while_a_hook_hangs_stops_it_and_leaves_nothing_behind(tmp_path):
     hanging = script(tmp_path, "hanging", HANGING) + f" {tmp_path / 'pids'}"
     config = tmp_path / "station.toml"
     config.write_text(f'[station]\nstate_dir = "{tmp_path / "state"}"\n[ipsw]\ncache_dir = "{tmp_path / "ipsw"}"\n'
                       f'[hooks]\non_done = {json.dumps(hanging)}\n')  # timeout_s: 60, longer than the run
     run = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path / "left.json"), str(config),
-                          str(ROOT / "config/sim/one-restore.toml")],
+                          str(ROOT / "config/sim/one-restore.toml"), "100"],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr

@@ -14,23 +14,9 @@ from PIL import Image
 
 from station.web import server
 from station.web.feed import Feed
+from test_cli_devices import LOCKED
 from ui.glyphs import shows
 from web.running import STAY_UP, TOKEN, start_station, write_station
-
-LOCKED = """
-[scenario]
-engine = "timed"
-[config.restore]
-mode = "line"
-[[phone]]
-name = "find-my-on"
-slot = 2
-model = "iPhone15,4"
-serial = "G6TZK2P4Q1MN"
-find_my = true
-activation_lock = true
-expect = "locked"
-"""
 
 
 def test_a_port_in_use_is_a_fault_and_the_station_runs_on(tmp_path):
