@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -136,7 +136,9 @@ def test_each_hook_is_told_its_phone_as_the_records_keep_it(tmp_path):
             assert {name: each[name] for name in ("ECID", "UDID", "SERIAL", "PRODUCT_TYPE", "IOS",
                                                   "STATION_ID", "RECORD_ID")} == {
                 "ECID": record["ecid"], "UDID": record["udid"], "SERIAL": record["serial"],
-                "PRODUCT_TYPE": record["model"], "IOS": record["ios_before"],
+                # a restored phone runs the iOS it was restored to, where the record knows it
+                "PRODUCT_TYPE": record["model"],
+                "IOS": (outcome == "done" and record["ios_after"]) or record["ios_before"],
                 "STATION_ID": "bench-7", "RECORD_ID": str(record["id"])}, (slot, outcome)
             # Nothing of the station's environment but PATH and LANG reaches a hook.
             assert set(each["PASSED"]) - {"PATH", "LANG", "LC_CTYPE"} == set(TOLD.split(","))
@@ -195,14 +197,14 @@ class Phones:
 
 
 @contextlib.asynccontextmanager
-async def hooked_station(state_dir: Path, hooks: HooksSection, phones: Phones):
+async def hooked_station(state_dir: Path, hooks: HooksSection, phones: Phones, firmware=None):
     section = StationSection(id="bench-7", state_dir=state_dir)
     recorder = Recorder(section, retry_s=0.05)  # records that failed are tried again soon
     recorder.start()
     runner_ = Hooks(hooks, section, recorder)
     station = Station(Config(station=section, restore=RestoreSection(mode="line"), hooks=hooks), phones,
                       listeners=(recorder, runner_), counter_source=recorder, records=recorder,
-                      clock=asyncio.get_running_loop().time)
+                      clock=asyncio.get_running_loop().time, firmware=firmware)
     task = asyncio.create_task(station.run())
     try:
         yield station
@@ -251,6 +253,31 @@ print("printer offline", flush=True)
 print("giving up", file=sys.stderr)
 sys.exit(3)
 """
+
+
+@dataclass(frozen=True)
+class Ipsw:
+    build: str = "22C152"
+    version: str = "18.2"
+    sha256: str = "ab" * 32
+    path: None = None
+
+
+class OneIpsw:
+    """A cache with one build for every phone (the IPSW itself is the phone double's concern)."""
+
+    def select(self, device: Device) -> Ipsw:
+        return Ipsw()
+
+
+async def test_a_restored_phones_done_hook_is_told_the_ios_it_runs_now(tmp_path):
+    out = tmp_path / "told.jsonl"
+    hooks = HooksSection(on_attach=script(tmp_path, "tell", TELL) + f" {out} {TOLD}",
+                         on_done=script(tmp_path, "tell", TELL) + f" {out} {TOLD}")
+    async with hooked_station(tmp_path / "state", hooks, Phones(), firmware=OneIpsw()) as station:
+        station.on_phone_event(PhoneArrived(1, Device(key="p1", mode=Mode.NORMAL, ios_version="17.5.1")))
+        await until(lambda: len(told(out)) == 2)
+    assert [(each["OUTCOME"], each["IOS"]) for each in told(out)] == [("attach", "17.5.1"), ("done", "18.2")]
 
 
 async def test_a_failing_hook_is_logged_and_recorded_and_the_phone_is_done(tmp_path, caplog):

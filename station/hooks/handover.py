@@ -43,6 +43,21 @@ def record_of(state_dir: Path, slot: int, at: str, state: str) -> int | None:
         conn.close()
 
 
+def ios_after(state_dir: Path, record_id: int) -> str:
+    """The iOS the record says the phone runs now it is done ("" when it does not say)."""
+    try:
+        conn = db.open_existing(state_dir)
+    except RecordsUnavailable:
+        return ""
+    try:
+        row = conn.execute("SELECT ios_after FROM sessions WHERE id = ?", (record_id,)).fetchone()
+    except sqlite3.Error:
+        return ""
+    finally:
+        conn.close()
+    return (row["ios_after"] or "") if row is not None else ""
+
+
 def write_certificate(state_dir: Path, record_id: int) -> Path | None:
     """The record's certificate as a private file; None when it has none."""
     try:

@@ -71,14 +71,16 @@ def commands(config: HooksSection) -> dict[State, Command]:
 
 
 def environment(port: Port, outcome: str, record_id: int | None, certificate: Path | None,
-                station_id: str) -> dict[str, str]:
-    """What a hook is told, all text: "" for what is not known (a DFU phone has no serial)."""
+                station_id: str, ios_now: str = "") -> dict[str, str]:
+    """What a hook is told, all text: "" for what is not known (a DFU phone has no serial).
+    ``ios_now``: the iOS a done phone runs (the record's), where the port knows only the one
+    it came with."""
     device = port.device
-    facts = {"ECID": "", "UDID": "", "SERIAL": "", "PRODUCT_TYPE": "", "IOS": ""}
+    facts = {"ECID": "", "UDID": "", "SERIAL": "", "PRODUCT_TYPE": "", "IOS": ios_now}
     if device is not None:
         facts = {"ECID": f"{device.ecid:X}" if device.ecid is not None else "",  # as the records
                  "UDID": device.udid, "SERIAL": device.serial, "PRODUCT_TYPE": device.product_type,
-                 "IOS": device.ios_version}
+                 "IOS": ios_now or device.ios_version}
     return {**{name: os.environ[name] for name in PASSED_ON if name in os.environ},
             "SLOT": str(port.slot), **facts, "OUTCOME": outcome,
             "REASON": operator_reason(port.reason) if port.reason else "",
@@ -160,7 +162,10 @@ class Hooks:
                      certificate: Path | None) -> process.Finished:
         if command.problem:
             return process.Finished(f"could not start: {command.problem}", "", False)
-        env = environment(port, outcome, record_id, certificate, self._station_id)
+        ios_now = ""
+        if outcome == "done" and record_id is not None:
+            ios_now = await asyncio.to_thread(handover.ios_after, self._state_dir, record_id)
+        env = environment(port, outcome, record_id, certificate, self._station_id, ios_now)
         return await process.run(command.argv, env, self._timeout_s)
 
     async def _record_of(self, port: Port, at: float) -> int | None:
