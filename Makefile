@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(BIN)/station run --config config/station-sim.toml --sim config/sim/demo.toml --speed 30
+	$(BIN)/station run --config config/station-sim.toml --sim config/sim/demo.toml --speed 30 --web
 
 test: install
 	$(BIN)/python -m pytest -q

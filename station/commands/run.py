@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="simulated time runs FACTOR times faster (with --sim; default 1)")
     parser.add_argument("--duration", type=positive_number, metavar="S",
                         help="stop after S seconds of scenario time (with --sim)")
+    parser.add_argument("--web", action="store_true",
+                        help="with --sim: serve the status page at the config's [web] address too "
+                             "(a simulation serves it only when asked: tests play many at once)")
     parser.add_argument("--check", action="store_true",
                         help="load and check the config (and the scenario), start nothing, exit")
     parser.add_argument("--json", action="store_true",
@@ -41,6 +44,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     for option, what in (("duration", "counts"), ("speed", "speeds up")):
         if getattr(args, option) is not None and not args.sim:
             raise CommandError(f"--{option} needs --sim (it {what} scenario time)")
+    if args.web and not args.sim:
+        raise CommandError("--web needs --sim (the appliance serves the page when [web] enabled = true)")
     if args.json and not (args.check or args.sim):
         raise CommandError("--json needs --check or --sim (the appliance loop prints no result)")
     scenario = load_scenario(args.sim) if args.sim else None
@@ -62,7 +67,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return 0
     _configure_logging(config.station.log_level)
     options = RunOptions(backend=backend, scenario=scenario, speed=args.speed or 1.0,
-                         duration=args.duration,
+                         duration=args.duration, web=True if args.web else None,
                          # --json: stdout holds the summary alone, never the terminal view
                          interactive=not args.json and sys.stdout.isatty() and sys.stdin.isatty())
     result = asyncio.run(run_station(config, options))

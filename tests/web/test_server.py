@@ -3,10 +3,13 @@ log line, a fault on the display), and stopping the station ends the live stream
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 from fastapi import FastAPI
@@ -16,7 +19,7 @@ from station.web import server
 from station.web.feed import Feed
 from test_cli_devices import LOCKED
 from ui.glyphs import shows
-from web.running import STAY_UP, TOKEN, start_station, write_station
+from web.running import STAY_UP, TOKEN, free_port, start_station, write_station
 
 
 def test_a_port_in_use_is_a_fault_and_the_station_runs_on(tmp_path):
@@ -119,3 +122,42 @@ async def test_the_page_comes_up_once_its_port_is_free_and_the_fault_clears(monk
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", port))
         again.listen()
+
+
+def test_web_serves_a_simulation_at_the_configs_address_and_a_plain_one_serves_nothing(tmp_path):
+    """`make run` plays the demo with --web: its page at the config's [web] address. Without the
+    flag (or a [config.web] table in the scenario) a simulation opens no port."""
+    answers = {}
+    for flag in ((), ("--web",)):
+        folder = tmp_path / ("web" if flag else "plain")
+        folder.mkdir()
+        port = free_port()
+        config, scenario = write_station(folder, LOCKED + STAY_UP, port)
+        scenario.write_text(LOCKED + STAY_UP)  # no [config.web]: only the flag may serve
+        process = subprocess.Popen([sys.executable, "-m", "station.cli", "run", "--sim", str(scenario),
+                                    "--speed", "20", "--config", str(config), *flag],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder)
+        try:
+            # 5 s: at 20x the phone is LOCKED within about 2 s, and a page would answer by then
+            answers[flag] = locked_phone_seen(f"http://127.0.0.1:{port}/api/ports/2", process,
+                                              within_s=15.0 if flag else 5.0)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=60)
+    assert answers == {(): None, ("--web",): "Find My is on"}
+
+
+def locked_phone_seen(url: str, process: subprocess.Popen[str], within_s: float = 15.0) -> str | None:
+    """The lock reason the page gives for the locked phone once it is LOCKED; None when nothing
+    answered on the port for ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                port = json.loads(response.read())
+            if port["state"] == "locked":
+                return port["lock_reason"]
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.2)
+    return None
