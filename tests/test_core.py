@@ -11,6 +11,8 @@ import json
 import sqlite3
 from dataclasses import replace
 
+import pytest
+
 from hw.phones import (Device, LayerFault, Lock, LockCheck, Mode, PhoneArrived, PhoneLeft,
                        RestoreError, RestoreProgress)
 from station import core
@@ -305,19 +307,21 @@ async def test_no_restore_while_records_cannot_be_kept_and_the_fault_clears_by_i
     assert stored(blocker / "state") == [("P1", "done", 1)]  # nothing told while it failed was lost
 
 
-async def test_a_restore_starts_only_once_its_session_is_on_disk(tmp_path):
+@pytest.mark.parametrize("job", ["restore", "erase"])
+async def test_the_work_starts_only_once_its_session_is_on_disk(tmp_path, job):
     phones = DoublePhones({})
+    started = phones.restores if job == "restore" else phones.erases
     (tmp_path / "state").mkdir()
     other = sqlite3.connect(tmp_path / "state" / "records.sqlite3", isolation_level=None)
-    async with records_station(phones, tmp_path / "state") as station:
+    async with records_station(phones, tmp_path / "state", RestoreSection(mode="line", job=job)) as station:
         other.execute("BEGIN IMMEDIATE")  # another writer holds the database: nothing commits
         plug(station, 1, "p1")
         await until(lambda: station.ports[1].state is State.QUEUED)
         await asyncio.sleep(0.3)
-        assert phones.restores == []
+        assert started == []
         other.execute("ROLLBACK")
         await until(lambda: station.ports[1].state is State.DONE)
-        assert phones.restores == ["p1"]
+        assert started == ["p1"]
     other.close()
 
 
@@ -399,23 +403,6 @@ async def test_an_erase_job_erases_a_clear_phone_and_restores_one_that_cannot_er
     assert erased["firmware"]["build"] is None and erased["firmware"]["sha256"] is None
     assert issued["DFU"]["sanitization"]["job"] == "restore"
     assert "restore" in issued["DFU"]["sanitization"]["method_detail"]
-
-
-async def test_an_erase_starts_only_once_its_session_is_on_disk(tmp_path):
-    phones = DoublePhones({})
-    (tmp_path / "state").mkdir()
-    other = sqlite3.connect(tmp_path / "state" / "records.sqlite3", isolation_level=None)
-    restore = RestoreSection(mode="line", job="erase")
-    async with records_station(phones, tmp_path / "state", restore) as station:
-        other.execute("BEGIN IMMEDIATE")  # another writer holds the database: nothing commits
-        plug(station, 1, "p1")
-        await until(lambda: station.ports[1].state is State.QUEUED)
-        await asyncio.sleep(0.3)
-        assert phones.erases == []
-        other.execute("ROLLBACK")
-        await until(lambda: station.ports[1].state is State.DONE)
-        assert phones.erases == ["p1"]
-    other.close()
 
 
 async def test_an_erase_that_hangs_times_out_like_a_restore():
