@@ -116,15 +116,10 @@ def _since(text: str) -> str:
 @contextmanager
 def _records(config: Config) -> Iterator[sqlite3.Connection]:
     try:
-        conn = db.open_existing(config.station.state_dir)
+        with db.reading(config.station.state_dir) as conn:
+            yield conn
     except RecordsUnavailable as error:
         raise OperationFailed(str(error)) from None
-    try:
-        yield conn
-    except sqlite3.Error as error:
-        raise OperationFailed(f"{db.path_in(config.station.state_dir)}: {error}") from None
-    finally:
-        conn.close()
 
 
 @contextmanager

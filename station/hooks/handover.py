@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 from station.records import db
@@ -25,51 +24,36 @@ def record_of(state_dir: Path, slot: int, at: str, state: str) -> int | None:
     """The id of the session on ``slot`` whose transition into ``state`` at ``at`` (stored time
     text) is committed; None while it is not (or the records cannot be read)."""
     try:
-        conn = db.open_existing(state_dir)
+        with db.reading(state_dir) as conn:
+            # Sessions on a slot never overlap: the newest one started by then is the phone's.
+            row = conn.execute("SELECT id FROM sessions WHERE slot = ? AND started_at <= ? "
+                               "ORDER BY started_at DESC, id DESC LIMIT 1", (slot, at)).fetchone()
+            if row is None:
+                return None
+            held = conn.execute("SELECT 1 FROM transitions WHERE session_id = ? AND at = ? AND to_state = ?",
+                                (row["id"], at, state)).fetchone()
     except RecordsUnavailable:
         return None
-    try:
-        # Sessions on a slot never overlap: the newest one started by then is the phone's.
-        row = conn.execute("SELECT id FROM sessions WHERE slot = ? AND started_at <= ? "
-                           "ORDER BY started_at DESC, id DESC LIMIT 1", (slot, at)).fetchone()
-        if row is None:
-            return None
-        held = conn.execute("SELECT 1 FROM transitions WHERE session_id = ? AND at = ? AND to_state = ?",
-                            (row["id"], at, state)).fetchone()
-        return int(row["id"]) if held else None
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
+    return int(row["id"]) if held else None
 
 
 def ios_after(state_dir: Path, record_id: int) -> str:
     """The iOS the record says the phone runs now it is done ("" when it does not say)."""
     try:
-        conn = db.open_existing(state_dir)
+        with db.reading(state_dir) as conn:
+            row = conn.execute("SELECT ios_after FROM sessions WHERE id = ?", (record_id,)).fetchone()
     except RecordsUnavailable:
         return ""
-    try:
-        row = conn.execute("SELECT ios_after FROM sessions WHERE id = ?", (record_id,)).fetchone()
-    except sqlite3.Error:
-        return ""
-    finally:
-        conn.close()
     return (row["ios_after"] or "") if row is not None else ""
 
 
 def write_certificate(state_dir: Path, record_id: int) -> Path | None:
     """The record's certificate as a private file; None when it has none."""
     try:
-        conn = db.open_existing(state_dir)
+        with db.reading(state_dir) as conn:
+            text = db.certificate_text(conn, record_id)
     except RecordsUnavailable:
         return None
-    try:
-        text = db.certificate_text(conn, record_id)
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
     if text is None:
         return None
     folder = state_dir / CERTIFICATES_DIR

@@ -1,7 +1,6 @@
 """The models the station has had on its slots lately, from its records: what prefetch keeps ready."""
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from station.config import PRODUCT_TYPE
@@ -17,15 +16,10 @@ def models_seen(state_dir: Path, days: int, now: float) -> tuple[str, ...]:
     if days <= 0:
         return ()
     try:
-        conn = db.open_existing(state_dir)  # read-only: the station's writer is not disturbed
-    except RecordsUnavailable:
+        with db.reading(state_dir) as conn:  # read-only: the station's writer is not disturbed
+            rows = conn.execute("SELECT model, max(started_at) AS last FROM sessions WHERE started_at >= ? "
+                                "GROUP BY model ORDER BY last DESC", (db.iso(now - days * DAY_S),)).fetchall()
+    except RecordsUnavailable:  # no records yet, or no sessions table yet
         return ()
-    try:
-        rows = conn.execute("SELECT model, max(started_at) AS last FROM sessions WHERE started_at >= ? "
-                            "GROUP BY model ORDER BY last DESC", (db.iso(now - days * DAY_S),)).fetchall()
-    except sqlite3.Error:  # no sessions table yet
-        return ()
-    finally:
-        conn.close()
     # A phone in DFU that was never identified has no ProductType: nothing to prefetch for it.
     return tuple(row[0] for row in rows if PRODUCT_TYPE.fullmatch(row[0] or ""))

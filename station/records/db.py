@@ -238,6 +238,19 @@ def open_existing(state_dir: Path) -> sqlite3.Connection:
         raise RecordsUnavailable(f"records unavailable: {path}: {error}") from None
 
 
+@contextmanager
+def reading(state_dir: Path) -> Iterator[sqlite3.Connection]:
+    """``open_existing``, closed afterwards; a database that cannot be opened or read (a query
+    that fails) is RecordsUnavailable, naming the file."""
+    conn = open_existing(state_dir)
+    try:
+        yield conn
+    except sqlite3.Error as error:
+        raise RecordsUnavailable(f"{path_in(state_dir)}: {error}") from None
+    finally:
+        conn.close()
+
+
 def _reader(path: Path, mode: str) -> sqlite3.Connection:
     conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?{mode}", uri=True,
                            isolation_level=None, timeout=10.0)

@@ -47,12 +47,7 @@ def certificate_of(state_dir: Path, record_id: int) -> dict[str, Any]:
 def _reader(state_dir: Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection; whatever fails reading is ``Unreadable``."""
     try:
-        conn = db.open_existing(state_dir)
+        with db.reading(state_dir) as conn:
+            yield conn
     except RecordsUnavailable as error:
         raise Unreadable(str(error)) from None
-    try:
-        yield conn
-    except sqlite3.Error as error:
-        raise Unreadable(f"{db.path_in(state_dir)}: {error}") from None
-    finally:
-        conn.close()
