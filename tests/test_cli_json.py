@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import pty
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -52,9 +51,7 @@ EXAMPLE = Station(Path("DIR"), Path("DIR/station.toml"), Path("FILE.ipsw"), Path
 def station(tmp_path: Path) -> Station:
     """A simulated station with records (a restore with its certificate, a locked phone), an
     IPSW in its cache, and a catalog URL nobody answers (offline)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody answers there
     config = tmp_path / "station.toml"
     config.write_text(f'[station]\nstate_dir = "state"\n[hardware]\nbackend = "sim"\n[hub]\nslots = 4\n'
                       f'[ipsw]\ncache_dir = "ipsw"\ncatalog_url = "http://127.0.0.1:{port}/{{identifier}}"\n'

@@ -28,34 +28,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
+import debian
 from records import helpers
 from records.helpers import FakeClock, Phone
+from web.running import free_port
 
 from station.config import StationSection
 from station.records import chain
 from station.records.recorder import Recorder
 
 MOSQUITTO = "/usr/sbin/mosquitto"
-
-
-def _install() -> str | None:
-    """The broker's path, installed if need be; None when that cannot be done here."""
-    found = shutil.which("mosquitto") or (MOSQUITTO if Path(MOSQUITTO).exists() else None)
-    if found:
-        return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return None
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", "mosquitto"]
-    if subprocess.run(install, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update"], capture_output=True)
-        subprocess.run(install, capture_output=True)
-    return MOSQUITTO if Path(MOSQUITTO).exists() else None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -112,11 +94,11 @@ class Broker:
 
 @pytest.fixture(scope="session")
 def mosquitto_binary() -> str:
-    binary = _install()
-    if binary is None:
-        pytest.skip("the fleet tests need Debian's mosquitto, and it cannot be installed here "
-                    "(not root, or no apt-get)")
-    return binary
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    debian.ensure(("mosquitto",), (Path(MOSQUITTO),))
+    return MOSQUITTO
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ given. Its screenshots are the README's: `STATION_SCREENSHOTS=docs` keeps them t
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,30 +18,15 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+import debian
 from web.running import ROOT, TOKEN, Running
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends",
-       "chromium", "chromium-driver"]
-
-
-def _install_chromium() -> None:
-    """Debian's chromium and its driver, installed when missing (we may be root on a CI box)."""
-    if CHROMIUM.exists() and DRIVER.exists():
-        return
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip("needs Debian's chromium and chromium-driver: not installed, and apt-get "
-                    "cannot install them here (not root, or no apt-get)")
-    if subprocess.run(APT, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update"], capture_output=True)
-        result = subprocess.run(APT, capture_output=True, text=True)
-        if result.returncode != 0:
-            pytest.skip(f"apt-get could not install chromium: {result.stderr.strip()[-300:]}")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    _install_chromium()
+    debian.ensure(("chromium", "chromium-driver"), (CHROMIUM, DRIVER))
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
