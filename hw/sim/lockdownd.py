@@ -20,6 +20,7 @@ from hw.sim.framing import requests, write_plist
 from hw.sim.mobileactivation import MobileActivationd
 from hw.sim.mobilebackup2 import MobileBackup2
 from hw.sim.phone import ACTIVATED, FindMyAnswer, Mode, Pairing
+from hw.sim.tls import start_tls
 
 if TYPE_CHECKING:
     from hw.sim.device import SimDevice
@@ -83,7 +84,7 @@ class Lockdownd:
             await write_plist(writer, reply)
             then, conn.then = conn.then, None
             if then == "tls":
-                await writer.start_tls(self.device.ssl_context(conn.host_id or ""))
+                await start_tls(writer, self.device.ssl_context(conn.host_id or ""))
             elif then == "close":
                 return
             elif then == "recovery":
@@ -205,7 +206,7 @@ class Lockdownd:
         """Services started with EnableServiceSSL speak TLS from their first byte."""
 
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await writer.start_tls(self.device.ssl_context(host_id))
+            await start_tls(writer, self.device.ssl_context(host_id))
             await serve(reader, writer)
 
         return handler

@@ -11,8 +11,10 @@ from pymobiledevice3.exceptions import (
     UserDeniedPairingError,
 )
 from pymobiledevice3.lockdown import create_using_usbmux
+from pymobiledevice3.service_connection import ServiceConnection
 
 from hw.sim import Mode, Pairing
+from hw.sim.device import LOCKDOWN_PORT
 
 from .conftest import run, wait_until
 
@@ -219,3 +221,33 @@ def test_a_frame_that_is_not_a_plist_drops_only_that_connection(bench_for, make_
             return await lockdown.query_type()
 
     assert run(scenario()) == "com.apple.mobile.lockdown"
+
+
+def test_a_connection_dropped_during_the_tls_handshake_ends_quietly(bench_for, make_phone, caplog):
+    # usbmuxd stopping (or a cable pulled) right after StartSession's reply drops the connection
+    # while the phone waits for the host's ClientHello. asyncio's start_tls then returns None
+    # (cpython #105993): the phone must take that as the connection gone, not crash its daemon.
+    phone = make_phone(pairing=Pairing.AUTO_ACCEPT)
+    bench = bench_for(phone)
+
+    async def start_session_then_stop_usbmuxd():
+        async with await connect(phone, autopair=True, pair_timeout=0) as lockdown:
+            host_id, buid = lockdown.pair_record["HostID"], lockdown.system_buid
+        service = await ServiceConnection.create_using_usbmux(phone.udid, LOCKDOWN_PORT)
+        try:
+            await service.send_plist({"Label": "test", "Request": "StartSession", "HostID": host_id,
+                                      "SystemBUID": buid})
+            assert (await service.recv_plist())["EnableSessionSSL"]
+            bench.usbmuxd.stop()
+        finally:
+            await service.close()
+
+    run(start_session_then_stop_usbmuxd())
+    bench.usbmuxd.start()
+
+    async def query_type():
+        async with await connect(phone, autopair=False) as lockdown:
+            return await lockdown.query_type()
+
+    assert run(query_type()) == "com.apple.mobile.lockdown"
+    assert not [r for r in caplog.records if r.exc_info or "Unhandled" in r.getMessage()], caplog.text
