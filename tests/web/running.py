@@ -11,7 +11,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,19 @@ def write_station(folder: Path, scenario_text: str, port: int, token: str = TOKE
     scenario = folder / "scenario.toml"
     scenario.write_text(f'{scenario_text}\n[config.web]\nport = {port}\ntoken = "{token}"\n')
     return config, scenario
+
+
+@contextmanager
+def playing_demo(folder: Path) -> Iterator[Running]:
+    """The shipped demo (five phones), played at `make run`'s speed, serving its page; it stays
+    up once played, and ends cleanly."""
+    running = start_station(folder, (ROOT / "config/sim/demo.toml").read_text() + STAY_UP, speed=30)
+    try:
+        yield running
+    finally:
+        code = running.stop()
+    assert code in (0, 130), running.log()[-3000:]
+    assert "Traceback" not in running.log()
 
 
 def start_station(folder: Path, scenario_text: str, speed: float, token: str = TOKEN) -> Running:

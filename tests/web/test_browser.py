@@ -18,7 +18,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 import debian
-from web.running import ROOT, TOKEN, Running
+from web.running import ROOT, TOKEN, Running, playing_demo
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -49,12 +49,21 @@ def port_cards(browser: WebDriver) -> dict[int, dict[str, str]]:
 
 
 @pytest.fixture
+def fresh_demo(browser: WebDriver, tmp_path: Path) -> Iterator[Running]:
+    """The demo from its start, once the browser is up: the session's shared demo may have been
+    played to its end by the tests before this one, with no restore left to follow live."""
+    with playing_demo(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
 def shots(tmp_path: Path) -> Path:
     wanted = os.environ.get("STATION_SCREENSHOTS")
     return ROOT / wanted if wanted else tmp_path
 
 
-def test_the_page_follows_the_demo_and_shows_a_certificate(browser: WebDriver, demo: Running, shots: Path):
+def test_the_page_follows_the_demo_and_shows_a_certificate(browser: WebDriver, fresh_demo: Running, shots: Path):
+    demo = fresh_demo
     wait = WebDriverWait(browser, 60, poll_frequency=0.1)
     browser.get(demo.base + "/")
     wait.until(lambda b: len(port_cards(b)) == 5 and "live" == b.find_element(By.ID, "link").text)
