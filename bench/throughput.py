@@ -10,7 +10,8 @@ one 40 MB/s link (a Pi 4) and on two (a Pi 5), and prints side by side:
   restore an hour;
 - how busy each link was from its first transfer's start to its last one's end (the bytes it
   carried over what it could have carried then): the scheduler's own figure, without the fill
-  and the drain that no schedule avoids;
+  and the drain that no schedule avoids. Every phone moves the same payload, so this is also
+  phones an hour over the bus bound while the link had transfers: a line's steady state;
 - failures of an oversubscribed link ("Unable to send data to ASR", idevicerestore #604), the
   retries they cost and the phones that failed for good.
 
@@ -105,7 +106,8 @@ def main(argv: list[str]) -> int:
                       f"{result.batch_per_hour:>9.2f} {result.batch_per_hour / bound:>7.3f} "
                       f"{result.busy:>9.2f} "
                       f"{result.link_failures:>10} {result.retries:>7}", flush=True)
-            print(f"{'':>5} bus bound: {bound:.2f} phones/hour")
+            print(f"{'':>5} bus bound: {bound:.2f} phones/hour; 'link busy' is phones an hour over it while "
+                  "the links had transfers (a line's steady state)")
     return 0
 
 

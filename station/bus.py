@@ -8,8 +8,9 @@ where one phone's ASR takes about 35 of the link's 40 MB/s) and by no more: more
 the same rate, and an oversubscribed link is where real restores fail (idevicerestore #604).
 
 So a restore starts on a link while the restores still before or in their transfer are fewer
-than that, and more start early, one for each transfer that will end within the time a restore
-takes to reach its own: each arrives as another leaves. Both times are measured on this station (a
+than that, one at a time (the next once the last reached its transfer, so that transfers end
+one by one), and more start early, one for each transfer that will end within the time a
+restore takes to reach its own: each arrives as another leaves. Both times are measured on this station (a
 restore's start to its transfer; each transfer's pace), not assumed, so they hold for any
 image size, phone or time scale. The low-traffic phases after a transfer overlap freely.
 """
@@ -25,6 +26,7 @@ from station.worker import phases
 
 LEADS = 5  # the lead time is the shortest of the last few: one that came early would oversubscribe
 EARLY = 0.8  # start early only within this share of the lead: estimates that run late stay in hand
+STAGGER = 2.0  # one on its way at a time, but a restore this many leads on its way holds no one up
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,11 @@ class TransferWatch:
         leads = self._leads.get(mode)
         return min(leads) if leads else None
 
-    def wait_reason(self, link: Link, slots: Iterable[int], mode: Mode) -> str:
+    def wait_reason(self, link: Link, slots: Iterable[int], mode: Mode, now: float) -> str:
         """Why a restore of a phone in ``mode`` cannot start on ``link`` now; "" when it can.
         ``slots``: the slots behind the link."""
         lead = self.lead_s(mode)
-        before = sending = ending = 0
+        before = sending = ending = arriving = 0
         for slot in slots:
             restore = self._running.get(slot)
             if restore is None:
@@ -99,9 +101,13 @@ class TransferWatch:
                 ending += lead is not None and left is not None and left <= EARLY * lead
             elif _before_transfer(restore):
                 before += 1
+                arriving += lead is not None and now - restore.started < STAGGER * lead
         # Room by the time this restore reaches its transfer: the ones ending before then have
-        # left, the ones on the way have arrived.
-        if sending - ending + before < link.fills_with:
+        # left, the ones on the way have arrived. And one on the way at a time: restores that
+        # reach a link together end together, and the link carries nothing from their end to
+        # the next ones' arrival; staggered, a transfer still runs through each handover. One
+        # slow to get there (a phone slow to enter recovery) holds the others up for a while only.
+        if arriving == 0 and sending - ending + before < link.fills_with:
             return ""
         return f"WAIT USB: link {link.name} busy ({sending} sending, {before} on the way)"
 

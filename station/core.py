@@ -332,7 +332,7 @@ class Station:
                 return slot  # nothing to transfer
             link = self.links[self.link_of[slot]]
             reason = self.transfers.wait_reason(link, self.slots_on[link.name],
-                                                _present(self.ports[slot].device).mode)
+                                                _present(self.ports[slot].device).mode, self.clock())
             if not reason:
                 return slot
             if self.ports[slot].reason != reason:

@@ -21,13 +21,37 @@ def test_a_link_fills_with_as_many_transfers_as_it_takes_to_exceed_one_phone():
 
 def test_restores_start_until_the_link_is_filled_then_wait_and_say_why():
     watch = TransferWatch()
-    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL) == ""
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL, now=0.0) == ""
     watch.started(1, Mode.NORMAL, now=0.0)
-    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL) == ""
+    # Nothing learned yet of how long a restore takes to reach the link: no reason to hold one.
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL, now=0.0) == ""
     watch.started(2, Mode.NORMAL, now=0.0)
-    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL) == "WAIT USB: link pi4 busy (0 sending, 2 on the way)"
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL, now=0.0) == "WAIT USB: link pi4 busy (0 sending, 2 on the way)"
     # A phone behind another link is not held up by this one.
-    assert watch.wait_reason(Link("other", 40e6, 35e6), [4, 5], Mode.NORMAL) == ""
+    assert watch.wait_reason(Link("other", 40e6, 35e6), [4, 5], Mode.NORMAL, now=0.0) == ""
+
+
+def test_restores_reach_a_link_one_at_a_time():
+    watch = TransferWatch()
+    watch.started(1, Mode.NORMAL, now=0.0)
+    watch.progress(1, phases.RESTORE_IMAGE, sending(0.0), now=50.0)  # 50 s to reach the link
+    watch.ended(1)
+    watch.started(2, Mode.NORMAL, now=60.0)
+    # Two on their way together would reach the link together and end together, and the link
+    # would carry nothing from their end to the next ones' arrival: the third waits.
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL, now=70.0) == "WAIT USB: link pi4 busy (0 sending, 1 on the way)"
+    watch.progress(2, phases.RESTORE_IMAGE, sending(0.0), now=110.0)
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL, now=110.0) == ""
+
+
+def test_a_restore_slow_to_reach_the_link_holds_the_others_up_for_a_while_only():
+    watch = TransferWatch()
+    watch.started(1, Mode.NORMAL, now=0.0)
+    watch.progress(1, phases.RESTORE_IMAGE, sending(0.0), now=50.0)
+    watch.ended(1)
+    watch.started(2, Mode.NORMAL, now=100.0)  # a phone slow to enter recovery
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL, now=150.0).startswith("WAIT USB")
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL, now=201.0) == ""
 
 
 def test_the_low_traffic_phases_after_a_transfer_do_not_hold_the_link():
@@ -35,7 +59,7 @@ def test_the_low_traffic_phases_after_a_transfer_do_not_hold_the_link():
     for slot in (1, 2):
         watch.started(slot, Mode.NORMAL, now=0.0)
         watch.progress(slot, phases.VERIFY_RESTORE, 10.0, now=300.0)
-    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL) == ""
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL, now=300.0) == ""
 
 
 def test_one_more_starts_when_a_transfer_ends_within_the_time_a_restore_takes_to_reach_its_own():
@@ -47,17 +71,17 @@ def test_one_more_starts_when_a_transfer_ends_within_the_time_a_restore_takes_to
     assert watch.lead_s(Mode.NORMAL) == 50.0
     watch.progress(1, phases.RESTORE_IMAGE, sending(50.0), now=250.0)  # 0.25 %/s: 200 s left
     watch.progress(2, phases.RESTORE_IMAGE, sending(40.0), now=250.0)
-    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL).startswith("WAIT USB")
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL, now=250.0).startswith("WAIT USB")
     watch.progress(1, phases.RESTORE_IMAGE, sending(92.0), now=418.0)  # 32 s left: within the lead
-    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL) == ""
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL, now=418.0) == ""
     # Only one: the next waits until that one reached the link too.
     watch.started(3, Mode.NORMAL, now=410.0)
-    assert watch.wait_reason(PI4, [1, 2, 3, 4], Mode.NORMAL).startswith("WAIT USB")
+    assert watch.wait_reason(PI4, [1, 2, 3, 4], Mode.NORMAL, now=418.0).startswith("WAIT USB")
     # It reached the link while the first is still sending (later than its pace said): the
     # second is not about to end, so no one else starts yet.
     watch.progress(3, phases.RESTORE_IMAGE, sending(0.0), now=455.0)
     watch.progress(1, phases.RESTORE_IMAGE, sending(99.0), now=455.0)
-    assert watch.wait_reason(PI4, [1, 2, 3, 4], Mode.NORMAL).startswith("WAIT USB")
+    assert watch.wait_reason(PI4, [1, 2, 3, 4], Mode.NORMAL, now=455.0).startswith("WAIT USB")
 
 
 def test_a_phone_from_dfu_is_judged_by_what_dfu_restores_took():

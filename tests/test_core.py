@@ -129,8 +129,8 @@ async def test_an_exception_on_one_port_fails_that_port_only():
 
 
 async def test_restores_are_bounded_and_queued():
-    phones = DoublePhones({}, restore_s=0.1)
-    station = make_station(phones, mode="line", max_parallel_restores=2)
+    phones = DoublePhones({}, restore_s=0.1)  # reports no phases: the USB link's schedule is not at stake
+    station = make_station(phones, mode="line", max_parallel_restores=2, schedule="fixed")
     for slot in range(1, 6):
         plug(station, slot, f"p{slot}")
     await settle(station)
@@ -227,7 +227,7 @@ async def test_a_restore_waits_for_memory_and_says_so(monkeypatch):
     mib = 1024 * 1024
     phones = DoublePhones({}, restore_s=0.3)
     station = Station(Config(restore=replace(RestoreSection(), mode="line", max_parallel_restores=2,
-                                             memory_per_restore_mb=1000)),
+                                             memory_per_restore_mb=1000, schedule="fixed")),
                       phones, clock=asyncio.get_running_loop().time, free_memory=lambda: 1500 * mib)
     waits = []
     dispatch = station.dispatch
