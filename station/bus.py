@@ -10,9 +10,10 @@ the same rate, and an oversubscribed link is where real restores fail (idevicere
 So a restore starts on a link while the restores still before or in their transfer are fewer
 than that, one at a time (the next once the last reached its transfer, so that transfers end
 one by one), and more start early, one for each transfer that will end within the time a
-restore takes to reach its own: each arrives as another leaves. Both times are measured on this station (a
-restore's start to its transfer; each transfer's pace), not assumed, so they hold for any
-image size, phone or time scale. The low-traffic phases after a transfer overlap freely.
+restore takes to reach its own: each arrives as another leaves. Both times are measured on
+this station (a restore's start to its transfer; each transfer's pace), not assumed, so they
+hold for any image size, phone or time scale. The low-traffic phases after a transfer overlap
+freely.
 """
 from __future__ import annotations
 
