@@ -257,7 +257,11 @@ def usbmuxd_restarted(hil: Hil) -> str:
         # What usbmuxd said after its restart: whether its preflight of each phone ended, and how
         # (docs/real-stack.md items 12 and 13).
         said = hil.console.run(f"journalctl -u usbmuxd --since '{since.strip()}' -o cat | tail -n 20")
-        raise Failed(f"phones changed state when usbmuxd restarted: {moved}; usbmuxd after the restart:\n{said}")
+        # And the phones' side of it: how their TLS sessions with usbmuxd ended (docs/real-stack.md item 14).
+        phones = hil.console.run(f"journalctl -u hil-gadget --since '{since.strip()}' -o cat "
+                                 "| grep -iE 'ssl|tls|connection ended' | tail -n 20 || true")
+        raise Failed(f"phones changed state when usbmuxd restarted: {moved}; usbmuxd after the restart:\n{said}\n"
+                     f"the gadget phones after the restart:\n{phones}")
     for serial in serials:  # the same record still the latest: the restart opened none
         hil.record(serial, id=latest[serial], state="needs_confirm", outcome=None)
     lost = hil.console.run("journalctl -b -u station -o cat | grep -c 'usbmuxd connection lost' || true")
