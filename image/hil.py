@@ -316,7 +316,13 @@ def a_phone_restored_through_its_boot_modes(hil: Hil) -> str:
         lines = hil.until("HILRESTOR008", "DONE", 600)
     except Failed as error:
         hidden = hil.console.run("journalctl -b -u usbmuxd -o cat | grep -c 'lockdown error -8' || true")
-        raise Failed(f"{error}; usbmuxd's preflight failed {hidden.strip()} time(s) (docs/real-stack.md)") from None
+        # Where each attempt stopped, and what usbmuxd and the kernel saw of the phone meanwhile.
+        station = hil.console.run(f"journalctl -u station --since '{since.strip()}' -o cat "
+                                  "| grep -vE 'lgd-nfy' | grep -iE 'slot ?7|worker|restore|usb' | tail -n 40")
+        usbmuxd = hil.console.run(f"journalctl -u usbmuxd --since '{since.strip()}' -o cat | tail -n 30")
+        kernel = hil.console.run(f"journalctl -k -o cat --since '{since.strip()}' | grep -F 'usb {bus}' | tail -n 20")
+        raise Failed(f"{error}; usbmuxd's preflight failed {hidden.strip()} time(s) (docs/real-stack.md)\n"
+                     f"the station:\n{station}\nusbmuxd:\n{usbmuxd}\nthe kernel on {bus}:\n{kernel}") from None
     if any("-> EMPTY" in line for line in lines):
         raise Failed(f"the slot let go of the phone during its restore: {lines}")
     numbers = hil.kernel_devices(bus, since)
