@@ -18,8 +18,10 @@ run: install
 
 # Three test processes, each taking whole files: most tests wait on simulated phones and
 # stations in real time, so three share two cores well (13.5 min in one process, 6 in three).
+# Tests that compare timings measured one after the other run alone afterwards (marker serial).
 test: install
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile -m 'not serial'
+	$(BIN)/python -m pytest -q -m serial
 
 bench: install
 	$(BIN)/python -m bench

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pymobiledevice3.common
@@ -49,6 +50,16 @@ def pmd3_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(pymobiledevice3.common, "_HOMEFOLDER", home)
     return home
+
+
+@pytest.fixture(autouse=True)
+def umask_kept() -> Iterator[None]:
+    """A station run in the test's process sets the process's umask to its own (077) for good:
+    each test gets back the one it started with, whatever ran before it in that process."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.umask(mask)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -5,6 +5,8 @@ import asyncio
 import statistics
 import time
 
+import pytest
+
 from station.records import db
 from station.records.recorder import Recorder
 
@@ -62,6 +64,7 @@ def p99(lags: list[float]) -> float:
     return statistics.quantiles(lags, n=100)[98]
 
 
+@pytest.mark.serial  # the two runs it compares must see the same load: none from other tests
 def test_loop_lag_while_writing(station):
     with Recorder(station) as recorder:
         lags, seconds = asyncio.run(run(recorder, 1500))

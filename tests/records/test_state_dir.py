@@ -50,15 +50,16 @@ def loose(path: Path) -> list[str]:
 
 
 def test_a_run_makes_the_state_dir_private_and_keeps_it_so(config_file, station, tmp_path, capsys, caplog):
-    old_pair_record = station.state_dir / "pymobiledevice3-home" / "pymobiledevice3" / "old.plist"
-    old_pair_record.parent.mkdir(parents=True)
-    old_pair_record.write_text("host private key")
-    old_pair_record.chmod(0o644)
-    station.state_dir.chmod(0o755)
-    scenario = tmp_path / "locked.toml"
-    scenario.write_text(ONE_LOCKED_PHONE)
+    # An operator's umask (022), whatever the test process has: a station run in it sets its own.
     mask = os.umask(0o022)
     try:
+        old_pair_record = station.state_dir / "pymobiledevice3-home" / "pymobiledevice3" / "old.plist"
+        old_pair_record.parent.mkdir(parents=True)  # two folders others can read, as the file
+        old_pair_record.write_text("host private key")
+        old_pair_record.chmod(0o644)
+        station.state_dir.chmod(0o755)
+        scenario = tmp_path / "locked.toml"
+        scenario.write_text(ONE_LOCKED_PHONE)
         code = station_cli.main(["run", "--config", str(config_file), "--sim", str(scenario), "--speed", "30"])
     finally:
         os.umask(mask)
