@@ -17,7 +17,7 @@ run: install
 	$(BIN)/station run --config config/station-sim.toml --sim config/sim/demo.toml --speed 30 --web
 
 # Three test processes, each taking whole files: most tests wait on simulated phones and
-# stations in real time, so three share two cores well (13.5 min in one process, 6 in three).
+# stations in real time, so three share two cores well (13.5 min in one process, 6.5 in three).
 # Tests that compare timings measured one after the other run alone afterwards (marker serial).
 test: install
 	$(BIN)/python -m pytest -q -n 3 --dist loadfile -m 'not serial'
