@@ -70,16 +70,18 @@ def test_the_page_follows_the_demo_and_shows_a_certificate(browser: WebDriver, f
 
     # Live: one restore's percentage, seen rising on the page itself (no reload). Two readings
     # are enough: the simulated image is small, so a restore shows few percentages.
-    seen: dict[int, set[str]] = {}
+    seen: dict[int, list[int]] = {}  # each restoring slot's percentages, in the order the page showed them
     deadline = time.monotonic() + 60
-    while not any(len(labels) >= 2 for labels in seen.values()):
+    while not any(len(percents) >= 2 for percents in seen.values()):
         assert time.monotonic() < deadline, f"no restore seen progressing: {seen}"
         for slot, card in port_cards(browser).items():
             if card["state"] == "restoring" and card["label"].endswith("%"):
-                seen.setdefault(slot, set()).add(card["label"])
+                shown = seen.setdefault(slot, [])
+                if not shown or shown[-1] != int(card["label"][:-1]):
+                    shown.append(int(card["label"][:-1]))
         time.sleep(0.1)
-    rising = next(sorted(int(label[:-1]) for label in labels) for labels in seen.values() if len(labels) >= 2)
-    assert rising[0] < rising[-1]
+    rising = next(percents for percents in seen.values() if len(percents) >= 2)
+    assert rising == sorted(rising), f"a restore's percentage went back on the page: {seen}"
     # Without the token: the models and states, never a serial.
     text = browser.find_element(By.ID, "ports").text
     assert "iPhone 14" in text and "F2LXQ0J1N7KC" not in text
