@@ -115,13 +115,12 @@ def play(folder: Path, text: str, speed: float) -> tuple[str, str, CpuWatch, Sam
     return out, err, cpu, workers, time.perf_counter() - started
 
 
-def unaccounted(stdout: str, stderr: str, phones: int) -> bool:
+def unaccounted(done: int, stderr: str, phones: int) -> bool:
     """Print why phones were not restored; True if any was not restored for another reason than
     a lock check that failed closed (held for a person: the station working as it should)."""
     held = re.findall(r"CHECKING_LOCK -> NEEDS_CONFIRM \((.*)\)", stderr)
     for reason in sorted(set(held)):
         print(f"         {held.count(reason)} held for a person: {reason}")
-    done = sum(": DONE" in line for line in stdout.splitlines())
     return done + len(held) != phones
 
 
@@ -150,7 +149,7 @@ def main(argv: list[str]) -> int:
             more = (cpu.seconds - first[1]) / (done - first[0]) if done > first[0] else float("nan")
             print(f"{phones:>6} {done:>4} {wall:>7.1f} {lag(err)} {cpu.seconds:>6.1f} {more:>12.3f} "
                   f"{cpu.peak_rss_kb / 1024:>7.0f} {max(added, default=0) / 1024:>11.1f}", flush=True)
-            status |= unaccounted(out, err, phones)
+            status |= unaccounted(done, err, phones)
         phones = max(args.phones)
         out, err, cpu, workers, wall = play(Path(tmp) / "pace", scenario(phones, gap_s=PLUG_GAP_S * PACE_SPEED),
                                             PACE_SPEED)
@@ -158,7 +157,7 @@ def main(argv: list[str]) -> int:
         print(f"the same {phones} phones plugged {PLUG_GAP_S:g} s apart in real time, played at {PACE_SPEED:g}x "
               f"(restores overlap as above):")
         print(f"{phones:>6} {done:>4} {wall:>7.1f} {lag(err)} {cpu.seconds:>6.1f}", flush=True)
-        status |= unaccounted(out, err, phones)
+        status |= unaccounted(done, err, phones)
         print(f"idle, {IDLE_S} s each at 1x:")
         for label, text in (("7 empty ports", scenario(0, idle_s=IDLE_S)),
                             ("7 idle phones", scenario(7, engine_phones=False, idle_s=IDLE_S))):
