@@ -440,19 +440,30 @@ async def worst_lag_while(run) -> tuple[float, object]:
 
     sampler = asyncio.create_task(sample())
     try:
-        return worst, await run
+        result = await run
     finally:
         sampler.cancel()
+    return worst, result
 
 
-async def test_a_hook_printing_megabytes_keeps_only_its_last_lines_and_the_loop_runs_on(tmp_path):
+async def loud_and_quiet_lags() -> tuple[float, float, process.Finished]:
+    """The loop's worst lag while the loud hook ran, and while a quiet one as long ran after it."""
     began = time.monotonic()
     loud_lag, result = await worst_lag_while(process.run([sys.executable, "-c", LOUD], {}, timeout_s=60))
     took = time.monotonic() - began
+    quiet_lag, _ = await worst_lag_while(process.run([sys.executable, "-c", QUIET, str(took)], {}, timeout_s=60))
+    return loud_lag, quiet_lag, result
+
+
+async def test_a_hook_printing_megabytes_keeps_only_its_last_lines_and_the_loop_runs_on(tmp_path):
+    loud_lag, quiet_lag, result = await loud_and_quiet_lags()
     assert result.ok and result.status.startswith("exit 0 after ")
     assert len(result.output.encode()) == process.TAIL_BYTES
     assert result.output.endswith("x\nthe last line\n")
-    quiet_lag, _ = await worst_lag_while(process.run([sys.executable, "-c", QUIET, str(took)], {}, timeout_s=60))
+    if loud_lag >= max(0.05, 3 * quiet_lag):
+        # Once more before failing: a loop held by the output is held every time, while a machine
+        # running other test processes can hold this one for a moment at any time.
+        loud_lag, quiet_lag, _ = await loud_and_quiet_lags()
     assert loud_lag < max(0.05, 3 * quiet_lag), \
         f"the hook's output held the loop up {loud_lag * 1000:.0f} ms (a quiet hook: {quiet_lag * 1000:.0f} ms)"
 
