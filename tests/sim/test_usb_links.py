@@ -21,10 +21,11 @@ async def transfer(link: SimLink, size: float, piece: float) -> tuple[float, str
 
 async def test_one_transfer_takes_what_one_phone_takes_and_two_share_the_link():
     link = SimLink("pi4", rate=40 * MB, flow_rate=35 * MB)
+    # Never faster than the rate allows; a busy machine's late timers may only make it slower.
     alone, _ = await transfer(link, 7 * MB, 1 * MB)
-    assert abs(alone - 0.2) < 0.03  # 7 MB at 35 MB/s: the phone's own ceiling, not the link's
+    assert 0.19 < alone < 0.3  # 7 MB at 35 MB/s: the phone's own ceiling, not the link's
     both = await asyncio.gather(transfer(link, 8 * MB, 1 * MB), transfer(link, 8 * MB, 1 * MB))
-    assert all(abs(seconds - 0.4) < 0.05 for seconds, _ in both)  # 16 MB through 40 MB/s
+    assert all(0.39 < seconds < 0.55 for seconds, _ in both)  # 16 MB through 40 MB/s
     assert link.stats.peak_transfers == 2 and link.stats.failures == 0
 
 
