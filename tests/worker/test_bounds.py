@@ -75,7 +75,7 @@ def test_dfu_upload_gives_up_when_the_phone_stays_busy(bench_with, monkeypatch):
     with pytest.raises(WorkerFailure) as caught:
         ends_within(5, lambda: device.send_buffer(b"iBSS" * 1000))  # pmd3 polls GETSTATUS until state 5
 
-    assert time.monotonic() - started < 0.5 + POLL + 0.5
+    assert time.monotonic() - started < 0.5 + POLL + 2  # slack for a busy machine
     assert BusyDfuPhone.statuses >= 2
     failed = caught.value.failed
     assert (failed.kind, failed.retryable) == (Kind.USB, True)
@@ -100,7 +100,7 @@ async def test_pairing_on_the_way_to_recovery_gives_up(bench_with, manifest_ipsw
     with pytest.raises(WorkerFailure) as caught:
         await asyncio.wait_for(restore.recovery.boot_ramdisk(), 5)
 
-    assert time.monotonic() - started < 0.5 + POLL + 0.5
+    assert time.monotonic() - started < 0.5 + POLL + 2  # slack for a busy machine
     assert phone.requests().count("Pair") >= 2  # pymobiledevice3's own dialog loop ran
     failed = caught.value.failed
     assert (failed.kind, failed.retryable) == (Kind.TIMEOUT, True)
@@ -128,7 +128,7 @@ async def test_waiting_for_restore_mode_gives_up(bench_with, manifest_ipsw, make
     with pytest.raises(WorkerFailure) as caught:
         await asyncio.wait_for(restore.restore_device(), 5)
 
-    assert time.monotonic() - started < 0.5 + 0.5
+    assert time.monotonic() - started < 0.5 + 2  # slack for a busy machine
     failed = caught.value.failed
     assert (failed.kind, failed.retryable) == (Kind.USB, True)
     assert failed.reason == "phone did not come back in restore mode within 0.5 s (usbmuxd does not list it)"

