@@ -20,8 +20,8 @@ import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hw.ipsw_archive import open_member
 from station.ipsw.digest import file_digests
-from station.ipsw.reader import open_member
 
 CHUNK = 128 * 1024  # the restore's ASR chunk size
 SHARED_MANIFEST = (Path(__file__).resolve().parents[2] / "shared" / "data" / "buildmanifests" /
@@ -31,7 +31,7 @@ OS_MEMBER = "bench-os.dmg"
 # Run in a fresh interpreter so the figure is the reader's, not this benchmark's.
 RSS_PROBE = """
 import resource, sys
-from station.ipsw.reader import open_member
+from hw.ipsw_archive import open_member
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with open_member(sys.argv[1], sys.argv[2]) as member:
     while member.read(131072):

@@ -36,15 +36,15 @@ from pymobiledevice3.restore.restored_client import RestoredClient
 from pymobiledevice3.restore.tss import TSSResponse
 from pymobiledevice3.service_connection import build_plist
 
-from station.worker import bars, real
-from station.worker.reporter import Reporter
+from hw.worker import bars, real
+from hw.worker.reporter import Reporter
 
 # Default sizes, in bytes, each from a public restore log or the project's own figure:
 RAMDISK = 148_908_387  # "Sending RestoreRamDisk (148908387 bytes)": idevicerestore issue #675 (iOS 18, d64ap)
 KERNELCACHE = 17_946_256  # "Sending RestoreKernelCache (17946256 bytes)": same log
 SEP = 6_976_095  # "Sending RestoreSEP (6976095 bytes)": same log
 SYSTEM_CRYPTEX = 1_677_721_600  # "Sending Cryptex1,SystemOS now (1677721600 bytes)": idevicerestore issue #736
-OS_IMAGE = 8_700_000_000  # station.worker.request.SimParams.image_bytes (the project's iOS 18 figure, not measured)
+OS_IMAGE = 8_700_000_000  # hw.worker.request.SimParams.image_bytes (the project's iOS 18 figure, not measured)
 
 PATHS = {"RestoreRamDisk": "ramdisk.dmg", "RestoreKernelCache": "kernelcache.release", "RestoreSEP": "sep.im4p",
          "Cryptex1,SystemOS": "system-cryptex.dmg.aea", "OS": "os.dmg"}

@@ -185,7 +185,7 @@ class Watch:
         status = _status(self.pid)
         if status is None:
             return None
-        servers = [pid for pid in tree.get(self.pid, ()) if "station.worker.server" in _cmdline(pid)]
+        servers = [pid for pid in tree.get(self.pid, ()) if "hw.worker.server" in _cmdline(pid)]
         for pid in tree.get(self.pid, ()):
             if pid not in servers:
                 self.others.setdefault(pid, []).append(_comm(pid))

@@ -25,7 +25,7 @@ from luma.core.device import dummy
 from luma.core.error import Error as LumaError
 from PIL import Image
 
-from station.config import DisplaySection
+from hw.settings import DisplaySection
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from gpiozero import Button, CompositeDevice, GPIOZeroError, LEDBoard
 from gpiozero.exc import PinFactoryFallback
 from gpiozero.pins.mock import MockFactory
 
-from station.config import ButtonsSection, LedsSection
+from hw.settings import ButtonsSection, LedsSection
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ iBoot-over-pyusb and Apple's activation server; the station then finds,
 identifies and lock-checks them with the same pymobiledevice3 and pyusb code
 it uses on a Pi. Restores run in worker processes with one of two engines:
 
-* ``real`` (``[scenario] engine = "real"``): station/worker/real.py with
+* ``real`` (``[scenario] engine = "real"``): hw/worker/real.py with
   pymobiledevice3's ``Restore``, exactly as on a Pi, against the simulated phone:
   its iBoot over the simulated USB bus (reached from the worker through
   ``hw.sim.usb_remote``), restored, ASR and FDR over the simulated usbmuxd, and
@@ -20,7 +20,7 @@ when it fails it stays where the restore left it.
 
 A timed restore fails as a real one does when the world takes away what its phase needs
 (the worker is stopped, and the restore fails retryably with the reason the real worker's
-classification gives, station/worker/classify.py):
+classification gives, hw/worker/classify.py):
 * its phone leaves the bus (a pulled cable): "USB connection lost";
 * usbmuxd stops while the restore talks to the phone through it (lockdownd's EnterRecovery,
   and restored from prepare_disk to reboot; iBoot in recovery is reached over libusb, not
@@ -33,7 +33,7 @@ A scenario phone's ``fault_at`` strikes one of these (or kills the worker, or ha
 its restore reaches a given phase and percent (station/scenario.py).
 
 A phone running iOS is restored only over a paired lockdown session, as the real
-worker does first (station/worker/real.py ``_connect``): a real phone goes to
+worker does first (hw/worker/real.py ``_connect``): a real phone goes to
 recovery only for a host it trusts (lockdownd wants a paired session for
 EnterRecovery from iOS 14.5, idevicerestore commit 6d3b6bb), so a simulated
 phone that refuses trust is not restored either.
@@ -54,6 +54,7 @@ from typing import Any
 from pymobiledevice3.exceptions import (PairingDialogResponsePendingError, PairingError,
                                         PasswordRequiredError)
 
+from hw.clock import Clock
 from hw.iphone import layer, lockdown_ops
 from hw.iphone.layer import UsbPhoneLayer
 from hw.iphone.restore import WorkerSetup, restore_in_worker
@@ -64,16 +65,15 @@ from hw.phones import (Device, LayerFault, PhoneEvent, RestoreError, RestoreProg
                        TrustRequest)
 from hw.sim import Pairing, SimPhone, SimulatedBench, phone_named, point_activation_at
 from hw.sim import Mode as SimMode
-from hw.sim.phone import FindMyAnswer
 from hw.sim.firmware import SIM_BUILD, os_image_of
+from hw.sim.phone import FindMyAnswer
 from hw.sim.tss_server import TssServer
 from hw.sim.usb_links import SimLink, SimLinks
 from hw.sim.world import SimWorld
-from station.clock import Clock
+from hw.worker import InjectedFailure, Kind, SimParams
+from hw.worker import phases
 from station.config import Config
 from station.scenario import HELLO, PhaseFault, Scenario, ScenarioInfo, ScenarioPhone
-from station.worker import InjectedFailure, Kind, SimParams
-from station.worker import phases
 
 log = logging.getLogger(__name__)
 

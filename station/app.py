@@ -11,28 +11,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hw.backends import BACKENDS
-from hw.phones import Device
+from hw.clock import Clock
 from hw.display import RecentLines, Redrawer, TerminalView
+from hw.phones import Device
 from station import keys, overrides
-from station.clock import Clock
+from station.cli import CommandError
 from station.config import Config
 from station.core import Station
 from station.firmware import IpswFirmware
+from station.fleet.publisher import FleetPublisher
 from station.hooks import Hooks
 from station.ipsw.cache import IpswCache
 from station.ipsw.seen import models_seen
 from station.ipsw.synthetic import provision
 from station.ipsw.upkeep import Upkeep
-from station.fleet.publisher import FleetPublisher
 from station.lag import LagMonitor
+from station.machine import WORKING, Port, State
 from station.records.recorder import Recorder
 from station.records.statedir import (PRIVATE_UMASK, RecordsUnavailable, StationBusy, lock,
                                       prepare, secure)
-from station.cli import CommandError
-from station.machine import WORKING, Port, State
 from station.scenario import Scenario
-from station.snapshot import Screen, Snapshot
 from station.shutdown import GracefulStop
+from station.snapshot import Screen, Snapshot
 from station.systemd import Notifier
 from station.ui.render import render
 

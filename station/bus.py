@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hw.phones import Mode
-from station.worker import phases
+from hw.worker import phases
 
 LEADS = 5  # the lead time is the shortest of the last few: one that came early would oversubscribe
 EARLY = 0.8  # start early only within this share of the lead: estimates that run late stay in hand

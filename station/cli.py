@@ -27,7 +27,8 @@ from typing import Any, NoReturn
 
 import shtab
 
-from station import logsetup, overrides
+from hw import logsetup
+from station import overrides
 from station.config import ConfigError, find_config
 from station.records.certificate import tool_version
 

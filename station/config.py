@@ -26,6 +26,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Any, Literal, get_args, get_origin
 
+from hw.settings import ButtonsSection, DisplaySection, LedsSection, bounded
+
 # The default config, inside the package so that a wheel installed anywhere runs with it
 # (the checkout's config/station.toml links to it; `station install-service` copies it to /etc).
 PACKAGED_CONFIG = Path(__file__).resolve().parent / "system" / "station.toml"
@@ -39,10 +41,6 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return f"{self.prefix}: {self.args[0]}"
-
-
-def bounded(low: float, high: float) -> dict[str, Any]:
-    return {"bounds": (low, high)}
 
 
 @dataclass(frozen=True)
@@ -64,31 +62,6 @@ class StationSection:
 @dataclass(frozen=True)
 class HardwareSection:
     backend: Literal["pi", "sim"] = "pi"
-
-
-@dataclass(frozen=True)
-class DisplaySection:
-    driver: Literal["ssd1306", "sh1106"] = "ssd1306"
-    i2c_port: int = field(default=1, metadata=bounded(0, 31))
-    i2c_address: int = field(default=0x3C, metadata=bounded(0x03, 0x77))
-    rotate: Literal[0, 2] = 0  # half turns only: a quarter turn would stand 128x64 on end
-    min_redraw_s: float = field(default=0.2, metadata=bounded(0.02, 5.0))
-    frames_dir: Path | None = None
-
-
-@dataclass(frozen=True)
-class ButtonsSection:
-    select_pin: int = field(default=17, metadata=bounded(0, 27))
-    ok_pin: int = field(default=27, metadata=bounded(0, 27))
-    back_pin: int = field(default=22, metadata=bounded(0, 27))
-    bounce_s: float = field(default=0.03, metadata=bounded(0.0, 1.0))
-    hold_s: float = field(default=1.5, metadata=bounded(0.3, 10.0))
-
-
-@dataclass(frozen=True)
-class LedsSection:
-    # One BCM pin per slot, in slot order; an empty list means no LEDs.
-    pins: tuple[int, ...] = ()
 
 
 BCM_PINS = (0, 27)  # the GPIO numbers on a Raspberry Pi's 40-pin header

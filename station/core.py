@@ -16,19 +16,19 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-import hw.phones
 from hw.memory import available_bytes
+import hw.phones
 from hw.phones import (Device, LayerFault, LockCheck, PhoneArrived, PhoneError, PhoneEvent, PhoneLayer,
                        PhoneLeft, RestoreError, RestoreProgress, RestoreReport, TrustRequest)
+from hw.worker.phases import MEMORY_HEAVY
 from station import machine, navigation
 from station.bus import Link, TransferWatch
 from station.config import Config
 from station.listeners import CounterSource, Listener, RecordKeeper
-from station.records import port_stats
-from station.worker.phases import MEMORY_HEAVY
 from station.machine import (Attached, ChooseJob, Detached, Effect, Event, Identified, LockCheckStarted,
                              LockResult, Policy, Port, PortFault, Progress, RestoreFailed,
                              RestoreFinished, RestoreStarted, State, TrustNeeded, Waiting)
+from station.records import port_stats
 from station.snapshot import Counters, Snapshot
 
 log = logging.getLogger("station.core")

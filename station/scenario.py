@@ -81,13 +81,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hw.sim import check_restore_fault
 from hw.phones import Mode
+from hw.sim import check_restore_fault
 from hw.sim.activation_pages import ANSWERS, GIVES_A_RECORD
 from station.config import Config, ConfigError, bounded, parse_table, read_toml, toml_value, \
     with_overrides
+from hw.worker.phases import TYPICAL_SECONDS, sequence
 from station.ipsw.models import boards_for
-from station.worker.phases import TYPICAL_SECONDS, sequence
 
 PHASES = tuple(TYPICAL_SECONDS)
 ActivationAnswerName = Literal[("auto", *ANSWERS)]  # type: ignore[valid-type]

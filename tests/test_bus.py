@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from hw.phones import Mode
+from hw.worker import phases
 from station.bus import Link, TransferWatch
-from station.worker import phases
 
 PI4 = Link("pi4", rate=40e6, phone_rate=35e6)  # two transfers fill it: one alone takes 35 of 40
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from hw.phones import Mode
-from station.worker import phases
+from hw.worker import phases
 
 from leftovers import DRIVER
 
@@ -47,8 +47,8 @@ DOWN_S = {"network-down": 150, "usbmuxd-restart": 150}
 # The policy, cell by cell. A pulled phone is a departure, never a retry (machine.py: Detached
 # empties the port and stops its work; the layer reports a failed restore only once the slot knows
 # whether its phone is still there). Every other fault here is retryable: a worker killed by a
-# signal ("restore worker died", exit code < 0: station/worker/supervisor.py), a timeout, a lost
-# usbmuxd connection (USB), Apple out of reach (NETWORK): station/worker/messages.py RETRYABLE. So
+# signal ("restore worker died", exit code < 0: hw/worker/supervisor.py), a timeout, a lost
+# usbmuxd connection (USB), Apple out of reach (NETWORK): hw/worker/messages.py RETRYABLE. So
 # with retries = 1 the second attempt restores the phone (machine.py _restore_failed: requeued
 # while attempts <= retries), and a fault struck on every attempt fails it after retries + 1.
 # A fault that does not reach the restore leaves it alone:

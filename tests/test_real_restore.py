@@ -1,6 +1,6 @@
 """pymobiledevice3's own Restore, end to end, against simulated phones (the real engine).
 
-The station's real worker (station/worker/real.py) runs pymobiledevice3's ``Restore`` in a
+The station's real worker (hw/worker/real.py) runs pymobiledevice3's ``Restore`` in a
 worker process; the simulated phone answers as a real one at each boundary: lockdownd
 (EnterRecovery), iBoot over the USB bus (reached from the worker through the bridge), the
 signing server, restored's messages, ASR and FDR. The bytes ASR received are checked against

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
+from hw.worker import server as fork_server
 from station.config import IpswSection
 from station.ipsw.cache import IpswCache
 from station.ipsw.synthetic import SIM_BUILD, provision
-from station.worker import server as fork_server
 
 SLOTS = (1, 2, 3, 4)
 SERIALS = {slot: f"F2LXQ0KILL0{slot}" for slot in SLOTS}
@@ -88,7 +88,7 @@ def fork_server_processes(work_root: Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"station.worker.server" in cmdline and str(work_root).encode() in cmdline and running(int(entry.name)):
+        if b"hw.worker.server" in cmdline and str(work_root).encode() in cmdline and running(int(entry.name)):
             found.append(int(entry.name))
     return found
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from station import systemd
 from station.machine import Port, State
 from station.snapshot import Snapshot
-from station import systemd
 from station.systemd import Notifier, status_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,10 +361,10 @@ def _glob(pattern: str) -> str:
 
 def test_log_lines_carry_syslog_priorities_only_when_stderr_is_the_journal(tmp_path, monkeypatch):
     # journald reads "<3>" as err (SyslogLevelPrefix=); it knows the stream by $JOURNAL_STREAM.
-    from station import logsetup
+    from hw import logsetup
     stream = open(tmp_path / "stderr", "w")
     status = os.fstat(stream.fileno())
-    script = ("import logging,sys; from station import logsetup; logsetup.configure('info', sys.stderr);"
+    script = ("import logging,sys; from hw import logsetup; logsetup.configure('info', sys.stderr);"
               "log = logging.getLogger('station.core'); log.error('usbmuxd: NO USBMUXD');"
               "log.warning('slow'); log.info('slot 1: EMPTY -> DETECTING'); log.debug('hidden')")
     env = {**os.environ, "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}

@@ -1,4 +1,4 @@
-"""Restores run in worker processes forked from a preloaded server (station.worker).
+"""Restores run in worker processes forked from a preloaded server (hw.worker).
 
 Both backends restore through here: the real one with pymobiledevice3's
 ``Restore``, the simulated one with the sim engine; only the request differs.
@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Iterator
 
 from hw.phones import Device, RestoreProgress, RestoreReport, TrustRequest
-from station.worker import (ForkServer, RestoreRequest, ServerConfig, SimParams, run_restore,
-                            start_fork_server, stop_fork_server)
-from station.worker.phases import overall_percent
+from hw.worker import (ForkServer, RestoreRequest, ServerConfig, SimParams, run_restore,
+                       start_fork_server, stop_fork_server)
+from hw.worker.phases import overall_percent
 
 
 @dataclass(frozen=True)

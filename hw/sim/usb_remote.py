@@ -1,6 +1,6 @@
 """The simulated USB bus, reachable from restore workers in other processes.
 
-A restore runs in a worker process of its own (station.worker), while the
+A restore runs in a worker process of its own (hw.worker), while the
 simulated phones live in the station's process (``SimWorld``). On a real station
 libusb reaches the phones through the kernel from any process; here a bridge
 does: ``UsbBridge`` serves a ``SimUsbBackend`` on a Unix socket, and

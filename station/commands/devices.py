@@ -16,11 +16,11 @@ from datetime import datetime
 from typing import Any
 
 from hw.backends import BACKENDS, UnknownBackend, backend_name
+from hw.clock import Clock
 from hw.iphone.layer import UsbPhoneLayer
 from hw.iphone.usb_scan import UsbUnavailable
 from hw.phones import Device
 from station.cli import CommandError, OperationFailed
-from station.clock import Clock
 from station.commands.output import ecid_text, phone_json, print_json
 from station.commands.run import own_state
 from station.config import Config

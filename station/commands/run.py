@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hw import logsetup
 from hw.backends import UnknownBackend, backend_name
-from station import logsetup
 from station.app import RunOptions, run_station
 from station.cli import FAILED, INTERRUPTED, OK, CommandError, positive_number
 from station.commands.output import phone_json, print_json

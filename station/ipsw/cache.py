@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hw.ipsw_archive import IpswArchive
 from station.config import IpswSection
 from station.ipsw import catalog as catalogs
 from station.ipsw import models
@@ -31,7 +32,6 @@ from station.ipsw.errors import IpswError, NoIpswError, NotSignedError, printabl
 from station.ipsw.files import fsync_dir
 from station.ipsw.lock import CacheLock, Lease, claim, in_use
 from station.ipsw.manifest import Identity, Manifest, read_manifest
-from station.ipsw.reader import IpswArchive
 from station.ipsw.record import Record
 from station.ipsw.transfer import DownloadInterrupted, Progress, checked_url, copy_file, download, is_url
 

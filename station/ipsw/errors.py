@@ -1,17 +1,9 @@
 """Errors of the IPSW cache: each str() is the one line an operator reads."""
 from __future__ import annotations
 
+from hw.ipsw_archive import IpswError, NoMember
 
-class IpswError(Exception):
-    """Bad input or a failed step; the cache is left as it was."""
-
-
-class NoMember(IpswError, KeyError):
-    """The IPSW has no such member: a KeyError too, as ``zipfile`` says it, for the readers
-    (pymobiledevice3, ipsw_parser) that treat some members as optional."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])  # not KeyError's repr() of the message
+__all__ = ["IpswError", "NoMember", "NoIpswError", "NotSignedError", "printable", "shown"]
 
 
 class NoIpswError(IpswError):

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 from xml.parsers.expat import ExpatError
 
+from hw.ipsw_archive import IpswArchive
 from station.ipsw.errors import IpswError, printable, shown
 from station.ipsw.models import Board
-from station.ipsw.reader import IpswArchive
 
 MANIFEST_MEMBER = "BuildManifest.plist"
 ERASE_VARIANT = "Customer Erase Install (IPSW)"

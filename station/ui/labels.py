@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 from hw.phones import Lock
+from hw.worker import phases
 from station.machine import Port, State, erasable
-from station.worker import phases
 
 # At most 7 characters, so a label fits an overview cell beside a two-digit slot number.
 SHORT = {
@@ -50,8 +50,8 @@ NEXT_STEP = {
 
 
 # What went wrong, first match wins: (a pattern of the full reason, the operator's words).
-# The full reasons come from station.worker.classify (a real restore), station.worker.real
-# (restored's status, the phone not coming back), station.worker.sim (injected failures), the
+# The full reasons come from hw.worker.classify (a real restore), hw.worker.real
+# (restored's status, the phone not coming back), hw.worker.sim (injected failures), the
 # station's own timeout, and the IPSW cache (NO IPSW, NOT SIGNED: already operator words).
 _WHAT: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern, re.IGNORECASE), words) for
                                                        pattern, words in (

@@ -33,10 +33,10 @@ from collections import Counter as Tally
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
 
+from hw.worker import phases
 from station.ipsw.cache import Entry
 from station.machine import Detached, Event, LockResult, Port, State
 from station.snapshot import Snapshot
-from station.worker import phases
 
 DURATION_BUCKETS = (60, 120, 300, 600, 900, 1200, 1500, 1800, 2400, 3600, 5400, 7200)
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from hw.ipsw_archive import open_member
 from station.ipsw.errors import IpswError
-from station.ipsw.reader import open_member
 
 NAME = "big.dmg"
 LINUX_MAX_IO = 0x7FFFF000  # the most one read/pread/preadv moves on Linux

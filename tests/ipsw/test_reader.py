@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from pymobiledevice3.restore.asr import ASR_PAYLOAD_CHUNK_SIZE, ASRClient
 
+from hw import ipsw_archive as reader
+from hw.ipsw_archive import IpswArchive, open_for_restore, open_member
 from station.ipsw.errors import IpswError
-from station.ipsw import reader
-from station.ipsw.reader import IpswArchive, open_for_restore, open_member
 
 from .factory import build_ipsw, os_bytes, os_member, synthetic_manifest
 

@@ -2,7 +2,7 @@
 
 A real phone running iOS goes to recovery only for a host it trusts: lockdownd wants a
 paired session for EnterRecovery from iOS 14.5 (idevicerestore commit 6d3b6bb), and the
-station's own worker pairs first on every iOS (station/worker/real.py ``_connect``). So a
+station's own worker pairs first on every iOS (hw/worker/real.py ``_connect``). So a
 simulated phone that refuses trust must not be restored either, whatever the station asks.
 """
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from hw.clock import Clock
 from hw.iphone import layer
 from hw.phones import Lock, PhoneArrived, RestoreError, TrustRequest
 from hw.sim import Mode as SimMode
 from hw.simulated import SimulatedPhones
-from station.clock import Clock
 from station.config import Config, RestoreSection, StationSection
 from station.scenario import Scenario, ScenarioInfo, ScenarioPhone
 

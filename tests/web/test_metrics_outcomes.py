@@ -10,13 +10,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hw.phones import Device, Lock, Mode
+from hw.worker import phases
 from station.ipsw.cache import Entry
 from station.ipsw.record import Record
 from station.machine import (Abort, Attached, Detached, Event, Identified, LockCheckStarted, LockResult,
                              Policy, Port, Progress, RestoreFailed, RestoreStarted, step)
 from station.snapshot import Snapshot
 from station.web.metrics import StationMetrics
-from station.worker import phases
 
 POLICY = Policy(mode="line", retries=1)
 PHONE = Device(key="udid-1", mode=Mode.NORMAL, product_type="iPhone14,7", serial="F2LXQ0J1N7KC")

@@ -19,10 +19,10 @@ from pymobiledevice3 import irecv, utils
 from pymobiledevice3.restore import asr, recovery, restore, tss
 
 from hw.sim import SimPhone, SimulatedBench
-from station.worker import bars, real
-from station.worker.launcher import ForkServer, ServerConfig
-from station.worker.messages import decode
-from station.worker.reporter import Reporter
+from hw.worker import bars, real
+from hw.worker.launcher import ForkServer, ServerConfig
+from hw.worker.messages import decode
+from hw.worker.reporter import Reporter
 
 OS_IMAGE = "078-00000-000.dmg"
 OS_IMAGE_BYTES = 8 << 20

@@ -19,8 +19,8 @@ from pymobiledevice3.restore import tss
 from pymobiledevice3.restore.tss import TSSResponse
 
 from hw.sim import Mode, Pairing, SimPhone, SimUsbBackend
-from station.worker import real
-from station.worker.messages import Kind, WorkerFailure
+from hw.worker import real
+from hw.worker.messages import Kind, WorkerFailure
 
 T = TypeVar("T")
 DFU_DNLOAD, DFU_GETSTATUS = 1, 3

@@ -5,9 +5,9 @@ import asyncio
 import subprocess
 import sys
 
-from station.worker import phases
-from station.worker.launcher import DEFAULT_PRELOAD
-from station.worker.request import RestoreRequest, SimParams
+from hw.worker import phases
+from hw.worker.launcher import DEFAULT_PRELOAD
+from hw.worker.request import RestoreRequest, SimParams
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -35,7 +35,7 @@ def spawned_interpreter_kb() -> dict[str, int]:
 
 def forked_worker_kb(fork_server, worker_pids, tmp_path) -> dict[str, int]:
     """A worker in the middle of its image phase (the engine, asyncio and the reader all in use)."""
-    from station.worker.supervisor import run_restore
+    from hw.worker.supervisor import run_restore
 
     async def scenario() -> dict[str, int]:
         reports: list = []

@@ -4,10 +4,8 @@ import os
 
 import pytest
 
-from station.worker.messages import (
-    Done, Failed, Kind, MalformedMessage, Phase, Status, Trust, decode, encode,
-)
-from station.worker.reporter import Reporter
+from hw.worker.messages import Done, Failed, Kind, MalformedMessage, Phase, Status, Trust, decode, encode
+from hw.worker.reporter import Reporter
 
 
 @pytest.mark.parametrize("message", [

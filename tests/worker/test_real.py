@@ -12,10 +12,10 @@ from pymobiledevice3 import irecv
 from pymobiledevice3.restore import asr, recovery, restore, tss
 
 from hw.phones import Mode
-from station.worker import bars, phases, real
-from station.worker.classify import classify
-from station.worker.messages import Done, Failed, Kind, Phase, Status, Trust, WorkerFailure
-from station.worker.request import RestoreRequest
+from hw.worker import bars, phases, real
+from hw.worker.classify import classify
+from hw.worker.messages import Done, Failed, Kind, Phase, Status, Trust, WorkerFailure
+from hw.worker.request import RestoreRequest
 
 
 def test_progress_messages_become_phase_lines(reporting_restore, pipe):

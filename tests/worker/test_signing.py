@@ -22,10 +22,10 @@ from pymobiledevice3.restore import tss
 from pymobiledevice3.restore.tss import TSSRequest
 
 from hw.sim import Mode, SimPhone
-from station.worker import real
-from station.worker.classify import classify
-from station.worker.messages import Failed, Kind, WorkerFailure
-from station.worker.request import RestoreRequest
+from hw.worker import real
+from hw.worker.classify import classify
+from hw.worker.messages import Failed, Kind, WorkerFailure
+from hw.worker.request import RestoreRequest
 
 NOT_ELIGIBLE = b"STATUS=94&MESSAGE=This device isn't eligible for the requested build."
 TICKET = b"0\x82 signed ticket"

@@ -24,7 +24,7 @@ from pymobiledevice3.restore.restore import Restore
 from pymobiledevice3.restore.restored_client import RestoredClient
 from pymobiledevice3.service_connection import build_plist
 
-from station.worker import bars, real
+from hw.worker import bars, real
 
 # Paths as in the 23C71 (iOS 26.2.1, iPhone13,2) manifest; the system cryptex is AEA-wrapped there.
 SYSTEM_OS, APP_OS = "043-88926-079.dmg.aea", "043-87832-082.dmg"

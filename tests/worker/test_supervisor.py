@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from hw.phones import Mode, RestoreProgress, TrustRequest
-from station.worker import phases
-from station.worker.launcher import WorkerHandle
-from station.worker.messages import Kind
-from station.worker.request import InjectedFailure, RestoreRequest, SimParams
-from station.worker.supervisor import WorkerError, _follow, run_restore
+from hw.worker import phases
+from hw.worker.launcher import WorkerHandle
+from hw.worker.messages import Kind
+from hw.worker.request import InjectedFailure, RestoreRequest, SimParams
+from hw.worker.supervisor import WorkerError, _follow, run_restore
 
 FAST = SimParams(speed=2000.0, usb_rate=35e6, image_bytes=64 << 20)
 SLOW = SimParams(speed=1.0)  # a whole restore takes minutes: the test stops it

@@ -40,10 +40,10 @@ from pymobiledevice3.service_connection import ServiceConnection
 from hw.iphone.usb_scan import APPLE_VENDOR_ID, DFU_PRODUCT_IDS, RECOVERY_PRODUCT_IDS
 from hw.phones import Mode
 from hw.sim.usb_remote import RemoteUsbBackend
-from station.worker import bars, phases
-from station.worker.messages import Failed, Kind, WorkerFailure
-from station.worker.reporter import Reporter
-from station.worker.request import RestoreRequest
+from hw.worker import bars, phases
+from hw.worker.messages import Failed, Kind, WorkerFailure
+from hw.worker.reporter import Reporter
+from hw.worker.request import RestoreRequest
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class ReportingRestore(Restore):
 
     async def _send_file_data(self, service: ServiceConnection, member: BinaryIO, name: str) -> None:
         """pymobiledevice3's FileData loop (send_source_boot_object_v4), fed from ``member``."""
-        size = member.seek(0, os.SEEK_END)  # O(1) on a stored member (station.ipsw.reader)
+        size = member.seek(0, os.SEEK_END)  # O(1) on a stored member (hw.ipsw_archive)
         member.seek(0)
         sent = 0
         with restore.ProgressBar(total=size, desc=name, unit=BYTES_UNIT) as bar:
@@ -205,7 +205,7 @@ async def _not_signed(restoring: ReportingRestore) -> Failed:
 
 def open_ipsw(path: str) -> IPSW:
     try:
-        from station.ipsw.reader import open_for_restore
+        from hw.ipsw_archive import open_for_restore
     except ImportError:
         # Without the IPSW cache's reader ipsw_parser reads through zipfile: correct, but each
         # seek on the OS image re-reads it up to the target (Python 3.11 ZipExtFile.seek).

@@ -14,9 +14,9 @@ import signal
 from collections.abc import Callable
 
 from hw.phones import RestoreError, RestoreProgress, RestoreReport, TrustRequest
-from station.worker.launcher import ForkServer, WorkerHandle, WorkerStartError, default_server
-from station.worker.messages import Done, Failed, Kind, MalformedMessage, Phase, Status, Trust, decode
-from station.worker.request import RestoreRequest
+from hw.worker.launcher import ForkServer, WorkerHandle, WorkerStartError, default_server
+from hw.worker.messages import Done, Failed, Kind, MalformedMessage, Phase, Status, Trust, decode
+from hw.worker.request import RestoreRequest
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,9 @@ would read it twice before sending a byte. IPSW members are stored, not
 deflated, so their bytes sit at a fixed offset in the file: ``StoredMember``
 maps reads to ``os.pread`` at that offset, which makes a seek O(1). Deflated
 members fall back to zipfile's sequential reader.
+
+Below both the station's IPSW cache and the restore worker, which reads the OS image
+from here; the cache's other errors (station.ipsw.errors) derive from ``IpswError``.
 """
 from __future__ import annotations
 
@@ -19,7 +22,18 @@ from typing import BinaryIO
 
 from ipsw_parser.ipsw import IPSW
 
-from station.ipsw.errors import IpswError, NoMember
+
+
+class IpswError(Exception):
+    """Bad input or a failed step; the cache is left as it was."""
+
+
+class NoMember(IpswError, KeyError):
+    """The IPSW has no such member: a KeyError too, as ``zipfile`` says it, for the readers
+    (pymobiledevice3, ipsw_parser) that treat some members as optional."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # not KeyError's repr() of the message
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... file name length, extra field length
 _LOCAL_SIGNATURE = b"PK\x03\x04"

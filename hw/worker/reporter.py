@@ -5,7 +5,7 @@ import os
 import time
 from collections.abc import Callable
 
-from station.worker.messages import Done, Failed, Kind, Message, Phase, Status, Trust, encode
+from hw.worker.messages import Done, Failed, Kind, Message, Phase, Status, Trust, encode
 
 MIN_INTERVAL = 0.25  # s between two percent lines of one phase: the display redraws slower than that
 

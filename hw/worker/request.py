@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from hw.phones import Device, Mode
-from station.worker.messages import Kind
+from hw.worker.messages import Kind
 
 
 @dataclass(frozen=True)

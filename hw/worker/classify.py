@@ -12,7 +12,7 @@ import usb.core
 from ipsw_parser.exceptions import NoSuchBuildIdentityError as IpswNoSuchBuildIdentityError
 from pymobiledevice3 import exceptions as pmd3
 
-from station.worker.messages import Failed, Kind, WorkerFailure
+from hw.worker.messages import Failed, Kind, WorkerFailure
 
 _RULES: tuple[tuple[tuple[type[BaseException], ...], Kind, bool, str], ...] = (
     # An answer with a STATUS (pymobiledevice3 raises TSSError on its MESSAGE): libtatsu (tss.c

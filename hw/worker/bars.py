@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from station.worker import phases
-from station.worker.reporter import Reporter
+from hw.worker import phases
+from hw.worker.reporter import Reporter
 
 # Bars worth a percent on the display; the others (logo, device tree, ...) are short.
 BAR_PHASES = {

@@ -22,7 +22,7 @@ recycled pid. The protocol stays tiny:
   removed by the next server to start there, once no process has that pid (a server still
   running there keeps its own).
 
-Run as ``python -m station.worker.server CONTROL_FD WORK_ROOT MODULE...`` (launcher.py does).
+Run as ``python -m hw.worker.server CONTROL_FD WORK_ROOT MODULE...`` (launcher.py does).
 """
 from __future__ import annotations
 
@@ -42,9 +42,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from station import logsetup
+from hw import logsetup
 
-log = logging.getLogger("station.worker.server")
+log = logging.getLogger("hw.worker.server")
 
 MAX_REQUEST = 1 << 16
 EXIT_CRASHED = 70  # the child's own code raised: a bug, already logged to its log file
@@ -163,7 +163,7 @@ class Server:
             for other in self._workers.values():
                 if other.conn is not None:
                     other.conn.close()
-            from station.worker import child
+            from hw.worker import child
             return child.run(request, report_fd, workdir)
         except BaseException:
             log.exception("worker %d crashed", os.getpid())

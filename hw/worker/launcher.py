@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import station
-from station.worker.request import RestoreRequest
+import hw
+from hw.worker.request import RestoreRequest
 
 log = logging.getLogger(__name__)
 
 # Imported once by the server, shared copy-on-write by every worker it forks.
 DEFAULT_PRELOAD = (
     "pymobiledevice3.restore.restore",
-    "station.worker.child",
-    "station.worker.real",
-    "station.worker.sim",
+    "hw.worker.child",
+    "hw.worker.real",
+    "hw.worker.sim",
 )
 STOP_TIMEOUT = 5.0
 
@@ -160,13 +160,13 @@ class ForkServer:
         env = {**os.environ, **config.env}
         if config.home is not None:
             env["HOME"] = env["XDG_DATA_HOME"] = str(config.home)
-        project = str(Path(station.__file__).resolve().parents[1])
+        project = str(Path(hw.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [project, env.get("PYTHONPATH")]))
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         output = open(config.log_path, "ab") if config.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "station.worker.server", str(theirs.fileno()), str(work_root),
+                [sys.executable, "-m", "hw.worker.server", str(theirs.fileno()), str(work_root),
                  *config.preload],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                 cwd=work_root, env=env,

@@ -8,10 +8,10 @@ per phone, ``stop_fork_server()`` at shutdown. Modules: ``request`` (what a work
 (a worker's set-up), ``sim`` and ``real`` (the engines), ``reporter``, ``classify``,
 ``phases`` (shared by both sides).
 """
-from station.worker.launcher import ForkServer, ServerConfig, default_server, start_fork_server, stop_fork_server
-from station.worker.messages import Kind
-from station.worker.request import InjectedFailure, RestoreRequest, SimParams
-from station.worker.supervisor import WorkerError, run_restore
+from hw.worker.launcher import ForkServer, ServerConfig, default_server, start_fork_server, stop_fork_server
+from hw.worker.messages import Kind
+from hw.worker.request import InjectedFailure, RestoreRequest, SimParams
+from hw.worker.supervisor import WorkerError, run_restore
 
 __all__ = [
     "ForkServer", "InjectedFailure", "Kind", "RestoreRequest", "ServerConfig", "SimParams", "WorkerError",

@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from station.worker.classify import classify
-from station.worker.messages import Kind, WorkerFailure
-from station.worker.reporter import Reporter
-from station.worker.request import RestoreRequest
+from hw.worker.classify import classify
+from hw.worker.messages import Kind, WorkerFailure
+from hw.worker.reporter import Reporter
+from hw.worker.request import RestoreRequest
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ async def _restore(request: RestoreRequest, reporter: Reporter) -> None:
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     if request.sim is not None:
-        from station.worker import sim
+        from hw.worker import sim
         await sim.run(request, reporter)
     else:
-        from station.worker import real
+        from hw.worker import real
         await real.run(request, reporter)

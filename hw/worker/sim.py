@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import BinaryIO
 
-from station.worker import phases
-from station.worker.messages import RETRYABLE, Failed, Kind, Phase, WorkerFailure
-from station.worker.reporter import Reporter
-from station.worker.request import InjectedFailure, RestoreRequest, SimParams
+from hw.worker import phases
+from hw.worker.messages import RETRYABLE, Failed, Kind, Phase, WorkerFailure
+from hw.worker.reporter import Reporter
+from hw.worker.request import InjectedFailure, RestoreRequest, SimParams
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _os_image_member(ipsw: str) -> str:
 def _open_member(ipsw: str, name: str) -> tuple[BinaryIO, int]:
     """A member and its size, through the IPSW cache's reader (O(1) seeks on stored members)."""
     try:
-        from station.ipsw.reader import open_member
+        from hw.ipsw_archive import open_member
     except ImportError:
         # The reader belongs to the IPSW cache package; without it, zipfile reads the same bytes
         # sequentially (no seek is needed here), sized from the central directory.
