@@ -93,7 +93,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     @app.get("/api/ports/{slot}", summary="One port")
     async def one_port(slot: int, request: Request) -> dict[str, Any]:
         port = _port(ctx.station, slot)
-        return views.port_json(port, ctx.hw.clock(), ctx.lock_methods.by_slot.get(slot, ""),
+        return views.port_json(port, ctx.station.clock(), ctx.lock_methods.by_slot.get(slot, ""),
                                ctx.access.trusted(request))
 
     @app.post("/api/ports/{slot}/{action}", summary="cancel (a queued restore), retry (a failed "
@@ -117,7 +117,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         if after.state is port.state:
             raise HTTPException(409, f"slot {slot}: {action} refused by the station (see its log)")
         log.info("web: %s on slot %d by %s", action, slot, _peer(request))
-        return views.port_json(after, ctx.hw.clock(), ctx.lock_methods.by_slot.get(slot, ""), True)
+        return views.port_json(after, ctx.station.clock(), ctx.lock_methods.by_slot.get(slot, ""), True)
 
     @app.get("/api/records", summary="The newest records (sessions), newest first")
     async def records(request: Request, limit: int = Query(50, ge=1, le=MAX_RECORDS)) -> list[dict[str, Any]]:
