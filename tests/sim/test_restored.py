@@ -240,9 +240,10 @@ def test_a_restore_streams_the_image_and_the_phone_boots_to_hello(restoring, ima
     assert pmd3_fdr.conn_port == CONN_PORT  # the FDR listener task got through its handshake
     start = next(m for m in phone.received if m.get("Request") == "StartRestore")
     assert start["RestoreOptions"]["SupportedHostProtocols"] == ["MuxSocket"]
+    # The host sends ReceivedFinalStatusMsg and returns; the phone reads it in its own time, then reboots.
+    wait_until(lambda: phone.mode is Mode.NORMAL and bench.world.device_of(phone) is not None)
     assert phone.requests()[-1] == "?"  # ReceivedFinalStatusMsg has no Request: the last thing it got
     assert phone.received[-1] == {"MsgType": "ReceivedFinalStatusMsg"}
-    wait_until(lambda: phone.mode is Mode.NORMAL and bench.world.device_of(phone) is not None)
     assert (phone.activation_state, phone.find_my, phone.paired_hosts) == ("Unactivated", False, {})
 
     async def hello():  # the station's post-restore check can talk to it
