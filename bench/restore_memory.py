@@ -36,6 +36,7 @@ from pymobiledevice3.restore.restored_client import RestoredClient
 from pymobiledevice3.restore.tss import TSSResponse
 from pymobiledevice3.service_connection import build_plist
 
+from hw.ipsw_archive import open_for_restore
 from hw.worker import bars, real
 from hw.worker.reporter import Reporter
 
@@ -129,7 +130,7 @@ def in_forked_worker(work: Callable[[], Awaitable[list[dict[str, Any]]]]) -> lis
 async def run_steps(path: Path) -> list[dict[str, Any]]:
     reporter = Reporter(os.open(os.devnull, os.O_WRONLY))
     bars.install(reporter)
-    restore = real.ReportingRestore(real.open_ipsw(str(path)), real.Device(irecv=_Phone()), reporter)
+    restore = real.ReportingRestore(open_for_restore(str(path)), real.Device(irecv=_Phone()), reporter)
     restore.recovery.tss = TSSResponse({"ApImg4Ticket": synthetic_im4m()})
     restore._restored = RestoredClient("udid", "18", _HashingService())
     asr.ServiceConnection = _AsrPhone  # type: ignore[misc,assignment]  # ASRClient.connect opens this

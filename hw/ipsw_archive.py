@@ -23,7 +23,6 @@ from typing import BinaryIO
 from ipsw_parser.ipsw import IPSW
 
 
-
 class IpswError(Exception):
     """Bad input or a failed step; the cache is left as it was."""
 
@@ -34,6 +33,7 @@ class NoMember(IpswError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])  # not KeyError's repr() of the message
+
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... file name length, extra field length
 _LOCAL_SIGNATURE = b"PK\x03\x04"

@@ -84,9 +84,9 @@ from typing import Any, Literal
 from hw.phones import Mode
 from hw.sim import check_restore_fault
 from hw.sim.activation_pages import ANSWERS, GIVES_A_RECORD
+from hw.worker.phases import TYPICAL_SECONDS, sequence
 from station.config import Config, ConfigError, bounded, parse_table, read_toml, toml_value, \
     with_overrides
-from hw.worker.phases import TYPICAL_SECONDS, sequence
 from station.ipsw.models import boards_for
 
 PHASES = tuple(TYPICAL_SECONDS)

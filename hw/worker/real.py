@@ -38,6 +38,7 @@ from pymobiledevice3.restore.restore import FILE_DATA_FORMAT, Restore, known_err
 from pymobiledevice3.service_connection import ServiceConnection
 
 from hw.iphone.usb_scan import APPLE_VENDOR_ID, DFU_PRODUCT_IDS, RECOVERY_PRODUCT_IDS
+from hw.ipsw_archive import open_for_restore
 from hw.phones import Mode
 from hw.sim.usb_remote import RemoteUsbBackend
 from hw.worker import bars, phases
@@ -187,7 +188,7 @@ async def run(request: RestoreRequest, reporter: Reporter) -> None:
     if request.ecid is None or request.ipsw is None:
         raise WorkerFailure(Failed("a real restore needs the phone's ECID and an IPSW", Kind.INTERNAL, False))
     _adapt_pymobiledevice3(reporter, request.usb_timeout, request.signing_url)
-    ipsw = open_ipsw(request.ipsw)
+    ipsw = open_for_restore(request.ipsw)
     device = await _connect(request, reporter)
     restoring = ReportingRestore(ipsw, device, reporter)
     try:
@@ -203,14 +204,6 @@ async def _not_signed(restoring: ReportingRestore) -> Failed:
                   "(station ipsw add)", Kind.DEVICE_REJECTED, False)
 
 
-def open_ipsw(path: str) -> IPSW:
-    try:
-        from hw.ipsw_archive import open_for_restore
-    except ImportError:
-        # Without the IPSW cache's reader ipsw_parser reads through zipfile: correct, but each
-        # seek on the OS image re-reads it up to the target (Python 3.11 ZipExtFile.seek).
-        return IPSW.create_from_path(path)
-    return open_for_restore(path)
 
 
 async def _connect(request: RestoreRequest, reporter: Reporter) -> Device:

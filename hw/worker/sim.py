@@ -14,11 +14,11 @@ import logging
 import os
 import plistlib
 import signal
-import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import BinaryIO
 
+from hw.ipsw_archive import open_member
 from hw.worker import phases
 from hw.worker.messages import RETRYABLE, Failed, Kind, Phase, WorkerFailure
 from hw.worker.reporter import Reporter
@@ -167,14 +167,7 @@ def _os_image_member(ipsw: str) -> str:
 
 
 def _open_member(ipsw: str, name: str) -> tuple[BinaryIO, int]:
-    """A member and its size, through the IPSW cache's reader (O(1) seeks on stored members)."""
-    try:
-        from hw.ipsw_archive import open_member
-    except ImportError:
-        # The reader belongs to the IPSW cache package; without it, zipfile reads the same bytes
-        # sequentially (no seek is needed here), sized from the central directory.
-        archive = zipfile.ZipFile(ipsw)
-        return archive.open(name), archive.getinfo(name).file_size
+    """A member and its size, through the IPSW reader (O(1) seeks on stored members)."""
     stream = open_member(ipsw, name)
     size = stream.seek(0, os.SEEK_END)
     stream.seek(0)

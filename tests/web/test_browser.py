@@ -76,9 +76,9 @@ def test_the_page_follows_the_demo_and_shows_a_certificate(browser: WebDriver, f
         assert time.monotonic() < deadline, f"no restore seen progressing: {seen}"
         for slot, card in port_cards(browser).items():
             if card["state"] == "restoring" and card["label"].endswith("%"):
-                shown = seen.setdefault(slot, [])
-                if not shown or shown[-1] != int(card["label"][:-1]):
-                    shown.append(int(card["label"][:-1]))
+                shown, percent = seen.setdefault(slot, []), int(card["label"][:-1])
+                if not shown or shown[-1] != percent:
+                    shown.append(percent)
         time.sleep(0.1)
     rising = next(percents for percents in seen.values() if len(percents) >= 2)
     assert rising == sorted(rising), f"a restore's percentage went back on the page: {seen}"

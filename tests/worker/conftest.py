@@ -18,6 +18,7 @@ import usb.core
 from pymobiledevice3 import irecv, utils
 from pymobiledevice3.restore import asr, recovery, restore, tss
 
+from hw.ipsw_archive import open_for_restore
 from hw.sim import SimPhone, SimulatedBench
 from hw.worker import bars, real
 from hw.worker.launcher import ForkServer, ServerConfig
@@ -135,7 +136,7 @@ def manifest_ipsw(shared_data: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def make_restore(pipe: Pipe) -> Callable[[Path, real.Device], real.ReportingRestore]:
     """A real ``ReportingRestore``; call it inside a running task (pmd3 names its logger after it)."""
-    return lambda ipsw, device: real.ReportingRestore(real.open_ipsw(str(ipsw)), device, pipe.reporter)
+    return lambda ipsw, device: real.ReportingRestore(open_for_restore(str(ipsw)), device, pipe.reporter)
 
 
 @pytest.fixture
