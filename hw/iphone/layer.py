@@ -84,8 +84,9 @@ class _Held:
 
     grace_s: float
     since_gone: float | None = None
-    # A last hold: it ends once a USB scan begun after this one has seen the phone (what usbmuxd
-    # said, or a scan under way, may be stale: a failed restore often leaves the phone rebooting).
+    # A last hold: it ends once a USB scan begun after this one has seen the phone, and the phone
+    # counts as gone while such a scan does not show it (what usbmuxd said, or a scan under way,
+    # may be stale: a failed restore often leaves the phone rebooting, a pulled one is gone).
     until_scan: int | None = None
 
 
@@ -302,7 +303,7 @@ class UsbPhoneLayer:
         before the next scan does. While usbmuxd is away, only what the bus still shows.
         """
         present: dict[int, Device] = {}
-        on_usb = {p.serial for p in self._usb if p.mode is Mode.NORMAL} | self._in_sysfs
+        on_usb = self._normal_serials_on_bus()
         for sighting in self._mux.values():
             serial = sighting.device.serial.replace("-", "")
             path = self._port_of.get(serial)
@@ -344,6 +345,16 @@ class UsbPhoneLayer:
                 present[slot] = present.pop(elsewhere[0])
         return present
 
+    def _normal_serials_on_bus(self) -> set[str]:
+        return {p.serial for p in self._usb if p.mode is Mode.NORMAL} | self._in_sysfs
+
+    def _bus_shows(self, device: Device) -> bool:
+        """Whether the latest USB scan (or sysfs since) shows the phone itself, not only usbmuxd."""
+        if device.mode is Mode.NORMAL:
+            return device.udid.replace("-", "") in self._normal_serials_on_bus()
+        return any(p.mode is not Mode.NORMAL and (seen := self._boot_device(p)) is not None
+                   and seen.ecid == device.ecid for p in self._usb)
+
     def _ecid(self, device: usbmux.MuxDevice) -> int | None:
         return device.ecid if device.ecid is not None else self._ecid_of.get(device.serial.replace("-", ""))
 
@@ -373,6 +384,10 @@ class UsbPhoneLayer:
         for slot in set(self._told) | set(present):
             told, seen = self._told.get(slot), present.get(slot)
             held = self._held.get(slot)
+            if (held is not None and held.until_scan is not None and self._scans > held.until_scan
+                    and seen is not None and not self._bus_shows(seen)):
+                # usbmuxd's Detached can reach the station after a scan found the port empty.
+                seen = None
             if told is not None and seen is not None and _same_phone(told, seen):
                 if seen.ecid is None and told.ecid is not None:
                     seen = replace(seen, ecid=told.ecid)

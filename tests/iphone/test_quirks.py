@@ -245,6 +245,18 @@ async def test_a_held_phone_keeps_its_slot_by_ecid_on_a_port_the_table_does_not_
     assert not [e for e in h.events if isinstance(e, PhoneLeft)]
 
 
+async def restore_pulled_mid_way(h: Layer, sim: SimPhone, device: Device) -> None:
+    """A restore whose worker fails as pymobiledevice3 does when the cable is pulled."""
+    async def worker(slot, device, firmware, report):
+        h.bench.world.detach(sim)
+        raise RestoreError("USB connection lost: DeviceNotFoundError", True)
+
+    h.layer._restore_in_worker = worker
+    async with asyncio.timeout(10):
+        with pytest.raises(RestoreError):
+            await h.layer.restore(device, None, lambda report: None)
+
+
 async def test_a_restore_whose_cable_was_pulled_ends_after_the_phone_left(tmp_path, monkeypatch):
     """usbmuxd drops a pulled phone at once, so the worker fails (pymobiledevice3's
     DeviceNotFoundError, a lost ASR socket) before the next USB scan: the failure must not
@@ -252,19 +264,31 @@ async def test_a_restore_whose_cable_was_pulled_ends_after_the_phone_left(tmp_pa
     sim = phone()
     async with running_layer(tmp_path, monkeypatch, restore_grace_s=3.0) as h:
         device = await h.layer.identify(await arrive(h, sim, 2))
-
-        async def worker(slot, device, firmware, report):
-            h.bench.world.detach(sim)
-            raise RestoreError("USB connection lost: DeviceNotFoundError", True)
-
-        h.layer._restore_in_worker = worker
-        async with asyncio.timeout(10):
-            with pytest.raises(RestoreError):
-                await h.layer.restore(device, None, lambda report: None)
+        await restore_pulled_mid_way(h, sim, device)
         assert PhoneLeft(2) in h.events
         # What the check at Hello would have needed goes with the failure: a station that runs
         # for months sees thousands of phones fail and leave.
         assert not h.layer._restore_began
+
+
+async def test_a_pulled_phone_usbmuxd_still_lists_leaves_rather_than_being_retried(tmp_path, monkeypatch):
+    """usbmuxd hears of a pull through its own libusb hotplug callback (usbmuxd src/usb.c,
+    usb_device_remove) and its Detached then crosses a socket: the station's own USB scan can
+    find the port empty first. That scan is no proof the phone is there just because usbmuxd
+    still lists it (the fault matrix's restore_image@50-pull once retried a pulled phone)."""
+    sim = phone()
+    async with running_layer(tmp_path, monkeypatch, restore_grace_s=3.0) as h:
+        device = await h.layer.identify(await arrive(h, sim, 2))
+        usbmuxd = h.bench.usbmuxd
+        send, held = usbmuxd._broadcast, []
+        usbmuxd._broadcast = lambda message: (held.append(message) if message["MessageType"] == "Detached"
+                                              else send(message))
+        await restore_pulled_mid_way(h, sim, device)
+        when_failed = list(h.events)
+        for message in held:
+            usbmuxd._loop.call(send, message)
+    assert held, "usbmuxd was to list the pulled phone until the restore's failure was taken"
+    assert PhoneLeft(2) in when_failed
 
 
 async def test_a_restore_that_lost_usb_with_the_phone_still_there_fails_without_a_departure(
