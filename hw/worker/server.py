@@ -101,8 +101,9 @@ class Server:
         self._fork(request, socket.socket(fileno=fds[0]), fds[1])
 
     def _on_worker(self, pid: int) -> None:
-        worker = self._workers[pid]
-        assert worker.conn is not None
+        worker = self._workers.get(pid)
+        if worker is None or worker.conn is None:  # reaped earlier in this same wake-up
+            return
         try:
             data = worker.conn.recv(256)
         except OSError:
@@ -141,13 +142,13 @@ class Server:
         os.close(report_fd)  # the worker holds the only write end: its death is EOF for the station
         self._workers[pid] = _Worker(conn, workdir)
         log.info("worker %d forked", pid)
+        # Registered before the reply, so that a station already gone is dropped like any other.
+        self._selector.register(conn, selectors.EVENT_READ, functools.partial(self._on_worker, pid))
         try:
             conn.send(json.dumps({"pid": pid}).encode())
         except OSError:  # the station gave up already
             self._drop_conn(self._workers[pid])
             _kill(pid, signal.SIGKILL)
-            return
-        self._selector.register(conn, selectors.EVENT_READ, functools.partial(self._on_worker, pid))
 
     def _child(self, request: bytes, conn: socket.socket, report_fd: int, workdir: str) -> int:
         try:
