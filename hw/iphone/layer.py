@@ -384,8 +384,8 @@ class UsbPhoneLayer:
         for slot in set(self._told) | set(present):
             told, seen = self._told.get(slot), present.get(slot)
             held = self._held.get(slot)
-            if (held is not None and held.until_scan is not None and self._scans > held.until_scan
-                    and seen is not None and not self._bus_shows(seen)):
+            scanned_since = held is not None and held.until_scan is not None and self._scans > held.until_scan
+            if scanned_since and seen is not None and not self._bus_shows(seen):
                 # usbmuxd's Detached can reach the station after a scan found the port empty.
                 seen = None
             if told is not None and seen is not None and _same_phone(told, seen):
@@ -394,7 +394,7 @@ class UsbPhoneLayer:
                 self._told[slot] = seen  # the same phone, perhaps in another mode: no news
                 if held is not None:
                     held.since_gone = None
-                    if held.until_scan is not None and self._scans > held.until_scan:
+                    if scanned_since:
                         del self._held[slot]
                 continue
             if told is not None and seen is None and held is not None:
