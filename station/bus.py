@@ -11,8 +11,10 @@ So a restore starts on a link while the restores still before or in their transf
 than that, one at a time (the next once the last reached its transfer, so that transfers end
 one by one), and more start early, one for each transfer that will end within the time a
 restore takes to reach its own: each arrives as another leaves. Both times are measured on
-this station (a restore's start to its transfer; each transfer's pace), not assumed, so they
-hold for any image size, phone or time scale. The low-traffic phases after a transfer overlap
+this station (a worker's first report to its transfer; each transfer's pace), not assumed, so
+they hold for any image size, phone or time scale. The time a worker takes to start is left out
+of the lead: it varies (the first waits for the fork server's preload) and only ever makes a
+restore arrive later than counted, never sooner. The low-traffic phases after a transfer overlap
 freely.
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Link:
 class _Restore:
     mode: Mode
     started: float
+    running: float | None = None  # when its worker first reported: the lead is counted from here
     phase: str = ""
     percent: float = 0.0
     began: tuple[float, float] | None = None  # (time, percent) when its transfer was first seen
@@ -71,12 +74,14 @@ class TransferWatch:
         if restore is None:
             return False
         changed = phase != restore.phase
+        if restore.running is None and phase != phases.RESTORE_IMAGE:
+            restore.running = now
         restore.phase, restore.percent = phase, _within_phase(restore.mode, phase, overall)
         percent = restore.percent
         if phase == phases.RESTORE_IMAGE:
             if restore.began is None:
                 restore.began = (now, percent)
-                self._leads.setdefault(restore.mode, deque(maxlen=LEADS)).append(now - restore.started)
+                self._leads.setdefault(restore.mode, deque(maxlen=LEADS)).append(now - (restore.started if restore.running is None else restore.running))
             else:  # over the whole transfer: reports that arrive in bursts (a busy CPU) even out
                 then, before = restore.began
                 if now > then and percent > before:

@@ -66,7 +66,7 @@ def test_one_more_starts_when_a_transfer_ends_within_the_time_a_restore_takes_to
     watch = TransferWatch()
     for slot in (1, 2):
         watch.started(slot, Mode.NORMAL, now=0.0)
-        watch.progress(slot, phases.ENTER_RECOVERY, 0.0, now=1.0)
+        watch.progress(slot, phases.ENTER_RECOVERY, 0.0, now=0.0)
         watch.progress(slot, phases.RESTORE_IMAGE, sending(0.0), now=50.0)  # 50 s to reach the link
     assert watch.lead_s(Mode.NORMAL) == 50.0
     watch.progress(1, phases.RESTORE_IMAGE, sending(50.0), now=250.0)  # 0.25 %/s: 200 s left
@@ -89,3 +89,20 @@ def test_a_phone_from_dfu_is_judged_by_what_dfu_restores_took():
     watch.started(1, Mode.NORMAL, now=0.0)
     watch.progress(1, phases.RESTORE_IMAGE, sending(0.0), now=50.0)
     assert watch.lead_s(Mode.DFU) is None  # nothing learned yet: no early start on a guess
+
+
+def test_a_worker_slow_to_start_does_not_make_the_next_restores_start_early():
+    """The first worker waited for the fork server's preload (in CI on 2026-12-03, 1 s of the
+    first restore's 1.5 s lead at 300x): counted in the lead, every transfer looked about to end,
+    and a third restore reached the link while two still filled it ("transfer 3 fails at 5%")."""
+    watch = TransferWatch()
+    for slot, start, first_report in ((1, 0.0, 40.0), (2, 1.0, 2.0)):
+        watch.started(slot, Mode.NORMAL, now=start)
+        watch.progress(slot, phases.ENTER_RECOVERY, 0.0, now=first_report)  # the worker runs
+    watch.progress(1, phases.RESTORE_IMAGE, sending(0.0), now=90.0)  # 50 s from its worker's start
+    watch.progress(2, phases.RESTORE_IMAGE, sending(0.0), now=91.0)
+    assert watch.lead_s(Mode.NORMAL) == 50.0  # not 90: later workers start at once
+    watch.progress(1, phases.RESTORE_IMAGE, sending(70.0), now=190.0)  # 0.7 %/s: 43 s left
+    watch.progress(2, phases.RESTORE_IMAGE, sending(70.0), now=191.0)
+    # Both end after a restore started now would reach the link (within 0.8 of 50 s): it waits.
+    assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL, now=191.0).startswith("WAIT USB")
