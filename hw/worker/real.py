@@ -360,7 +360,7 @@ def _bounded(call: Callable[..., requests.Response], url: str, **kwargs: Any) ->
     threading.Thread(target=attempt, name="bounded-http", daemon=True).start()
     try:
         return answer.result(timeout=NETWORK_TIMEOUT)
-    except TimeoutError:
+    except (TimeoutError, requests.exceptions.Timeout):  # whichever bound came first: one reason
         raise requests.exceptions.Timeout(
             f"no complete answer from {urlsplit(url).hostname} within {NETWORK_TIMEOUT:g} s") from None
 

@@ -156,3 +156,17 @@ def test_the_whole_tss_request_is_bounded(tss_server, pipe, monkeypatch, answer)
     failed = classify(outcome[0])
     assert (failed.kind, failed.retryable) == (Kind.NETWORK, True)
     assert failed.reason == "cannot reach Apple: Timeout: no complete answer from 127.0.0.1 within 0.5 s"
+
+
+def test_a_request_ended_by_its_own_read_timeout_gives_the_same_reason(monkeypatch):
+    # Each read is bounded by the same NETWORK_TIMEOUT as the whole request: on a busy machine the
+    # read's bound can end it first (CI, 2026-12-03: "ReadTimeout: HTTPConnectionPool(...)"). Here
+    # the read's bound is made the shorter one, so it always comes first.
+    silent = socket.create_server(("127.0.0.1", 0), backlog=4)
+    monkeypatch.setattr(real, "NETWORK_TIMEOUT", 0.5)
+    try:
+        with pytest.raises(requests.exceptions.Timeout) as caught:
+            real._bounded(requests.post, f"http://127.0.0.1:{silent.getsockname()[1]}/", timeout=0.1)
+    finally:
+        silent.close()
+    assert classify(caught.value).reason == "cannot reach Apple: Timeout: no complete answer from 127.0.0.1 within 0.5 s"
