@@ -92,6 +92,21 @@ class Broker:
         self.process = None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_reaches_commands() -> Iterator[None]:
+    """The tests stop `fleet collect` and `fleet watch` with Ctrl-C (SIGINT). A suite started in
+    the background by a non-interactive shell has SIGINT ignored, and an ignored signal stays
+    ignored across exec, so those commands would never see it and the tests would wait out their
+    timeouts. A handler is reset to the default across exec: with Python's own in place here,
+    each command starts as it would from a terminal."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.fixture(scope="session")
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto")
