@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                              "do not fit the scenario format's 86400 s)")
     parser.add_argument("--gap", type=float, default=0.5,
                         help="real seconds a slot stays empty between two phones (default 0.5)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (config, log, records)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temp dir (config, log, records) when the soak passes too")
     args = parser.parse_args(argv)
     cycle = args.cycle or Plan.longest_cycle(args.phones, args.slots, args.speed, args.gap)
     if args.phones < args.slots or args.gap >= cycle:
@@ -89,10 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.phones} phones every {cycle:g} s at {args.speed:g}x end at scenario second "
                      f"{plan.end:.0f}, past the format's {SCENARIO_MAX_S}: a lower --speed or --cycle")
     temp = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+    status = 1
     try:
-        return soak(temp, plan)
+        status = soak(temp, plan)
+        return status
     finally:
-        if args.keep:
+        if args.keep or status != 0:  # a failed soak's log is what tells why
             print(f"kept {temp}")
         else:
             subprocess.run(["rm", "-rf", str(temp)], check=False)

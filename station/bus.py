@@ -8,8 +8,8 @@ where one phone's ASR takes about 35 of the link's 40 MB/s) and by no more: more
 the same rate, and an oversubscribed link is where real restores fail (idevicerestore #604).
 
 So a restore starts on a link while the restores still before or in their transfer are fewer
-than that, one at a time (the next once the last reached its transfer, so that transfers end
-one by one), and more start early, one for each transfer that will end within the time a
+than that; the one that fills it only once the last reached its transfer (so that transfers
+end one by one); and more start early, one for each transfer that will end within the time a
 restore takes to reach its own: each arrives as another leaves. Both times are measured on
 this station (a worker's first report to its transfer; each transfer's pace), not assumed, so
 they hold for any image size, phone or time scale. The time a worker takes to start is left out
@@ -109,11 +109,14 @@ class TransferWatch:
                 before += 1
                 arriving += lead is not None and now - restore.started < STAGGER * lead
         # Room by the time this restore reaches its transfer: the ones ending before then have
-        # left, the ones on the way have arrived. And one on the way at a time: restores that
-        # reach a link together end together, and the link carries nothing from their end to
-        # the next ones' arrival; staggered, a transfer still runs through each handover. One
-        # slow to get there (a phone slow to enter recovery) holds the others up for a while only.
-        if arriving == 0 and sending - ending + before < link.fills_with:
+        # left, the ones on the way have arrived. And the restore that fills the link goes only
+        # when none is on the way: restores that fill a link together end together, and the
+        # link carries nothing from their end to the next ones' arrival; staggered, a transfer
+        # still runs through each handover. Below that, another can start whenever it comes.
+        # One slow to get there (a phone slow to enter recovery) holds the others up for a
+        # while only.
+        room = link.fills_with - (sending - ending + before)
+        if room > 1 or (room == 1 and arriving == 0):
             return ""
         return f"WAIT USB: link {link.name} busy ({sending} sending, {before} on the way)"
 

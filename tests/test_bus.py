@@ -44,6 +44,27 @@ def test_restores_reach_a_link_one_at_a_time():
     assert watch.wait_reason(PI4, [1, 2, 3], Mode.NORMAL, now=110.0) == ""
 
 
+def test_a_link_with_room_to_spare_takes_restores_as_they_come():
+    """Staggering matters only for the restore that fills the link: until then another can start
+    whenever a phone is ready (bench.soak, 21 slots on one ample link: admitted one per lead, the
+    queue grew to 11 s and phones were unplugged mid-restore)."""
+    roomy = Link("roomy", rate=4 * 35e6, phone_rate=35e6)  # four transfers fill it
+    watch = TransferWatch()
+    watch.started(9, Mode.NORMAL, now=0.0)
+    watch.progress(9, phases.RESTORE_IMAGE, sending(0.0), now=50.0)  # 50 s to reach the link
+    watch.ended(9)
+    watch.started(1, Mode.NORMAL, now=60.0)
+    watch.started(2, Mode.NORMAL, now=61.0)
+    assert watch.wait_reason(roomy, [1, 2, 3, 4], Mode.NORMAL, now=62.0) == ""
+    watch.started(3, Mode.NORMAL, now=62.0)
+    # The fourth would fill it: it waits until those on their way have reached the link.
+    assert watch.wait_reason(roomy, [1, 2, 3, 4], Mode.NORMAL, now=63.0) == \
+        "WAIT USB: link roomy busy (0 sending, 3 on the way)"
+    for slot in (1, 2, 3):
+        watch.progress(slot, phases.RESTORE_IMAGE, sending(0.0), now=112.0)
+    assert watch.wait_reason(roomy, [1, 2, 3, 4], Mode.NORMAL, now=112.0) == ""
+
+
 def test_a_restore_slow_to_reach_the_link_holds_the_others_up_for_a_while_only():
     watch = TransferWatch()
     watch.started(1, Mode.NORMAL, now=0.0)
