@@ -160,13 +160,10 @@ class Bench:
     def command(self, *args: str) -> list[str]:
         return station_command(self.config, *args)
 
-    def run_command(self, speed: float = 20) -> list[str]:
-        """One whole simulated run: four records, sealed when it stops."""
-        return self.command("run", "--sim", str(self.scenario), "--speed", str(speed))
-
     def run(self, speed: float = 20, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.run_command(speed), capture_output=True, text=True, timeout=timeout,
-                              cwd=self.dir)
+        """One whole simulated run: four records, sealed when it stops."""
+        return subprocess.run(self.command("run", "--sim", str(self.scenario), "--speed", str(speed)),
+                              capture_output=True, text=True, timeout=timeout, cwd=self.dir)
 
 
 @pytest.fixture
