@@ -53,6 +53,11 @@ class _Restore:
     began: tuple[float, float] | None = None  # (time, percent) when its transfer was first seen
     pace: float | None = None  # percent per second of its transfer, since it began
 
+    @property
+    def counted_from(self) -> float:
+        """Where its lead to the transfer starts: its worker's first report, if one came."""
+        return self.started if self.running is None else self.running
+
 
 class TransferWatch:
     """The restores running on the station: where each is, and the times learned from them."""
@@ -81,7 +86,7 @@ class TransferWatch:
         if phase == phases.RESTORE_IMAGE:
             if restore.began is None:
                 restore.began = (now, percent)
-                self._leads.setdefault(restore.mode, deque(maxlen=LEADS)).append(now - (restore.started if restore.running is None else restore.running))
+                self._leads.setdefault(restore.mode, deque(maxlen=LEADS)).append(now - restore.counted_from)
             else:  # over the whole transfer: reports that arrive in bursts (a busy CPU) even out
                 then, before = restore.began
                 if now > then and percent > before:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fleet.conftest import (Bench, Collecting, assert_one_chain, make_certificates, make_records,
@@ -18,29 +19,17 @@ from station.fleet import link
 from station.records import db
 
 
-def _side_by_side(*benches: Bench, timeout: float = 60) -> list[tuple[subprocess.CompletedProcess[str], float]]:
+def _side_by_side(*benches: Bench) -> list[tuple[subprocess.CompletedProcess[str], float]]:
     """Each bench's run and its seconds, all started at once: a loaded machine slows them alike
     (one after the other, a burst of load from the rest of the suite landed on one of them)."""
     started = time.monotonic()
-    runs = [subprocess.Popen(bench.run_command(), cwd=bench.dir, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for bench in benches]
-    ended: list[tuple[subprocess.CompletedProcess[str], float]] = [None] * len(runs)  # type: ignore[list-item]
 
-    def wait(index: int) -> None:
-        try:
-            out, err = runs[index].communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:  # a hang: killed, its return code and log say so
-            runs[index].kill()
-            out, err = runs[index].communicate()
-        ended[index] = (subprocess.CompletedProcess(runs[index].args, runs[index].returncode, out, err),
-                        time.monotonic() - started)
+    def timed(bench: Bench) -> tuple[subprocess.CompletedProcess[str], float]:
+        result = bench.run()
+        return result, time.monotonic() - started
 
-    waiters = [threading.Thread(target=wait, args=(index,)) for index in range(len(runs))]
-    for waiter in waiters:
-        waiter.start()
-    for waiter in waiters:
-        waiter.join()
-    return ended
+    with ThreadPoolExecutor(len(benches)) as pool:
+        return list(pool.map(timed, benches))
 
 
 def _mqtt(bench: Bench, **settings: object) -> None:
